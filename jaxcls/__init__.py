@@ -1,0 +1,27 @@
+"""jaxcls: classic classification networks (CNN, RNN, LSTM, GRU) in JAX.
+
+The pieces, each a small pure function or Flax linen module:
+
+* ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
+* ``jaxcls.create_train_state``, ``jaxcls.train_step``, ``jaxcls.eval_step``:
+  initialisation and the pure, jittable steps;
+* ``jaxcls.create_optimizer``: the optax chain built from a config;
+* ``jaxcls.load_data``: TFDS splits into host memory;
+* ``jaxcls.train_and_evaluate``: the whole run, as ``python -m experiments.*``.
+"""
+
+from jaxcls import activations
+from jaxcls.config import get_config
+from jaxcls.data import load as load_data, normalize, random_crop_flip
+from jaxcls.models import CNN, create_model
+from jaxcls.optim import create_optimizer
+from jaxcls.train import (TrainState, create_train_state, cross_entropy,
+                          eval_step, params_sha256, train_and_evaluate,
+                          train_step)
+
+__all__ = [
+    'activations', 'get_config', 'load_data', 'normalize', 'random_crop_flip',
+    'CNN', 'create_model', 'create_optimizer', 'TrainState',
+    'create_train_state', 'cross_entropy', 'eval_step', 'params_sha256',
+    'train_and_evaluate', 'train_step',
+]

@@ -1,0 +1,75 @@
+"""Orbax checkpoints: the latest state (to resume) and the best model.
+
+A workdir holds two Orbax CheckpointManagers:
+
+* ``checkpoints/latest``: the whole TrainState (params, optimizer state, step)
+  saved at epoch ends, every ``checkpoint_every_steps`` and on SIGTERM/SIGINT;
+* ``checkpoints/best``: the state with the best validation accuracy so far
+  (the article's ``best_mnist_cnn``), used for the test score.
+
+Each checkpoint carries JSON metadata (epoch, best validation accuracy and the
+config fingerprint) so that a workdir of another model or config is refused.
+Orbax writes into a temporary folder and renames it when complete, so a
+checkpoint interrupted mid-save is never loaded.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used: corrupt, or from a different config."""
+
+
+def make_manager(workdir: str, name: str) -> ocp.CheckpointManager:
+  """The manager of ``workdir/checkpoints/<name>``, keeping the newest one."""
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, create=True, cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(path, options=options,
+                               item_names=('state', 'meta'))
+
+
+def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
+  """Saves ``state`` (any pytree) at step ``int(state.step)`` with ``meta``."""
+  step = int(jax.device_get(state.step))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True)
+
+
+def restore(manager: ocp.CheckpointManager, target, fingerprint: str,
+            step: int | None = None):
+  """Restores ``(state, meta)`` from ``step`` (default: the newest).
+
+  ``target`` is a state of the right structure, shapes and shardings (a
+  freshly initialised one); the restored arrays get its shardings, so a
+  checkpoint saved on N devices restores onto M. Raises CheckpointError,
+  naming the folder, if the checkpoint is unreadable or from another config.
+  """
+  step = manager.latest_step() if step is None else step
+  folder = os.path.join(str(manager.directory), str(step))
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+  except Exception as e:  # Orbax raises many types for a damaged folder.
+    raise CheckpointError(
+        f'checkpoint {folder} is unreadable ({type(e).__name__}); delete it '
+        'or use another --workdir') from None
+  if meta.get('fingerprint') != fingerprint:
+    raise CheckpointError(
+        f'{folder} was saved by a different model or config (fingerprint '
+        f"{meta.get('fingerprint')} != {fingerprint}); use another --workdir "
+        'or the same config')
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+  try:
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))['state']
+  except Exception as e:
+    raise CheckpointError(
+        f'checkpoint {folder} is corrupt or truncated ({type(e).__name__}: '
+        f'{str(e).splitlines()[0][:200] if str(e) else ""}); delete it or use '
+        'another --workdir') from None
+  return state, meta

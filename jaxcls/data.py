@@ -1,0 +1,227 @@
+"""Input pipeline: TFDS splits read once into host memory, batched by index.
+
+The datasets here are small (MNIST-sized, CIFAR-10), so each split is decoded
+once from TFDS into uint8 numpy arrays. A batch is then a fancy-index into
+those arrays, handed to the device as uint8 (4x fewer bytes than float32);
+normalisation and augmentation run on the device inside the jitted step.
+TensorFlow is used only here, on the host, while loading.
+
+The order of examples is a pure function of ``(seed, epoch)`` (see
+:func:`epoch_permutation`), so any step's batch can be recomputed after a
+restart without saving iterator state.
+"""
+
+import dataclasses
+import os
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Where each stock TFDS builder downloads from: probed (3 s timeout) before a
+# download is tried, because TFDS itself retries offline for minutes.
+_DOWNLOAD_HOSTS = {
+    'mnist': 'storage.googleapis.com',
+    'fashion_mnist': 'fashion-mnist.s3-website.eu-central-1.amazonaws.com',
+    'cifar10': 'www.cs.toronto.edu',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  augment: bool  # random crop (padding 4) + horizontal flip when training
+
+
+DATASETS = {
+    'mnist': DatasetSpec((28, 28, 1), 10, augment=False),
+    'fashion_mnist': DatasetSpec((28, 28, 1), 10, augment=False),
+    'cifar10': DatasetSpec((32, 32, 3), 10, augment=True),
+}
+
+
+class DatasetUnavailableError(RuntimeError):
+  """A dataset is not prepared locally and cannot be downloaded."""
+
+
+@dataclasses.dataclass
+class Split:
+  """One split in host memory: uint8 images (N, H, W, C), int32 labels (N,)."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass
+class Data:
+  train: Split
+  val: Split
+  test: Split
+  spec: DatasetSpec
+  source: str  # which TFDS builder the data came from
+
+
+def get_spec(name: str) -> DatasetSpec:
+  try:
+    return DATASETS[name]
+  except KeyError:
+    raise ValueError(
+        f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}') from None
+
+
+def _can_reach(host: str, timeout: float = 3.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _unavailable_message(name: str, data_dir: str) -> str:
+  msg = (f"dataset '{name}' is not prepared in {data_dir} and cannot be "
+         f'downloaded (no network). Prepare it where there is network with '
+         f'`tfds build {name} --data_dir DIR` and copy DIR/{name} into '
+         f'{data_dir}, or point --config.data_dir (or TFDS_DATA_DIR) at a '
+         f'folder that holds it')
+  if name == 'fashion_mnist':
+    msg += (', or install the IDX files (`apt-get install '
+            'dataset-fashion-mnist`, or put them in $JAXCLS_FASHION_MNIST_DIR)')
+  return msg + '.'
+
+
+def get_builder(name: str, data_dir: str | None = None):
+  """Returns a prepared TFDS builder for ``name``, preparing it if possible.
+
+  Order: a prepared stock TFDS dataset in ``data_dir``; for fashion_mnist,
+  the local IDX files (``fashion_mnist_local``); a TFDS download, tried only
+  if the download host answers. Otherwise raises DatasetUnavailableError
+  within seconds, naming what is missing and how to provide it.
+  """
+  import tensorflow_datasets as tfds  # Lazy: keeps `import jaxcls` light.
+
+  get_spec(name)
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  if name == 'fashion_mnist':
+    from jaxcls import fashion_mnist_local
+    if fashion_mnist_local.files_present():
+      local = fashion_mnist_local.FashionMnistLocal(data_dir=data_dir)
+      if not local.is_prepared():
+        local.download_and_prepare()
+      return local
+  root = os.path.dirname(os.path.dirname(builder.data_dir))
+  if not _can_reach(_DOWNLOAD_HOSTS[name]):
+    raise DatasetUnavailableError(_unavailable_message(name, root))
+  builder.download_and_prepare()
+  return builder
+
+
+def read_split(builder, split: str) -> Split:
+  """Decodes a whole TFDS split (any split string) into host arrays."""
+  import tensorflow_datasets as tfds
+
+  # Iterating in large batches: `batch_size=-1` crashes TF 2.21 under
+  # tfds.testing.mock_data, and per-example iteration is slow.
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  images, labels = [], []
+  for batch in tfds.as_numpy(ds.batch(4096)):
+    images.append(batch['image'])
+    labels.append(batch['label'])
+  if not images:
+    raise ValueError(f'split {split!r} of {builder.name} is empty')
+  return Split(np.concatenate(images).astype(np.uint8),
+               np.concatenate(labels).astype(np.int32))
+
+
+def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
+         train_examples: int = -1, process_index: int = 0,
+         process_count: int = 1) -> Data:
+  """Loads train / validation / test for ``name`` into host memory.
+
+  The validation split is the last ``validation_percent`` % of TFDS's train
+  split; training uses the rest (capped to ``train_examples`` if > 0). With
+  several processes, each reads only its own even share of the train split.
+  Validation and test are read whole by every process (they are small).
+  """
+  import tensorflow_datasets as tfds
+
+  spec = get_spec(name)
+  builder = get_builder(name, data_dir)
+  cut = 100 - validation_percent
+  train_split = f'train[:{cut}%]'
+  if process_count > 1:
+    train_split = tfds.even_splits(train_split, n=process_count)[process_index]
+  train = read_split(builder, train_split)
+  if train_examples > 0:
+    n = train_examples // process_count
+    train = Split(train.images[:n], train.labels[:n])
+  val = read_split(builder, f'train[{cut}%:]')
+  test = read_split(builder, 'test')
+  for split in (train, val, test):
+    if split.images.shape[1:] != spec.image_shape:
+      raise ValueError(f'{builder.name} images have shape '
+                       f'{split.images.shape[1:]}, expected {spec.image_shape}')
+  return Data(train, val, test, spec, source=builder.name)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The order of the ``n`` training examples in ``epoch``, from (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """uint8 pixels to float32 in [-1, 1]: ``(x / 255 - 0.5) / 0.5`` (article)."""
+  return (images.astype(jnp.float32) / 255.0 - 0.5) / 0.5
+
+
+def random_crop_flip(rng: jax.Array, images: jax.Array,
+                     padding: int = 4) -> jax.Array:
+  """Random crop after zero-padding by ``padding``, and random h-flip.
+
+  The same augmentation as torchvision's ``RandomCrop(32, padding=4)`` and
+  ``RandomHorizontalFlip()`` in the article, done on the device per example.
+  """
+  b, h, w, c = images.shape
+  crop_key, flip_key = jax.random.split(rng)
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding),
+                            (0, 0)))
+  offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * padding + 1)
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
+  cropped = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+  return jnp.where(flip, cropped[:, :, ::-1, :], cropped)
+
+
+def train_batch(split: Split, order: np.ndarray, index: int,
+                batch_size: int) -> dict[str, np.ndarray]:
+  """Batch ``index`` of an epoch whose example order is ``order``."""
+  rows = order[index * batch_size:(index + 1) * batch_size]
+  return {'image': split.images[rows], 'label': split.labels[rows]}
+
+
+def eval_batches(split: Split, batch_size: int, process_index: int = 0,
+                 process_count: int = 1):
+  """Yields this process's rows of each global batch, padded, with a mask.
+
+  The last batch is padded to ``batch_size`` with copies of example 0 whose
+  ``mask`` is 0, so every example is counted exactly once and every batch has
+  the same shape (one compilation). With several processes, each yields its
+  own contiguous share of the rows of every global batch.
+  """
+  local = batch_size // process_count
+  n = len(split)
+  for start in range(0, n, batch_size):
+    rows = np.arange(start, start + batch_size)
+    rows = rows[process_index * local:(process_index + 1) * local]
+    mask = rows < n
+    rows = np.where(mask, rows, 0)
+    yield {'image': split.images[rows], 'label': split.labels[rows],
+           'mask': mask.astype(np.float32)}

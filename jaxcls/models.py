@@ -1,0 +1,78 @@
+"""Classification models as Flax linen modules, and a registry by name.
+
+Every model maps a float batch of images ``(B, H, W, C)`` to logits
+``(B, num_classes)`` and takes ``train`` (for dropout). ``model.apply`` is a
+pure function of ``(variables, x)``; dropout needs an explicit ``'dropout'``
+PRNG key when ``train=True``.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxcls import activations
+
+
+class CNN(nn.Module):
+  """The article's two-convolution CNN.
+
+  conv 3x3/16 -> act -> pool 2x2 -> conv 3x3/32 -> act -> pool 2x2 ->
+  dense 128 -> act -> [dropout] -> dense num_classes.
+
+  Convolutions use 'SAME' padding (the article's ``padding=1``), so a 28x28
+  input ends at 7x7x32 and a 32x32 input at 8x8x32 before the dense layers.
+  """
+
+  num_classes: int = 10
+  activation: str = 'relu'
+  pooling: str = 'max'  # 'max' or 'avg'
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    act = activations.get_activation(self.activation)
+    if self.pooling == 'max':
+      pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    elif self.pooling == 'avg':
+      pool = functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
+    else:
+      raise ValueError(f"unknown pooling {self.pooling!r}; choose 'max' or 'avg'")
+    x = x.astype(self.dtype)
+    x = pool(act(nn.Conv(16, (3, 3), padding='SAME', dtype=self.dtype)(x)))
+    x = pool(act(nn.Conv(32, (3, 3), padding='SAME', dtype=self.dtype)(x)))
+    x = x.reshape((x.shape[0], -1))
+    x = act(nn.Dense(128, dtype=self.dtype)(x))
+    if self.dropout_rate > 0:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    # Logits in float32 so the loss is computed at full precision.
+    return x.astype(jnp.float32)
+
+
+def _cnn(config, num_classes: int) -> nn.Module:
+  return CNN(
+      num_classes=num_classes,
+      activation=config.activation,
+      pooling=config.pooling,
+      dropout_rate=config.dropout_rate,
+      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+  )
+
+
+# name -> function(config, num_classes) -> module. Other modules (recurrent
+# models) register themselves here on import of jaxcls.
+MODELS = {'cnn': _cnn}
+
+
+def create_model(config, num_classes: int) -> nn.Module:
+  """Builds the model named ``config.model`` for ``num_classes`` classes."""
+  try:
+    build = MODELS[config.model]
+  except KeyError:
+    raise ValueError(
+        f'unknown model {config.model!r}; choose one of {sorted(MODELS)}'
+    ) from None
+  return build(config, num_classes)

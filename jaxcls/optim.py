@@ -1,0 +1,75 @@
+"""The optimizer: one optax chain built from the config, and penalty terms.
+
+The chain is ``[clip] -> {sgd | momentum | adam | adamw} -> schedule``, built
+from optax's own transforms. ``adamw`` decays weights directly (decoupled, as
+Loshchilov & Hutter), masked so that biases are never decayed.
+
+The article's L1 and L2 regularization are *loss terms* (``l1_penalty``,
+``l2_penalty``): added to the cross-entropy, they flow through the gradient
+and, under Adam, through its normalisation. That is different from decoupled
+weight decay, which is why both exist.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+SCHEDULES = ('constant', 'warmup_cosine')
+
+
+def decay_mask(params):
+  """True for the leaves that weight decay applies to: kernels, not biases."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) != 'bias', params)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """A constant rate, or linear warmup then cosine decay to zero."""
+  if config.lr_schedule == 'constant':
+    return optax.constant_schedule(config.learning_rate)
+  if config.lr_schedule == 'warmup_cosine':
+    total = max(1, config.num_epochs * steps_per_epoch)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate,
+        warmup_steps=warmup, decay_steps=total, end_value=0.0)
+  raise ValueError(f'unknown lr_schedule {config.lr_schedule!r}; '
+                   f'choose one of {SCHEDULES}')
+
+
+def create_optimizer(config, steps_per_epoch: int
+                     ) -> optax.GradientTransformation:
+  """Builds the optax chain named by ``config.optimizer`` and friends."""
+  lr = learning_rate_schedule(config, steps_per_epoch)
+  name = config.optimizer
+  if name == 'sgd':
+    opt = optax.sgd(lr)
+  elif name == 'momentum':
+    opt = optax.sgd(lr, momentum=config.momentum, nesterov=False)
+  elif name == 'adam':
+    opt = optax.adam(lr, b1=config.b1, b2=config.b2)
+  elif name == 'adamw':
+    opt = optax.adamw(lr, b1=config.b1, b2=config.b2,
+                      weight_decay=config.weight_decay, mask=decay_mask)
+  else:
+    raise ValueError(f'unknown optimizer {name!r}; choose one of {OPTIMIZERS}')
+  if config.grad_clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  return opt
+
+
+def l1_penalty(params) -> jax.Array:
+  """Sum of absolute values of the decayable (non-bias) parameters."""
+  leaves = jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(lambda p, m: jnp.sum(jnp.abs(p)) if m else 0.0,
+                             params, decay_mask(params)))
+  return sum(leaves, jnp.float32(0))
+
+
+def l2_penalty(params) -> jax.Array:
+  """Half the sum of squares of the decayable (non-bias) parameters."""
+  leaves = jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(lambda p, m: 0.5 * jnp.sum(p * p) if m else 0.0,
+                             params, decay_mask(params)))
+  return sum(leaves, jnp.float32(0))

@@ -1,0 +1,350 @@
+"""Pure train and eval steps, and the training loop.
+
+``train_step`` and ``eval_step`` are pure functions of arrays, jittable on
+their own. ``train_and_evaluate(config, workdir)`` is a plain for-loop over
+steps: it loads data, resumes from the workdir if it holds a checkpoint,
+evaluates on the validation split every epoch, keeps the best model, and
+scores that model once on the test split.
+"""
+
+import functools
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from jaxcls import checkpoint, config as config_lib, data, models, optim
+from jaxcls import parallel
+
+TrainState = train_state.TrainState
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite."""
+
+
+def create_train_state(rng: jax.Array, model: nn.Module,
+                       tx: optax.GradientTransformation,
+                       image_shape: tuple[int, int, int]) -> TrainState:
+  """Initialises parameters for ``image_shape`` inputs and the optimizer."""
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+  return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                           tx=tx)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy with integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array,
+               augment: bool = False, l1: float = 0.0, l2: float = 0.0,
+               axis_name: str | None = None):
+  """One optimizer step: ``(state, batch, rng) -> (state, metrics)``.
+
+  ``batch`` holds uint8 ``image`` (B, H, W, C) and int ``label`` (B,);
+  normalisation and (if ``augment``) random crop + flip happen here, on the
+  device. ``rng`` is the run's base key: the key for this step is
+  ``fold_in(rng, state.step)``, so augmentation and dropout are functions of
+  (seed, step) and a resumed run repeats them exactly. ``l1``/``l2`` weight
+  the article's penalty terms. ``axis_name`` is set only under ``pmap``,
+  where gradients are averaged across devices explicitly.
+
+  ``metrics`` holds sums over the batch (``loss``, ``correct``, ``count``) so
+  that they add up across steps and devices.
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+  if axis_name is not None:  # Distinct randomness per pmap device.
+    step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+  augment_rng, dropout_rng = jax.random.split(step_rng)
+  images = batch['image']
+  if augment:
+    images = data.random_crop_flip(augment_rng, images)
+  images = data.normalize(images)
+  labels = batch['label']
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, images, train=True,
+                            rngs={'dropout': dropout_rng})
+    data_loss = cross_entropy(logits, labels).mean()
+    loss = data_loss
+    if l1:
+      loss = loss + l1 * optim.l1_penalty(params)
+    if l2:
+      loss = loss + l2 * optim.l2_penalty(params)
+    return loss, (data_loss, logits)
+
+  (_, (data_loss, logits)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  state = state.apply_gradients(grads=grads)
+  count = jnp.float32(labels.shape[0])
+  metrics = {'loss': data_loss * count,
+             'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
+             'count': count}
+  if axis_name is not None:
+    metrics = jax.lax.psum(metrics, axis_name)
+  return state, metrics
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+  """Sums of loss, correct predictions and count over the unmasked examples.
+
+  ``batch`` may hold a float ``mask`` (1 = real example, 0 = padding).
+  """
+  logits = state.apply_fn({'params': state.params},
+                          data.normalize(batch['image']), train=False)
+  mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
+  return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
+          'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
+          'count': jnp.sum(mask)}
+
+
+def params_sha256(params) -> str:
+  """sha256 over the parameters' bytes, in a fixed (path-sorted) order."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+  h = hashlib.sha256()
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()
+
+
+def evaluate(eval_fn, state, split: data.Split, batch_size: int, mesh) -> dict:
+  """Accuracy and mean loss over every example of ``split``, exactly once."""
+  totals = None
+  for batch in data.eval_batches(split, batch_size, jax.process_index(),
+                                 jax.process_count()):
+    sums = eval_fn(state, parallel.put_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree_util.tree_map(
+        jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  return {'accuracy': float(totals['correct'] / totals['count']),
+          'loss': float(totals['loss'] / totals['count']),
+          'count': int(totals['count'])}
+
+
+def _jit_steps(config, mesh, state):
+  """The train and eval steps, jitted with data-parallel shardings."""
+  repl, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  spec = data.get_spec(config.dataset)
+  step = functools.partial(train_step, augment=spec.augment,
+                           l1=config.l1, l2=config.l2)
+  train_fn = jax.jit(step, in_shardings=(repl, sharded, repl),
+                     out_shardings=(repl, repl), donate_argnums=0)
+  eval_fn = jax.jit(eval_step, in_shardings=(repl, sharded),
+                    out_shardings=repl)
+  return train_fn, eval_fn
+
+
+class _StopSignal:
+  """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _log(*args):
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+def _first_nonfinite(losses: list, first_step: int) -> int | None:
+  values = np.asarray(jax.device_get(losses))
+  bad = np.flatnonzero(~np.isfinite(values))
+  return first_step + int(bad[0]) if bad.size else None
+
+
+def write_results(workdir: str, results: dict) -> None:
+  """Merges ``results`` into ``workdir/results.json`` (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, 'results.json')
+  old = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+  old.update(results)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(old, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)  # Atomic: never a half-written file.
+
+
+def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
+  """Trains ``config.model`` on ``config.dataset``; returns the results dict.
+
+  Resumes from ``workdir`` when it holds a checkpoint of the same config.
+  With ``eval_only``, restores the best checkpoint and scores it on test.
+  """
+  config_lib.validate(config)
+  mesh = parallel.make_mesh()
+  for name in ('batch_size', 'eval_batch_size'):
+    parallel.check_batch_size(name, config[name], mesh)
+  fingerprint = config_lib.fingerprint(config)
+  latest = checkpoint.make_manager(workdir, 'latest')
+  best = checkpoint.make_manager(workdir, 'best')
+  ds = data.load(config.dataset, config.data_dir, config.validation_percent,
+                 config.train_examples, jax.process_index(),
+                 jax.process_count())
+  local_batch = config.batch_size // jax.process_count()
+  steps_per_epoch = len(ds.train) // local_batch
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size={config.batch_size} is larger than the '
+                     f'{len(ds.train)} training examples')
+  total_steps = config.num_epochs * steps_per_epoch
+
+  model = models.create_model(config, ds.spec.num_classes)
+  tx = optim.create_optimizer(config, steps_per_epoch)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state = jax.device_put(
+      create_train_state(init_rng, model, tx, ds.spec.image_shape),
+      parallel.replicated(mesh))
+  train_fn, eval_fn = _jit_steps(config, mesh, state)
+  results = {'dataset': config.dataset, 'data_source': ds.source,
+             'model': config.model, 'config_fingerprint': fingerprint,
+             'devices': jax.device_count(), 'processes': jax.process_count()}
+
+  if eval_only:
+    if best.latest_step() is None:
+      raise checkpoint.CheckpointError(
+          f'no best checkpoint in {workdir}/checkpoints/best; train first')
+    state, meta = checkpoint.restore(best, state, fingerprint)
+    test = evaluate(eval_fn, state, ds.test, config.eval_batch_size, mesh)
+    _log(f'Test accuracy on {config.dataset} (best checkpoint, epoch '
+         f"{meta['epoch']}): {test['accuracy']:.4f}")
+    results.update(test_accuracy=test['accuracy'], test_loss=test['loss'],
+                   best_epoch=meta['epoch'],
+                   best_val_accuracy=meta['best_val_accuracy'])
+    write_results(workdir, results)
+    return results
+
+  best_val, best_epoch = -1.0, 0
+  if latest.latest_step() is not None:
+    state, meta = checkpoint.restore(latest, state, fingerprint)
+    best_val, best_epoch = meta['best_val_accuracy'], meta['best_epoch']
+    _log(f'Resuming from step {int(state.step)} in {workdir}')
+
+  def meta(epoch):
+    return {'epoch': epoch, 'best_val_accuracy': best_val,
+            'best_epoch': best_epoch, 'fingerprint': fingerprint,
+            'config': config.to_json()}
+
+  # Compile ahead of time so that compile time is measured on its own.
+  t0 = time.perf_counter()
+  example = parallel.put_batch(
+      data.train_batch(ds.train, np.arange(local_batch), 0, local_batch), mesh)
+  train_fn = train_fn.lower(state, example, train_rng).compile()
+  results['compile_seconds'] = time.perf_counter() - t0
+
+  train_seconds = input_seconds = 0.0
+  images_trained = 0
+  step = int(state.step)
+  with _StopSignal() as stop:
+    while step < total_steps:
+      epoch, index = divmod(step, steps_per_epoch)
+      order = data.epoch_permutation(config.seed + 1000 * jax.process_index(),
+                                     epoch, len(ds.train))
+      epoch_metrics, epoch_start_step = [], step
+      t_epoch = time.perf_counter()
+      bar = _progress(steps_per_epoch, index, epoch)
+      while index < steps_per_epoch and not stop.received:
+        t_in = time.perf_counter()
+        batch = parallel.put_batch(
+            data.train_batch(ds.train, order, index, local_batch), mesh)
+        input_seconds += time.perf_counter() - t_in
+        state, metrics = train_fn(state, batch, train_rng)
+        epoch_metrics.append(metrics)
+        step, index = step + 1, index + 1
+        if bar is not None:
+          bar.update(1)
+        if config.checkpoint_every_steps and (
+            step % config.checkpoint_every_steps == 0):
+          _check_finite(epoch_metrics, epoch_start_step, latest)
+          checkpoint.save(latest, state, meta(epoch))
+      if bar is not None:
+        bar.close()
+      if not epoch_metrics:
+        break
+      totals = jax.device_get(jax.tree_util.tree_map(
+          lambda *x: np.sum(x), *epoch_metrics))
+      seconds = time.perf_counter() - t_epoch
+      train_seconds += seconds
+      images_trained += int(totals['count'])
+      _check_finite(epoch_metrics, epoch_start_step, latest)
+      if stop.received:
+        checkpoint.save(latest, state, meta(epoch))
+        latest.wait_until_finished()
+        _log(f'{stop.received}: saved a checkpoint at step {step} in '
+             f'{workdir}; run the same command to resume.')
+        sys.exit(128 + signal.Signals[stop.received].value)
+      val = evaluate(eval_fn, state, ds.val, config.eval_batch_size, mesh)
+      if val['accuracy'] > best_val:
+        best_val, best_epoch = val['accuracy'], epoch + 1
+        checkpoint.save(best, state, meta(epoch + 1))
+      checkpoint.save(latest, state, meta(epoch + 1))
+      _log(f"[epoch {epoch + 1}] training accuracy: "
+           f"{totals['correct'] / totals['count']:.3f}  "
+           f"loss {totals['loss'] / totals['count']:.4f}  "
+           f"val accuracy {val['accuracy']:.4f}  "
+           f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
+  latest.wait_until_finished()
+  best.wait_until_finished()
+
+  final_hash = params_sha256(state.params)
+  best_state, best_meta = checkpoint.restore(best, state, fingerprint)
+  test = evaluate(eval_fn, best_state, ds.test, config.eval_batch_size, mesh)
+  _log(f"Test accuracy on {config.dataset} (best checkpoint, epoch "
+       f"{best_meta['best_epoch']}): {test['accuracy']:.4f}")
+  results.update(
+      epochs=config.num_epochs, steps=total_steps,
+      test_accuracy=test['accuracy'], test_loss=test['loss'],
+      best_val_accuracy=best_val, best_epoch=best_meta['best_epoch'],
+      train_seconds=train_seconds,
+      train_images_per_second=(images_trained / train_seconds
+                               if train_seconds else None),
+      input_share=input_seconds / train_seconds if train_seconds else None,
+      params_sha256=final_hash)
+  write_results(workdir, results)
+  return results
+
+
+def _check_finite(metrics: list, first_step: int, latest) -> None:
+  bad = _first_nonfinite([m['loss'] for m in metrics], first_step)
+  if bad is not None:
+    raise NonFiniteLossError(
+        f'the training loss became non-finite at step {bad + 1}; stopped. '
+        f'The last good checkpoint (step {latest.latest_step()}) is kept; '
+        'lower --config.learning_rate or set --config.grad_clip_norm')
+
+
+def _progress(total: int, done: int, epoch: int):
+  """A tqdm bar inside the epoch, only when output is a terminal."""
+  if not sys.stdout.isatty() or jax.process_index() != 0:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, initial=done, desc=f'epoch {epoch + 1}',
+              leave=False, dynamic_ncols=True)
