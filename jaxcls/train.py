@@ -23,7 +23,7 @@ import optax
 from flax.training import train_state
 
 from jaxcls import checkpoint, config as config_lib, data, models, optim
-from jaxcls import parallel
+from jaxcls import metrics as metrics_lib, parallel
 
 TrainState = train_state.TrainState
 
@@ -259,6 +259,8 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       data.train_batch(ds.train, np.arange(local_batch), 0, local_batch), mesh)
   train_fn = train_fn.lower(state, example, train_rng).compile()
   results['compile_seconds'] = time.perf_counter() - t0
+  writer = metrics_lib.MetricWriter(workdir, config)
+  learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
 
   train_seconds = input_seconds = 0.0
   images_trained = 0
@@ -279,6 +281,9 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
         state, metrics = train_fn(state, batch, train_rng)
         epoch_metrics.append(metrics)
         step, index = step + 1, index + 1
+        if config.log_every_steps and step % config.log_every_steps == 0:
+          writer.write_scalars(step, metrics_lib.window_scalars(
+              epoch_metrics[-config.log_every_steps:], step / steps_per_epoch))
         if bar is not None:
           bar.update(1)
         if config.checkpoint_every_steps and (
@@ -311,8 +316,11 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
            f"loss {totals['loss'] / totals['count']:.4f}  "
            f"val accuracy {val['accuracy']:.4f}  "
            f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
+      writer.write_scalars(step, metrics_lib.epoch_scalars(
+          epoch + 1, totals, val, seconds, learning_rate(step)))
   latest.wait_until_finished()
   best.wait_until_finished()
+  writer.close()
 
   final_hash = params_sha256(state.params)
   best_state, best_meta = checkpoint.restore(best, state, fingerprint)
