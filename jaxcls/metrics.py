@@ -15,6 +15,7 @@ folder, so a resumed run continues the same curves.
 
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -79,7 +80,10 @@ class MetricWriter:
     os.makedirs(self.tb_dir, exist_ok=True)
     from tensorboardX import SummaryWriter  # Lazy: keeps `import jaxcls` light.
     self._file = open(self.path, 'a')
-    self._tb = SummaryWriter(logdir=self.tb_dir)
+    # Event file names carry only whole seconds; a unique suffix keeps a run
+    # restarted within the same second from overwriting the last one's file.
+    self._tb = SummaryWriter(logdir=self.tb_dir,
+                             filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
     if config is not None:
       self.write_hparams(config)
 

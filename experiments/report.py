@@ -1,0 +1,192 @@
+"""Plots and a model summary for a finished (or running) training workdir.
+
+Run:  python -m experiments.report --workdir=runs/fashion_mnist
+
+Writes into ``<workdir>/report/``:
+
+* ``curves.png``: train and validation loss and accuracy per epoch (from
+  ``metrics.jsonl``), with the running train loss logged every
+  ``log_every_steps`` steps as a thin line;
+* ``confusion_matrix.png``: the best checkpoint on the test split;
+* ``misclassified.png``: test images the best checkpoint gets wrong, with
+  their true and predicted labels.
+
+It prints the model summary (layers, shapes, parameter counts, FLOPs per
+layer) and XLA's FLOPs per example. Errors print one line and exit 2.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from jaxcls import cli
+
+flags.DEFINE_string('workdir', None, 'The training workdir to report on.')
+flags.DEFINE_integer('num_misclassified', 25,
+                     'How many misclassified test images to show.')
+FLAGS = flags.FLAGS
+
+
+def plot_curves(records: list[dict], path: str) -> None:
+  """Loss and accuracy per epoch, train and validation, side by side."""
+  import matplotlib.pyplot as plt
+  from jaxcls import metrics
+
+  epochs = metrics.epoch_records(records)
+  if not epochs:
+    raise ValueError('metrics.jsonl has no completed epoch yet; train for at '
+                     'least one epoch')
+  steps = [r for r in records if 'train_loss_recent' in r]
+  x = [r['epoch'] for r in epochs]
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  if steps:
+    ax_loss.plot([r['epoch_progress'] for r in steps],
+                 [r['train_loss_recent'] for r in steps], color='tab:blue',
+                 alpha=0.3, lw=1, label='train (recent steps)')
+  ax_loss.plot(x, [r['train_loss'] for r in epochs], 'o-', color='tab:blue',
+               label='train (epoch mean)')
+  ax_loss.plot(x, [r['val_loss'] for r in epochs], 's-', color='tab:orange',
+               label='validation')
+  ax_acc.plot(x, [r['train_accuracy'] for r in epochs], 'o-',
+              color='tab:blue', label='train (epoch mean)')
+  ax_acc.plot(x, [r['val_accuracy'] for r in epochs], 's-',
+              color='tab:orange', label='validation')
+  for ax, name in ((ax_loss, 'cross-entropy loss'), (ax_acc, 'accuracy')):
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_confusion(matrix, names: list[str], title: str, path: str) -> None:
+  """The confusion matrix as a heat map, with the count in every cell."""
+  import matplotlib.pyplot as plt
+
+  n = len(names)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.75 * n))
+  im = ax.imshow(matrix, cmap='Blues')
+  ax.set_xticks(range(n), names, rotation=45, ha='right')
+  ax.set_yticks(range(n), names)
+  ax.set_xlabel('predicted label')
+  ax.set_ylabel('true label')
+  ax.set_title(title)
+  threshold = matrix.max() / 2
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
+              color='white' if matrix[i, j] > threshold else 'black')
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def misclassified_titles(labels, probs, names: list[str],
+                         count: int) -> dict[int, str]:
+  """``{test index: 'true ... pred ...'}`` for the first ``count`` errors."""
+  import numpy as np
+
+  predicted = probs.argmax(-1)
+  wrong = np.flatnonzero(predicted != labels)[:count]
+  return {int(i): f'#{i} true: {names[labels[i]]}\n'
+                  f'pred: {names[predicted[i]]} ({probs[i, predicted[i]]:.0%})'
+          for i in wrong}
+
+
+def plot_misclassified(images, labels, probs, names: list[str], count: int,
+                       path: str) -> dict[int, str]:
+  """A grid of the first ``count`` misclassified images; returns the titles."""
+  import matplotlib.pyplot as plt
+
+  titles = misclassified_titles(labels, probs, names, count)
+  cols = 5
+  rows = max(1, -(-len(titles) // cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for ax, (i, title) in zip(axes.flat, titles.items()):
+    image = images[i]
+    if image.shape[-1] == 1:
+      ax.imshow(image[..., 0], cmap='gray', vmin=0, vmax=255)
+    else:
+      ax.imshow(image)
+    ax.set_title(title, fontsize=8)
+  fig.suptitle(f'{len(titles)} misclassified test images (first by index)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return titles
+
+
+def report(workdir: str, num_misclassified: int = 25) -> dict:
+  """Writes the three PNGs and prints the summary; returns what it found."""
+  import matplotlib
+  matplotlib.use('Agg')  # Files only, no display needed.
+  import numpy as np
+  from jaxcls import data, inspection, metrics, models
+
+  config, state = inspection.load_best(workdir)
+  spec = data.get_spec(config.dataset)
+  out = os.path.join(workdir, 'report')
+  os.makedirs(out, exist_ok=True)
+  names = inspection.class_names(config)
+
+  model = models.create_model(config, spec.num_classes)
+  print(inspection.model_summary(model, spec.image_shape))
+  n_params = inspection.parameter_count(state.params)
+  flops = inspection.flops_per_example(state, spec.image_shape)
+  print(f'Parameters: {n_params:,}   FLOPs per example (XLA, forward): '
+        f'{flops:,.0f}')
+
+  paths = {}
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(metrics_path):
+    paths['curves'] = os.path.join(out, 'curves.png')
+    plot_curves(metrics.read_jsonl(metrics_path), paths['curves'])
+  else:
+    print(f'note: no {metrics_path}; skipping the curves', file=sys.stderr)
+
+  test = data.read_split(data.get_builder(config.dataset, config.data_dir),
+                         'test')
+  probs = inspection.predict_all(state, test.images, config.eval_batch_size)
+  predicted = probs.argmax(-1)
+  matrix = inspection.confusion_matrix(test.labels, predicted,
+                                       spec.num_classes)
+  accuracy = float(np.trace(matrix) / matrix.sum())
+  paths['confusion_matrix'] = os.path.join(out, 'confusion_matrix.png')
+  plot_confusion(matrix, names, f'{config.model} on {config.dataset} test '
+                 f'(best checkpoint): accuracy {accuracy:.4f}',
+                 paths['confusion_matrix'])
+  paths['misclassified'] = os.path.join(out, 'misclassified.png')
+  shown = plot_misclassified(test.images, test.labels, probs, names,
+                             num_misclassified, paths['misclassified'])
+  print(f'Test accuracy (best checkpoint): {accuracy:.4f} on '
+        f'{int(matrix.sum())} images; {len(shown)} misclassified shown')
+  for path in paths.values():
+    print(f'wrote {path}')
+  return {'paths': paths, 'confusion_matrix': matrix,
+          'test_accuracy': accuracy, 'parameters': n_params,
+          'flops_per_example': flops, 'class_names': names,
+          'misclassified': shown}
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}; use --workdir=W')
+  if not FLAGS.workdir:
+    sys.exit('error: --workdir is required (the folder training wrote to)')
+  cli._quiet_logs()  # pylint: disable=protected-access
+  try:
+    report(FLAGS.workdir, FLAGS.num_misclassified)
+  except cli.EXPECTED_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

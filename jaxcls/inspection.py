@@ -1,0 +1,142 @@
+"""Looking at a trained model: restore it, summarise it, run it on images.
+
+``load_best(workdir)`` rebuilds the model and restores its best checkpoint
+from the workdir alone (the checkpoint's metadata holds the config).
+``model_summary`` is Flax's ``nn.tabulate`` table (layers, shapes, parameter
+counts, FLOPs per layer); ``flops_per_example`` asks XLA's cost analysis of
+the compiled forward pass. ``predict_probs`` is the jittable softmax of the
+model on uint8 images, normalised exactly as in training.
+"""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxcls import checkpoint, config as config_lib, data, models, optim
+from jaxcls import train
+
+
+def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
+  """The best-checkpoint manager of ``workdir`` and its newest metadata."""
+  folder = os.path.join(workdir, 'checkpoints', 'best')
+  if not os.path.isdir(folder):  # make_manager would create it: check first.
+    raise checkpoint.CheckpointError(
+        f'no best checkpoint in {folder}; train first, e.g. '
+        f'python -m experiments.fashion_mnist --workdir={workdir}')
+  manager = checkpoint.make_manager(workdir, 'best')
+  step = manager.latest_step()
+  if step is None:
+    raise checkpoint.CheckpointError(
+        f'no best checkpoint in {folder}; train first (or wait for the '
+        'first epoch to end)')
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+  except Exception as e:  # Orbax raises many types for a damaged folder.
+    raise checkpoint.CheckpointError(
+        f'checkpoint {folder}/{step} is unreadable ({type(e).__name__}); '
+        'train again or use another --workdir') from None
+  if 'config' not in meta:
+    raise checkpoint.CheckpointError(
+        f'checkpoint {folder}/{step} has no config in its metadata (saved by '
+        'an older jaxcls); train again to use it here')
+  return manager, meta
+
+
+def load_best(workdir: str) -> tuple[ml_collections.ConfigDict,
+                                      train.TrainState]:
+  """``(config, state)`` of the best checkpoint in ``workdir``.
+
+  The model and optimizer are rebuilt from the config stored with the
+  checkpoint, so nothing but the workdir is needed. Raises CheckpointError
+  with one clear line when there is no usable checkpoint.
+  """
+  manager, meta = _best_meta(workdir)
+  config = ml_collections.ConfigDict(json.loads(meta['config']))
+  spec = data.get_spec(config.dataset)
+  model = models.create_model(config, spec.num_classes)
+  # The optimizer state's structure does not depend on steps_per_epoch.
+  target = train.create_train_state(
+      jax.random.key(0), model, optim.create_optimizer(config, 1),
+      spec.image_shape)
+  state, _ = checkpoint.restore(manager, target,
+                                config_lib.fingerprint(config))
+  return config, state
+
+
+def class_names(config) -> list[str]:
+  """The label names of ``config.dataset`` from its TFDS builder's info."""
+  import tensorflow_datasets as tfds  # Lazy: TF loads slowly.
+
+  num_classes = data.get_spec(config.dataset).num_classes
+  try:
+    names = list(tfds.builder(config.dataset, data_dir=config.data_dir)
+                 .info.features['label'].names)
+  except Exception:  # An unknown or broken builder: numbers still work.
+    names = []
+  if len(names) != num_classes:
+    names = [str(i) for i in range(num_classes)]
+  return names
+
+
+def predict_probs(state: train.TrainState, images: jax.Array) -> jax.Array:
+  """Class probabilities (B, num_classes) for uint8 images (B, H, W, C)."""
+  logits = state.apply_fn({'params': state.params}, data.normalize(images),
+                          train=False)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def predict_all(state: train.TrainState, images: np.ndarray,
+                batch_size: int = 1000) -> np.ndarray:
+  """``predict_probs`` over many images, in fixed-size (padded) batches."""
+  fn = jax.jit(predict_probs)
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk)  # One shape, one compilation.
+    padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
+                                             chunk.dtype)]) if pad else chunk
+    out.append(np.asarray(fn(state, padded))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+  """``m[true, predicted]`` = number of examples; rows are true classes."""
+  m = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(m, (labels, predictions), 1)
+  return m
+
+
+def model_summary(model: nn.Module, image_shape: tuple[int, int, int]) -> str:
+  """Flax's table of layers, input/output shapes, FLOPs and parameters."""
+  table = nn.tabulate(model, jax.random.key(0), compute_flops=True,
+                      console_kwargs={'width': 120, 'force_terminal': False,
+                                      'no_color': True})
+  return table(jnp.zeros((1, *image_shape), jnp.float32))
+
+
+def flops_per_example(state: train.TrainState,
+                      image_shape: tuple[int, int, int],
+                      batch_size: int = 8) -> float:
+  """Forward-pass FLOPs per example, from XLA's cost analysis.
+
+  The forward pass is lowered and compiled for ``batch_size`` uint8 images;
+  XLA counts the floating-point operations of the compiled program.
+  """
+  images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8)
+  compiled = jax.jit(predict_probs).lower(state, images).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
+    cost = cost[0]
+  return float(cost['flops']) / batch_size
+
+
+def parameter_count(params) -> int:
+  return sum(int(np.size(p)) for p in jax.tree_util.tree_leaves(params))
