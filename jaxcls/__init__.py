@@ -3,6 +3,8 @@
 The pieces, each a small pure function or Flax linen module:
 
 * ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
+* ``jaxcls.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, ``RecurrentClassifier``:
+  scanned recurrent cells and a row-by-row image classifier;
 * ``jaxcls.create_train_state``, ``jaxcls.train_step``, ``jaxcls.eval_step``:
   initialisation and the pure, jittable steps;
 * ``jaxcls.create_optimizer``: the optax chain built from a config;
@@ -15,6 +17,10 @@ from jaxcls.config import get_config
 from jaxcls.data import load as load_data, normalize, random_crop_flip
 from jaxcls.models import CNN, create_model
 from jaxcls.optim import create_optimizer
+from jaxcls import recurrent  # Registers 'rnn', 'lstm', 'gru' in models.MODELS.
+from jaxcls.recurrent import (Bidirectional, GRUCell, LSTMCell, Recurrent,
+                              RecurrentClassifier, RecurrentStack,
+                              SimpleRNNCell)
 from jaxcls.train import (TrainState, create_train_state, cross_entropy,
                           eval_step, params_sha256, train_and_evaluate,
                           train_step)
@@ -23,5 +29,7 @@ __all__ = [
     'activations', 'get_config', 'load_data', 'normalize', 'random_crop_flip',
     'CNN', 'create_model', 'create_optimizer', 'TrainState',
     'create_train_state', 'cross_entropy', 'eval_step', 'params_sha256',
-    'train_and_evaluate', 'train_step',
+    'train_and_evaluate', 'train_step', 'recurrent', 'SimpleRNNCell',
+    'LSTMCell', 'GRUCell', 'Recurrent', 'Bidirectional', 'RecurrentStack',
+    'RecurrentClassifier',
 ]

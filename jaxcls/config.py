@@ -100,3 +100,14 @@ def validate(config) -> None:
                'checkpoint_every_steps'):
     if config[name] < 0:
       raise ValueError(f'{name} must be >= 0, got {config[name]!r}')
+  # Recurrent models (experiments/sequential_mnist.py); absent fields default.
+  for name in ('hidden_size', 'num_layers'):
+    if not config.get(name, 1) > 0:
+      raise ValueError(f'{name} must be > 0, got {config[name]!r}; '
+                       f'set --config.{name}=...')
+  if config.get('readout', 'last') not in ('last', 'mean'):
+    raise ValueError(f"unknown readout {config.readout!r}; choose 'last' or "
+                     "'mean'")
+  if config.get('forget_bias', 0.0) < 0:
+    raise ValueError(f'forget_bias must be >= 0 (usually 0 or 1), got '
+                     f'{config.forget_bias!r}')
