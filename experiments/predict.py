@@ -62,7 +62,7 @@ def load_image(path: str, image_shape: tuple[int, int, int],
 
 
 def top_k(probs, names: list[str], k: int) -> list[tuple[str, float]]:
-  """The ``k`` most probable ``(class name, probability)``, most likely first."""
+  """The ``k`` most probable ``(class name, probability)``, best first."""
   import numpy as np
 
   order = np.argsort(-probs, kind='stable')[:k]
@@ -77,11 +77,12 @@ def predict(workdir: str, paths: list[str], k: int = 3,
 
   if not paths:
     raise ValueError('no image files given; pass one or more PNG/JPEG paths')
-  config, state = inspection.load_best(workdir)
-  spec = data.get_spec(config.dataset)
+  # Files are checked before the weights are restored: bad input fails fast.
+  spec = data.get_spec(inspection.best_config(workdir).dataset)
   if not 1 <= k <= spec.num_classes:
     raise ValueError(f'--top_k must be in 1..{spec.num_classes}, got {k}')
   images = np.stack([load_image(p, spec.image_shape, invert) for p in paths])
+  config, state = inspection.load_best(workdir)
   names = inspection.class_names(config)
   probs = inspection.predict_all(state, images, len(images))
   return [top_k(p, names, k) for p in probs]

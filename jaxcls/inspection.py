@@ -49,6 +49,11 @@ def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
   return manager, meta
 
 
+def best_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config stored with the best checkpoint of ``workdir`` (no arrays)."""
+  return ml_collections.ConfigDict(json.loads(_best_meta(workdir)[1]['config']))
+
+
 def load_best(workdir: str) -> tuple[ml_collections.ConfigDict,
                                       train.TrainState]:
   """``(config, state)`` of the best checkpoint in ``workdir``.

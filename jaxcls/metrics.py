@@ -82,8 +82,8 @@ class MetricWriter:
     self._file = open(self.path, 'a')
     # Event file names carry only whole seconds; a unique suffix keeps a run
     # restarted within the same second from overwriting the last one's file.
-    self._tb = SummaryWriter(logdir=self.tb_dir,
-                             filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
+    suffix = f'.{os.getpid()}.{time.time_ns()}'
+    self._tb = SummaryWriter(logdir=self.tb_dir, filename_suffix=suffix)
     if config is not None:
       self.write_hparams(config)
 

@@ -84,8 +84,8 @@ def test_model_summary_lists_layers_and_shapes(reported):
   config, _ = inspection.load_best(workdir)
   from jaxcls import models
   text = inspection.model_summary(models.create_model(config, 10), (28, 28, 1))
-  for needle in ('Conv_0', 'Conv_1', 'Dense_0', 'Dense_1', 'float32[1,28,28,16]',
-                 'float32[1,10]', '206,922', 'flops'):
+  for needle in ('Conv_0', 'Conv_1', 'Dense_0', 'Dense_1',
+                 'float32[1,28,28,16]', 'float32[1,10]', '206,922', 'flops'):
     assert needle in text
   assert '\x1b[' not in text  # Plain text, no terminal colour codes.
 
