@@ -205,11 +205,11 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   for name in ('batch_size', 'eval_batch_size'):
     parallel.check_batch_size(name, config[name], mesh)
   fingerprint = config_lib.fingerprint(config)
-  latest = checkpoint.make_manager(workdir, 'latest')
-  best = checkpoint.make_manager(workdir, 'best')
   ds = data.load(config.dataset, config.data_dir, config.validation_percent,
                  config.train_examples, jax.process_index(),
                  jax.process_count())
+  latest = checkpoint.make_manager(workdir, 'latest')
+  best = checkpoint.make_manager(workdir, 'best')
   local_batch = config.batch_size // jax.process_count()
   steps_per_epoch = len(ds.train) // local_batch
   if steps_per_epoch == 0:
