@@ -19,11 +19,17 @@ from absl import app, flags
 
 from jaxcls import cli
 
-flags.DEFINE_string('workdir', None, 'The training workdir (best checkpoint).')
-flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.')
-flags.DEFINE_bool('invert', False,
-                  'Invert the pixels (for dark objects on a light background).')
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  # Defined only when run as a program, so that tests can import this module
+  # next to other tools that define a --workdir flag too.
+  flags.DEFINE_string('workdir', None,
+                      'The training workdir (its best checkpoint is used).')
+  flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.')
+  flags.DEFINE_bool('invert', False,
+                    'Invert the pixels (dark objects on a light background).')
 
 
 class BadImageError(ValueError):
@@ -104,4 +110,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -22,10 +22,15 @@ from absl import app, flags
 
 from jaxcls import cli
 
-flags.DEFINE_string('workdir', None, 'The training workdir to report on.')
-flags.DEFINE_integer('num_misclassified', 25,
-                     'How many misclassified test images to show.')
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  # Defined only when run as a program, so that tests can import this module
+  # next to other tools that define a --workdir flag too.
+  flags.DEFINE_string('workdir', None, 'The training workdir to report on.')
+  flags.DEFINE_integer('num_misclassified', 25,
+                       'How many misclassified test images to show.')
 
 
 def plot_curves(records: list[dict], path: str) -> None:
@@ -189,4 +194,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
