@@ -254,11 +254,14 @@ def run_sweep(config, workdir: str, log=print) -> dict:
     size = config.population_chunk or sweep.auto_chunk_size(
         group_cfg, ds, len(indices))
     chunk_sizes.append(size)
+    steps = sweep.make_population_steps(group_cfg, ds)
     for chunk in sweep.chunks(indices, size):
       traced = [{f: grid[i][f] for f in sweep.TRACED_FIELDS if f in grid[i]}
                 for i in chunk]
       log(f'Population of {len(chunk)} (members {sorted(set(chunk))}):')
-      result = sweep.train_population(group_cfg, traced, ds, log=log)
+      result = sweep.train_population(group_cfg, traced, ds,
+                                       patience=config.patience, log=log,
+                                       steps=steps)
       compile_s += result.compile_seconds
       train_s += result.train_seconds
       group_results.append((chunk, result))

@@ -250,42 +250,66 @@ class PopulationResult:
   train_seconds: float
 
 
-def train_population(config, values: list, ds: data.Data, log=print
+@dataclasses.dataclass
+class PopulationSteps:
+  """The jitted init / train / eval of one group, shared by its chunks."""
+  init: object  # (seeds, lrs, wds) -> (states, train_rngs), vmapped
+  train: object  # jitted population_train_step
+  eval: object  # jitted population_eval_step
+  compiled: dict = dataclasses.field(default_factory=dict)  # K -> train
+
+
+def make_population_steps(config, ds: data.Data) -> PopulationSteps:
+  """Builds the model, the optimizer and the jitted steps of a group once."""
+  steps_per_epoch = len(ds.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size={config.batch_size} is larger than the '
+                     f'{len(ds.train)} training examples')
+  model = models.create_model(config, ds.spec.num_classes)
+  tx = population_optimizer(config, steps_per_epoch)
+  init = jax.jit(jax.vmap(functools.partial(
+      init_member, model=model, tx=tx, image_shape=ds.spec.image_shape)))
+  train_fn = jax.jit(functools.partial(
+      population_train_step, augment=ds.spec.augment, l1=config.l1,
+      l2=config.l2), donate_argnums=0)
+  return PopulationSteps(init, train_fn, jax.jit(population_eval_step))
+
+
+def train_population(config, values: list, ds: data.Data,
+                     patience: int | None = None, log=print,
+                     steps: PopulationSteps | None = None
                      ) -> PopulationResult:
   """Trains the members ``values`` (dicts of traced fields) of one group.
 
   ``config`` is the group's single-run config (its traced fields are
   overridden per member). All members read the batches of ``config.seed``'s
-  epoch order, so they differ only in their hyperparameters.
+  epoch order, so they differ only in their hyperparameters. ``patience``
+  (default ``config.patience``, 0 = off) freezes a member after that many
+  epochs without a better validation accuracy. Pass the group's ``steps``
+  to reuse one compilation across chunks.
   """
   k = len(values)
-  model = models.create_model(config, ds.spec.num_classes)
+  steps = steps or make_population_steps(config, ds)
   steps_per_epoch = len(ds.train) // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'batch_size={config.batch_size} is larger than the '
-                     f'{len(ds.train)} training examples')
-  tx = population_optimizer(config, steps_per_epoch)
   column = lambda name, dtype: jnp.asarray(
       [v.get(name, config[name]) for v in values], dtype)
-  init = jax.jit(jax.vmap(functools.partial(
-      init_member, model=model, tx=tx, image_shape=ds.spec.image_shape)))
-  states, rngs = init(column('seed', jnp.int32),
-                      column('learning_rate', jnp.float32),
-                      column('weight_decay', jnp.float32))
-  spec = data.get_spec(config.dataset)
-  train_fn = jax.jit(functools.partial(
-      population_train_step, augment=spec.augment, l1=config.l1,
-      l2=config.l2), donate_argnums=0)
-  eval_fn = jax.jit(population_eval_step)
-
-  t0 = time.perf_counter()
-  example = data.train_batch(ds.train, np.arange(config.batch_size), 0,
-                             config.batch_size)
+  states, rngs = steps.init(column('seed', jnp.int32),
+                            column('learning_rate', jnp.float32),
+                            column('weight_decay', jnp.float32))
+  eval_fn = steps.eval
   active = jnp.ones((k,), bool)
-  train_fn = train_fn.lower(states, example, rngs, active).compile()
-  compile_seconds = time.perf_counter() - t0
+  compile_seconds = 0.0
+  if k not in steps.compiled:  # Ahead of time, so it is timed on its own.
+    t0 = time.perf_counter()
+    example = data.train_batch(ds.train, np.arange(config.batch_size), 0,
+                               config.batch_size)
+    steps.compiled[k] = steps.train.lower(states, example, rngs,
+                                          active).compile()
+    compile_seconds = time.perf_counter() - t0
+  train_fn = steps.compiled[k]
 
-  patience = config.get('patience', 0)
+  if patience is None:
+    patience = config.get('patience', 0)
   epochs = config.num_epochs
   val_hist = np.full((k, epochs), np.nan)
   loss_hist = np.full((k, epochs), np.nan)
