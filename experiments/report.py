@@ -43,6 +43,9 @@ def plot_curves(records: list[dict], path: str) -> None:
     raise ValueError('metrics.jsonl has no completed epoch yet; train for at '
                      'least one epoch')
   steps = [r for r in records if 'train_loss_recent' in r]
+  if steps:  # Drop the few short (noisy) windows cut by an epoch start.
+    full = max(r.get('window_steps', 1) for r in steps)
+    steps = [r for r in steps if r.get('window_steps', full) * 2 >= full]
   x = [r['epoch'] for r in epochs]
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
   if steps:

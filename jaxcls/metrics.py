@@ -45,7 +45,9 @@ def window_scalars(step_metrics: list, epoch: float) -> dict:
   """
   totals = jax.device_get(jax.tree_util.tree_map(
       lambda *x: np.sum(x), *step_metrics))
-  return {'epoch_progress': float(epoch),
+  # The window stops at the epoch start, so just after it the mean is over
+  # fewer steps (noisier); ``window_steps`` says how many.
+  return {'epoch_progress': float(epoch), 'window_steps': len(step_metrics),
           'train_loss_recent': float(totals['loss'] / totals['count']),
           'train_accuracy_recent': float(totals['correct'] / totals['count'])}
 

@@ -103,7 +103,7 @@ def test_window_scalars_match_numpy():
   correct = np.array([int(s['correct']) for s in steps])
   assert out['train_loss_recent'] == pytest.approx(losses.sum() / 320)
   assert out['train_accuracy_recent'] == pytest.approx(correct.sum() / 320)
-  assert out['epoch_progress'] == 1.5
+  assert out['epoch_progress'] == 1.5 and out['window_steps'] == 5
 
 
 def test_epoch_records_keep_last_of_each_epoch():
@@ -134,6 +134,10 @@ def test_training_writes_epoch_and_step_records():
     assert 0 <= r['train_accuracy'] <= 1 and np.isfinite(r['train_loss'])
   logged = [r['step'] for r in records if 'train_loss_recent' in r]
   assert logged == list(range(LOG_EVERY_STEPS, total + 1, LOG_EVERY_STEPS))
+  # Each window holds the steps since the last log, cut at the epoch start.
+  windows = [r['window_steps'] for r in records if 'window_steps' in r]
+  assert windows == [min(LOG_EVERY_STEPS, (s - 1) % steps_per_epoch + 1)
+                     for s in logged]
   scalars, _ = read_events(os.path.join(workdir, 'tb'))
   assert [s for s, _ in scalars['val_accuracy']] == [r['step'] for r in epochs]
   assert [v for _, v in scalars['val_accuracy']] == pytest.approx(
