@@ -15,7 +15,7 @@ from jaxcls import activations, data, models, optim
 # these may share a workdir (resume, evaluation).
 RUN_ONLY_FIELDS = ('num_epochs', 'data_dir', 'eval_batch_size',
                    'checkpoint_every_steps', 'log_every_steps', 'parallel',
-                   'distributed')
+                   'distributed', 'patience')
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -52,6 +52,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0  # 0: at the end of each epoch only
   c.log_every_steps = 100
   c.parallel = 'jit'  # 'jit' (NamedSharding over all devices) or 'pmap'
+  c.patience = 0  # early stop after this many epochs without a better val
+  c.nonfinite_policy = 'stop'  # or 'skip': drop NaN/inf steps, up to...
+  c.max_nonfinite_steps = 10  # ...this many in a row
+  # Multi-host: each process reads its own shards of the training split.
+  # 0 means one shard per process; set it to the process count of a
+  # multi-process run to reproduce that run's batches in one process.
+  c.num_data_shards = 0
+  c.distributed = False  # also turned on by $JAX_COORDINATOR_ADDRESS
   return c
 
 
@@ -83,6 +91,9 @@ def validate(config) -> None:
   if config.parallel not in ('jit', 'pmap'):
     raise ValueError(f"unknown parallel {config.parallel!r}; "
                      "choose 'jit' or 'pmap'")
+  if config.get('nonfinite_policy', 'stop') not in ('stop', 'skip'):
+    raise ValueError(f'unknown nonfinite_policy {config.nonfinite_policy!r}; '
+                     "choose 'stop' or 'skip'")
   if config.compute_dtype not in ('float32', 'bfloat16'):
     raise ValueError(f'unknown compute_dtype {config.compute_dtype!r}; '
                      "choose 'float32' or 'bfloat16'")
@@ -97,8 +108,9 @@ def validate(config) -> None:
   if not 0 <= config.dropout_rate < 1:
     raise ValueError(f'dropout_rate must be in [0, 1), got {config.dropout_rate!r}')
   for name in ('weight_decay', 'grad_clip_norm', 'l1', 'l2', 'warmup_epochs',
-               'checkpoint_every_steps'):
-    if config[name] < 0:
+               'checkpoint_every_steps', 'patience', 'num_data_shards',
+               'max_nonfinite_steps'):
+    if config.get(name, 0) < 0:
       raise ValueError(f'{name} must be >= 0, got {config[name]!r}')
   # Recurrent models (experiments/sequential_mnist.py); absent fields default.
   for name in ('hidden_size', 'num_layers'):

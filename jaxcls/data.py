@@ -58,11 +58,27 @@ class Split:
 
 @dataclasses.dataclass
 class Data:
-  train: Split
+  """Train shards (this process's), validation and test, in host memory.
+
+  ``train_shards`` are equal-sized, disjoint parts of the training split;
+  a global batch takes ``batch_size / num_shards`` examples from each shard
+  (see :func:`sharded_train_batch`). The shards of all processes together
+  make the whole split, so the same global batches arise whether one process
+  holds every shard or each of several processes holds its own.
+  """
+  train_shards: list[Split]
   val: Split
   test: Split
   spec: DatasetSpec
   source: str  # which TFDS builder the data came from
+
+  @property
+  def train(self) -> Split:
+    """All of this process's training examples, as one split."""
+    if len(self.train_shards) == 1:
+      return self.train_shards[0]
+    return Split(np.concatenate([s.images for s in self.train_shards]),
+                 np.concatenate([s.labels for s in self.train_shards]))
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -127,11 +143,18 @@ def read_split(builder, split: str) -> Split:
 
   # Iterating in large batches: `batch_size=-1` crashes TF 2.21 under
   # tfds.testing.mock_data, and per-example iteration is slow.
-  ds = builder.as_dataset(split=split, shuffle_files=False)
   images, labels = [], []
-  for batch in tfds.as_numpy(ds.batch(4096)):
-    images.append(batch['image'])
-    labels.append(batch['label'])
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    for batch in tfds.as_numpy(ds.batch(4096)):
+      images.append(batch['image'])
+      labels.append(batch['label'])
+  except Exception as e:  # TF raises DataLossError etc. for damaged files.
+    first_line = (str(e).strip().splitlines() or [''])[0][:200]
+    raise ValueError(
+        f'the prepared files of {builder.name} in {builder.data_dir} are '
+        f'corrupt ({type(e).__name__}: {first_line}); delete that folder so '
+        'that it is prepared again') from None
   if not images:
     raise ValueError(f'split {split!r} of {builder.name} is empty')
   return Split(np.concatenate(images).astype(np.uint8),
@@ -139,39 +162,44 @@ def read_split(builder, split: str) -> Split:
 
 
 def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
-         train_examples: int = -1, process_index: int = 0,
-         process_count: int = 1) -> Data:
+         train_examples: int = -1, num_shards: int = 1,
+         shard_ids: tuple[int, ...] = (0,)) -> Data:
   """Loads train / validation / test for ``name`` into host memory.
 
   The validation split is the last ``validation_percent`` % of TFDS's train
-  split; training uses the rest (capped to ``train_examples`` if > 0). With
-  several processes, each reads only its own even share of the train split.
-  Validation and test are read whole by every process (they are small).
+  split; training uses the rest (capped to ``train_examples`` if > 0). The
+  training part is cut into ``num_shards`` equal parts (TFDS
+  ``even_splits``) and only the parts in ``shard_ids`` are read: with several
+  processes, each reads its own. Validation and test are read whole (small).
   """
   import tensorflow_datasets as tfds
 
   spec = get_spec(name)
   builder = get_builder(name, data_dir)
   cut = 100 - validation_percent
-  train_split = f'train[:{cut}%]'
-  if process_count > 1:
-    train_split = tfds.even_splits(train_split, n=process_count)[process_index]
-  train = read_split(builder, train_split)
+  parts = tfds.even_splits(f'train[:{cut}%]', n=num_shards, drop_remainder=True)
+  shards = [read_split(builder, parts[i]) for i in shard_ids]
   if train_examples > 0:
-    n = train_examples // process_count
-    train = Split(train.images[:n], train.labels[:n])
+    n = train_examples // num_shards
+    shards = [Split(s.images[:n], s.labels[:n]) for s in shards]
   val = read_split(builder, f'train[{cut}%:]')
   test = read_split(builder, 'test')
-  for split in (train, val, test):
+  for split in (*shards, val, test):
     if split.images.shape[1:] != spec.image_shape:
       raise ValueError(f'{builder.name} images have shape '
                        f'{split.images.shape[1:]}, expected {spec.image_shape}')
-  return Data(train, val, test, spec, source=builder.name)
+    if split.labels.size and not 0 <= split.labels.min() <= split.labels.max(
+    ) < spec.num_classes:
+      raise ValueError(f'{builder.name} has labels outside 0..'
+                       f'{spec.num_classes - 1}; its files are corrupt')
+  return Data(shards, val, test, spec, source=builder.name)
 
 
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The order of the ``n`` training examples in ``epoch``, from (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_permutation(seed: int, epoch: int, n: int,
+                      shard: int = 0) -> np.ndarray:
+  """The order of a shard's ``n`` examples in ``epoch``: a function of
+  (seed, epoch, shard) only, so a resumed run sees the same batches."""
+  return np.random.default_rng([seed, epoch, shard]).permutation(n)
 
 
 def normalize(images: jax.Array) -> jax.Array:
@@ -205,6 +233,15 @@ def train_batch(split: Split, order: np.ndarray, index: int,
   """Batch ``index`` of an epoch whose example order is ``order``."""
   rows = order[index * batch_size:(index + 1) * batch_size]
   return {'image': split.images[rows], 'label': split.labels[rows]}
+
+
+def sharded_train_batch(shards: list[Split], orders: list[np.ndarray],
+                        index: int, per_shard: int) -> dict[str, np.ndarray]:
+  """Batch ``index`` from each shard (in its own order), concatenated."""
+  parts = [train_batch(s, o, index, per_shard) for s, o in zip(shards, orders)]
+  if len(parts) == 1:
+    return parts[0]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def eval_batches(split: Split, batch_size: int, process_index: int = 0,

@@ -56,6 +56,10 @@ def create_optimizer(config, steps_per_epoch: int
     raise ValueError(f'unknown optimizer {name!r}; choose one of {OPTIMIZERS}')
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  if config.get('nonfinite_policy', 'stop') == 'skip':
+    # A step whose gradients hold a NaN/inf leaves params and optimizer state
+    # unchanged; the loop stops after max_nonfinite_steps in a row.
+    opt = optax.apply_if_finite(opt, config.max_nonfinite_steps)
   return opt
 
 

@@ -6,6 +6,10 @@ the ``'data'`` mesh axis, and XLA inserts the gradient all-reduce. The same
 code runs on one device, several local devices, and several processes.
 """
 
+import functools
+from typing import Callable, NamedTuple
+
+import flax.jax_utils
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -42,3 +46,82 @@ def put_batch(local_batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v)
           for k, v in local_batch.items()}
+
+
+def initialize_distributed(config) -> None:
+  """Starts ``jax.distributed`` when the config or the environment asks.
+
+  It runs when ``config.distributed`` is true or ``JAX_COORDINATOR_ADDRESS``
+  is set. ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` give the process count
+  and this process's id; on clusters JAX detects (SLURM, TPU pods, ...) they
+  may be left out. On CPU, collectives go through gloo.
+  """
+  import os
+
+  if not (config.get('distributed', False)
+          or os.environ.get('JAX_COORDINATOR_ADDRESS')):
+    return
+  if jax.distributed.is_initialized():
+    return
+  # CPU all-reduces across processes need gloo; other backends ignore it.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  num = os.environ.get('JAX_NUM_PROCESSES')
+  pid = os.environ.get('JAX_PROCESS_ID')
+  jax.distributed.initialize(
+      num_processes=int(num) if num else None,
+      process_id=int(pid) if pid else None)
+
+
+class Steps(NamedTuple):
+  """The compiled pieces of one parallelism strategy, used by the loop.
+
+  train(state, batch, rng) -> (state, metrics); evaluate(state, batch) ->
+  global sums; put_batch(local numpy batch) -> device batch; place(state)
+  puts a single state on the devices; unplace(state) gives one copy back
+  (for checkpoints and hashing).
+  """
+  train: Callable
+  evaluate: Callable
+  put_batch: Callable
+  place: Callable
+  unplace: Callable
+
+
+def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
+  """``jax.jit`` with NamedSharding: replicated state, batch split on mesh."""
+  repl, sharded = replicated(mesh), batch_sharding(mesh)
+  train = jax.jit(train_step, in_shardings=(repl, sharded, repl),
+                  out_shardings=(repl, repl), donate_argnums=0)
+  evaluate = jax.jit(eval_step, in_shardings=(repl, sharded),
+                     out_shardings=repl)
+  return Steps(train, evaluate, lambda b: put_batch(b, mesh),
+               lambda s: jax.device_put(s, repl), lambda s: s)
+
+
+def pmap_steps(train_step, eval_step) -> Steps:
+  """``jax.pmap`` over the local devices, gradients averaged by pmean.
+
+  ``train_step`` must take ``axis_name`` (jaxcls.train.train_step does). The
+  state is replicated with a leading device axis; metrics come back summed
+  over all devices (psum) and are read from device 0.
+  """
+  n = jax.local_device_count()
+  axis = 'batch'
+  p_train = jax.pmap(functools.partial(train_step, axis_name=axis),
+                     axis_name=axis, in_axes=(0, 0, None), donate_argnums=0)
+  p_eval = jax.pmap(lambda s, b: jax.lax.psum(eval_step(s, b), axis),
+                    axis_name=axis)
+
+  def train(state, batch, rng):
+    state, metrics = p_train(state, batch, rng)
+    return state, jax.tree_util.tree_map(lambda x: x[0], metrics)
+
+  def evaluate(state, batch):
+    return jax.tree_util.tree_map(lambda x: x[0], p_eval(state, batch))
+
+  def split(batch):
+    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:])
+            for k, v in batch.items()}
+
+  return Steps(train, evaluate, split, flax.jax_utils.replicate,
+               flax.jax_utils.unreplicate)

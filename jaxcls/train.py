@@ -110,9 +110,19 @@ def eval_step(state: TrainState, batch: dict) -> dict:
           'count': jnp.sum(mask)}
 
 
+def _to_host(tree):
+  """numpy copies of (replicated) arrays, also when other processes hold
+  parts of them: each process reads its own first shard."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree_util.tree_map(get, tree)
+
+
 def params_sha256(params) -> str:
   """sha256 over the parameters' bytes, in a fixed (path-sorted) order."""
-  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+  leaves = jax.tree_util.tree_flatten_with_path(_to_host(params))[0]
   h = hashlib.sha256()
   for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
     h.update(jax.tree_util.keystr(path).encode())
@@ -120,12 +130,19 @@ def params_sha256(params) -> str:
   return h.hexdigest()
 
 
-def evaluate(eval_fn, state, split: data.Split, batch_size: int, mesh) -> dict:
-  """Accuracy and mean loss over every example of ``split``, exactly once."""
+def evaluate(eval_fn, state, split: data.Split, batch_size: int,
+             put_batch) -> dict:
+  """Accuracy and mean loss over every example of ``split``, exactly once.
+
+  ``put_batch`` turns this process's numpy rows into the device batch
+  ``eval_fn`` takes: a ``Mesh`` (rows sharded over it) or a function.
+  """
+  if isinstance(put_batch, jax.sharding.Mesh):
+    put_batch = functools.partial(parallel.put_batch, mesh=put_batch)
   totals = None
   for batch in data.eval_batches(split, batch_size, jax.process_index(),
                                  jax.process_count()):
-    sums = eval_fn(state, parallel.put_batch(batch, mesh))
+    sums = eval_fn(state, put_batch(batch))
     totals = sums if totals is None else jax.tree_util.tree_map(
         jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -134,17 +151,14 @@ def evaluate(eval_fn, state, split: data.Split, batch_size: int, mesh) -> dict:
           'count': int(totals['count'])}
 
 
-def _jit_steps(config, mesh, state):
-  """The train and eval steps, jitted with data-parallel shardings."""
-  repl, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+def make_steps(config, mesh) -> parallel.Steps:
+  """The train/eval steps for ``config``, compiled for ``config.parallel``."""
   spec = data.get_spec(config.dataset)
   step = functools.partial(train_step, augment=spec.augment,
                            l1=config.l1, l2=config.l2)
-  train_fn = jax.jit(step, in_shardings=(repl, sharded, repl),
-                     out_shardings=(repl, repl), donate_argnums=0)
-  eval_fn = jax.jit(eval_step, in_shardings=(repl, sharded),
-                    out_shardings=repl)
-  return train_fn, eval_fn
+  if config.parallel == 'pmap':
+    return parallel.pmap_steps(step, eval_step)
+  return parallel.jit_steps(step, eval_step, mesh)
 
 
 class _StopSignal:
@@ -173,12 +187,6 @@ def _log(*args):
     print(*args, flush=True)
 
 
-def _first_nonfinite(losses: list, first_step: int) -> int | None:
-  values = np.asarray(jax.device_get(losses))
-  bad = np.flatnonzero(~np.isfinite(values))
-  return first_step + int(bad[0]) if bad.size else None
-
-
 def write_results(workdir: str, results: dict) -> None:
   """Merges ``results`` into ``workdir/results.json`` (process 0 only)."""
   if jax.process_index() != 0:
@@ -201,39 +209,51 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   With ``eval_only``, restores the best checkpoint and scores it on test.
   """
   config_lib.validate(config)
+  parallel.initialize_distributed(config)
   mesh = parallel.make_mesh()
   for name in ('batch_size', 'eval_batch_size'):
     parallel.check_batch_size(name, config[name], mesh)
+  num_shards = config.get('num_data_shards', 0) or jax.process_count()
+  if num_shards % jax.process_count() or config.batch_size % num_shards:
+    raise ValueError(
+        f'num_data_shards={num_shards} must be a multiple of the '
+        f'{jax.process_count()} processes and divide batch_size='
+        f'{config.batch_size}')
+  per_process = num_shards // jax.process_count()
+  shard_ids = tuple(range(jax.process_index() * per_process,
+                          (jax.process_index() + 1) * per_process))
   fingerprint = config_lib.fingerprint(config)
   ds = data.load(config.dataset, config.data_dir, config.validation_percent,
-                 config.train_examples, jax.process_index(),
-                 jax.process_count())
-  latest = checkpoint.make_manager(workdir, 'latest')
-  best = checkpoint.make_manager(workdir, 'best')
-  local_batch = config.batch_size // jax.process_count()
-  steps_per_epoch = len(ds.train) // local_batch
+                 config.train_examples, num_shards, shard_ids)
+  per_shard = config.batch_size // num_shards
+  steps_per_epoch = len(ds.train_shards[0]) // per_shard
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size={config.batch_size} is larger than the '
                      f'{len(ds.train)} training examples')
   total_steps = config.num_epochs * steps_per_epoch
+  latest = checkpoint.make_manager(workdir, 'latest')
+  best = checkpoint.make_manager(workdir, 'best')
 
   model = models.create_model(config, ds.spec.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.device_put(
-      create_train_state(init_rng, model, tx, ds.spec.image_shape),
-      parallel.replicated(mesh))
-  train_fn, eval_fn = _jit_steps(config, mesh, state)
+  state = create_train_state(init_rng, model, tx, ds.spec.image_shape)
+  steps = make_steps(config, mesh)
   results = {'dataset': config.dataset, 'data_source': ds.source,
              'model': config.model, 'config_fingerprint': fingerprint,
-             'devices': jax.device_count(), 'processes': jax.process_count()}
+             'devices': jax.device_count(), 'processes': jax.process_count(),
+             'parallel': config.parallel}
+
+  def score(state, split):
+    return evaluate(steps.evaluate, steps.place(state), split,
+                    config.eval_batch_size, steps.put_batch)
 
   if eval_only:
     if best.latest_step() is None:
       raise checkpoint.CheckpointError(
           f'no best checkpoint in {workdir}/checkpoints/best; train first')
     state, meta = checkpoint.restore(best, state, fingerprint)
-    test = evaluate(eval_fn, state, ds.test, config.eval_batch_size, mesh)
+    test = score(state, ds.test)
     _log(f'Test accuracy on {config.dataset} (best checkpoint, epoch '
          f"{meta['epoch']}): {test['accuracy']:.4f}")
     results.update(test_accuracy=test['accuracy'], test_loss=test['loss'],
@@ -247,36 +267,45 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
     state, meta = checkpoint.restore(latest, state, fingerprint)
     best_val, best_epoch = meta['best_val_accuracy'], meta['best_epoch']
     _log(f'Resuming from step {int(state.step)} in {workdir}')
+  step = int(state.step)
+  state = steps.place(state)
 
-  def meta(epoch):
-    return {'epoch': epoch, 'best_val_accuracy': best_val,
-            'best_epoch': best_epoch, 'fingerprint': fingerprint,
-            'config': config.to_json()}
+  def save(manager, epoch):
+    checkpoint.save(manager, steps.unplace(state), {
+        'epoch': epoch, 'best_val_accuracy': best_val,
+        'best_epoch': best_epoch, 'fingerprint': fingerprint,
+        'config': config.to_json()})
+
+  def local_batch(orders, index):
+    return steps.put_batch(data.sharded_train_batch(
+        ds.train_shards, orders, index, per_shard))
 
   # Compile ahead of time so that compile time is measured on its own.
   t0 = time.perf_counter()
-  example = parallel.put_batch(
-      data.train_batch(ds.train, np.arange(local_batch), 0, local_batch), mesh)
-  train_fn = train_fn.lower(state, example, train_rng).compile()
+  identity = [np.arange(len(s)) for s in ds.train_shards]
+  train_fn = steps.train
+  if config.parallel == 'jit':
+    train_fn = train_fn.lower(state, local_batch(identity, 0),
+                              train_rng).compile()
   results['compile_seconds'] = time.perf_counter() - t0
   writer = metrics_lib.MetricWriter(workdir, config)
   learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
 
+  policy = (config.nonfinite_policy, config.max_nonfinite_steps)
   train_seconds = input_seconds = 0.0
   images_trained = 0
-  step = int(state.step)
+  stopped_early = False
   with _StopSignal() as stop:
-    while step < total_steps:
+    while step < total_steps and not stopped_early:
       epoch, index = divmod(step, steps_per_epoch)
-      order = data.epoch_permutation(config.seed + 1000 * jax.process_index(),
-                                     epoch, len(ds.train))
+      orders = [data.epoch_permutation(config.seed, epoch, len(s), shard)
+                for s, shard in zip(ds.train_shards, shard_ids)]
       epoch_metrics, epoch_start_step = [], step
       t_epoch = time.perf_counter()
       bar = _progress(steps_per_epoch, index, epoch)
       while index < steps_per_epoch and not stop.received:
         t_in = time.perf_counter()
-        batch = parallel.put_batch(
-            data.train_batch(ds.train, order, index, local_batch), mesh)
+        batch = local_batch(orders, index)
         input_seconds += time.perf_counter() - t_in
         state, metrics = train_fn(state, batch, train_rng)
         epoch_metrics.append(metrics)
@@ -288,29 +317,33 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
           bar.update(1)
         if config.checkpoint_every_steps and (
             step % config.checkpoint_every_steps == 0):
-          _check_finite(epoch_metrics, epoch_start_step, latest)
-          checkpoint.save(latest, state, meta(epoch))
+          _check_finite(epoch_metrics, epoch_start_step, latest, *policy)
+          save(latest, epoch)
       if bar is not None:
         bar.close()
       if not epoch_metrics:
         break
+      skipped = _check_finite(epoch_metrics, epoch_start_step, latest,
+                              *policy)
       totals = jax.device_get(jax.tree_util.tree_map(
           lambda *x: np.sum(x), *epoch_metrics))
       seconds = time.perf_counter() - t_epoch
       train_seconds += seconds
       images_trained += int(totals['count'])
-      _check_finite(epoch_metrics, epoch_start_step, latest)
+      if skipped:
+        totals = _finite_totals(jax.device_get(epoch_metrics))
+        _log(f'Skipped {skipped} steps with a non-finite loss this epoch.')
       if stop.received:
-        checkpoint.save(latest, state, meta(epoch))
+        save(latest, epoch)
         latest.wait_until_finished()
         _log(f'{stop.received}: saved a checkpoint at step {step} in '
              f'{workdir}; run the same command to resume.')
         sys.exit(128 + signal.Signals[stop.received].value)
-      val = evaluate(eval_fn, state, ds.val, config.eval_batch_size, mesh)
+      val = score(steps.unplace(state), ds.val)
       if val['accuracy'] > best_val:
         best_val, best_epoch = val['accuracy'], epoch + 1
-        checkpoint.save(best, state, meta(epoch + 1))
-      checkpoint.save(latest, state, meta(epoch + 1))
+        save(best, epoch + 1)
+      save(latest, epoch + 1)
       _log(f"[epoch {epoch + 1}] training accuracy: "
            f"{totals['correct'] / totals['count']:.3f}  "
            f"loss {totals['loss'] / totals['count']:.4f}  "
@@ -318,17 +351,24 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
            f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
       writer.write_scalars(step, metrics_lib.epoch_scalars(
           epoch + 1, totals, val, seconds, learning_rate(step)))
+      patience = config.get('patience', 0)
+      if patience and epoch + 1 - best_epoch >= patience:
+        stopped_early = True
+        _log(f'Early stop: no better validation accuracy for {patience} '
+             f'epochs (best {best_val:.4f} at epoch {best_epoch}).')
   latest.wait_until_finished()
   best.wait_until_finished()
   writer.close()
 
+  state = steps.unplace(state)
   final_hash = params_sha256(state.params)
   best_state, best_meta = checkpoint.restore(best, state, fingerprint)
-  test = evaluate(eval_fn, best_state, ds.test, config.eval_batch_size, mesh)
+  test = score(best_state, ds.test)
   _log(f"Test accuracy on {config.dataset} (best checkpoint, epoch "
        f"{best_meta['best_epoch']}): {test['accuracy']:.4f}")
   results.update(
-      epochs=config.num_epochs, steps=total_steps,
+      epochs=config.num_epochs, epochs_trained=-(-step // steps_per_epoch),
+      steps=step, stopped_early=stopped_early,
       test_accuracy=test['accuracy'], test_loss=test['loss'],
       best_val_accuracy=best_val, best_epoch=best_meta['best_epoch'],
       train_seconds=train_seconds,
@@ -340,13 +380,40 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   return results
 
 
-def _check_finite(metrics: list, first_step: int, latest) -> None:
-  bad = _first_nonfinite([m['loss'] for m in metrics], first_step)
-  if bad is not None:
+def _check_finite(metrics: list, first_step: int, latest,
+                  policy: str = 'stop', max_in_a_row: int = 0) -> int:
+  """Raises NonFiniteLossError as ``policy`` says; returns the skipped count.
+
+  'stop': any non-finite loss stops the run. 'skip': the optimizer dropped
+  those steps (optax.apply_if_finite); only more than ``max_in_a_row`` in a
+  row stops it.
+  """
+  losses = np.asarray(jax.device_get([m['loss'] for m in metrics]))
+  bad = ~np.isfinite(losses)
+  if not bad.any():
+    return 0
+  first_bad = first_step + int(np.flatnonzero(bad)[0]) + 1
+  kept = (f'The last good checkpoint (step {latest.latest_step()}) is kept; '
+          'lower --config.learning_rate or set --config.grad_clip_norm')
+  if policy != 'skip':
     raise NonFiniteLossError(
-        f'the training loss became non-finite at step {bad + 1}; stopped. '
-        f'The last good checkpoint (step {latest.latest_step()}) is kept; '
-        'lower --config.learning_rate or set --config.grad_clip_norm')
+        f'the training loss became non-finite at step {first_bad}; stopped. '
+        + kept)
+  run = longest = 0
+  for b in bad:
+    run = run + 1 if b else 0
+    longest = max(longest, run)
+  if longest > max_in_a_row:
+    raise NonFiniteLossError(
+        f'more than {max_in_a_row} non-finite steps in a row (first at step '
+        f'{first_bad}); stopped. ' + kept)
+  return int(bad.sum())
+
+
+def _finite_totals(metrics: list) -> dict:
+  """Sums of the steps whose loss is finite (the ones that were applied)."""
+  kept = [m for m in metrics if np.isfinite(m['loss'])] or metrics[:1]
+  return {k: np.sum([m[k] for m in kept]) for k in kept[0]}
 
 
 def _progress(total: int, done: int, epoch: int):
