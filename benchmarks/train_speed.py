@@ -34,7 +34,10 @@ def _parse_args(argv):
                  help='comma-separated: cnn, lstm, gru')
   p.add_argument('--runners', default='jaxcls,torch',
                  help='comma-separated: jaxcls (fast path), jaxcls_step '
-                 '(plain per-step jit fed from host numpy), torch')
+                 '(plain per-step jit fed from host numpy), torch (default '
+                 'threads), torch_1thread (torch.set_num_threads(1) during '
+                 'its epochs: on a loaded machine, torch\'s default threads '
+                 'can be 6x slower)')
   p.add_argument('--dataset', default='fashion_mnist')
   p.add_argument('--data_npz', default=None,
                  help='arrays from benchmarks.export_arrays (no TFDS needed)')
@@ -156,9 +159,11 @@ class JaxRunner:
 class TorchRunner:
   """The article's PyTorch loop (benchmarks/torch_reference.py)."""
 
-  def __init__(self, model_name, image_shape, arrays, batch_size, seed):
+  def __init__(self, model_name, image_shape, arrays, batch_size, seed,
+               threads=0):
     from benchmarks import torch_reference
     import torch
+    self.torch, self.threads = torch, threads
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     self.trainer = torch_reference.Trainer(model_name, image_shape, seed,
                                            device)
@@ -166,9 +171,15 @@ class TorchRunner:
     self.compile_seconds = None  # Eager: nothing is compiled.
 
   def train_epoch(self, order):
-    return self.trainer.train_epoch(self.arrays['train_images'],
-                                    self.arrays['train_labels'], order,
-                                    self.batch_size)
+    default = self.torch.get_num_threads()
+    if self.threads:
+      self.torch.set_num_threads(self.threads)
+    try:
+      return self.trainer.train_epoch(self.arrays['train_images'],
+                                      self.arrays['train_labels'], order,
+                                      self.batch_size)
+    finally:
+      self.torch.set_num_threads(default)
 
   def accuracy(self):
     return self.trainer.accuracy(self.arrays['test_images'],
@@ -204,9 +215,10 @@ def benchmark_model(model_name, runner_names, arrays, args):
   max_epochs = args.max_epochs if model_name == 'cnn' else args.rnn_epochs
   runners = {}
   for name in runner_names:
-    if name == 'torch':
+    if name.startswith('torch'):
       runners[name] = TorchRunner(model_name, image_shape, arrays,
-                                  args.batch_size, args.seed)
+                                  args.batch_size, args.seed,
+                                  threads=1 if name == 'torch_1thread' else 0)
     else:
       runners[name] = JaxRunner(
           model_name, image_shape, arrays, args.batch_size, args.seed,
@@ -303,16 +315,16 @@ def format_table(rows, target) -> str:
                  f"{r['final_test_accuracy']:.4f} | {memory / 2**20:,.0f} |")
   lines.append('')
   for r in rows:
-    ref = next((t for t in rows if t['model'] == r['model']
-                and t['runner'] == 'torch'), None)
-    if ref is None or r['runner'] == 'torch':
-      continue
-    line = (f"{r['model']} {r['runner']}/torch: images/s "
-            f"{r['images_per_second'] / ref['images_per_second']:.2f}x")
-    if r['target_seconds'] and ref['target_seconds']:
-      line += (f", time to {target:.0%} "
-               f"{r['target_seconds'] / ref['target_seconds']:.2f}x")
-    lines.append(line)
+    for ref in rows:
+      if (ref['model'] != r['model'] or r['runner'].startswith('torch')
+          or not ref['runner'].startswith('torch')):
+        continue
+      line = (f"{r['model']} {r['runner']}/{ref['runner']}: images/s "
+              f"{r['images_per_second'] / ref['images_per_second']:.2f}x")
+      if r['target_seconds'] and ref['target_seconds']:
+        line += (f", time to {target:.0%} "
+                 f"{r['target_seconds'] / ref['target_seconds']:.2f}x")
+      lines.append(line)
   return '\n'.join(lines)
 
 
@@ -323,13 +335,13 @@ def main(argv=None):
   if args.compilation_cache:
     fast.enable_compilation_cache(args.compilation_cache)
   runner_names = [r for r in args.runners.split(',') if r]
-  if 'torch' in runner_names:
+  if any(r.startswith('torch') for r in runner_names):
     try:
       import torch  # noqa: F401
     except ImportError:
       print('torch is not installed: skipping the PyTorch reference '
             '(pip install -r benchmarks/requirements-torch.txt)')
-      runner_names.remove('torch')
+      runner_names = [r for r in runner_names if not r.startswith('torch')]
   arrays = load_arrays(args)
   info = machine_info()
   info['data'] = arrays['source']
