@@ -11,8 +11,12 @@ models in one compiled step, all reading the same batch. The pieces:
   are per-member array values inside one population. The learning rate and
   weight decay live in the optimizer state through
   ``optax.inject_hyperparams``, so ``opt_state`` carries them as arrays that
-  vmap like the parameters do; the seed gives each member its init key and
-  its step key, split exactly as in ``train.train_and_evaluate``;
+  vmap like the parameters do (one ``tx``, a static field of the TrainState,
+  serves every member). The seed gives each member its init key and its
+  step key (dropout, augmentation), split exactly as in
+  ``train.train_and_evaluate``; the order of examples is shared by the
+  population (from the sweep's ``config.seed``), so a member equals a single
+  run when its seed is the sweep's seed;
 * every other swept field (dropout rate, l1/l2, model, activation, batch
   size, ...) is a **grouping key**: it changes shapes or Python control flow
   (``nn.Dropout`` branches on ``rate == 0``, ``train_step`` on ``if l1:``),
@@ -24,7 +28,14 @@ models in one compiled step, all reading the same batch. The pieces:
   ``jnp.where``) and a chunk ends when all its members are frozen; each
   member's best-validation parameters are kept as a separate snapshot;
 * selection uses the validation split only; the caller scores just the
-  selected member on test (``save_member``, ``experiments/sweep.py``).
+  selected member on test (``save_best_member`` in ``experiments/sweep.py``).
+
+Speed: on an accelerator one wide step keeps the device busy where one
+small CNN cannot. On XLA:CPU, vmap turns a per-member kernel applied to
+per-member activations into a grouped convolution, which runs far slower
+than K plain ones, so there the population trains slower than K sequential
+runs (``benchmarks/sweep_speed.py`` measures it) and evaluation maps over
+members instead of vectorising.
 """
 
 import dataclasses
@@ -174,6 +185,8 @@ def population_optimizer(config, steps_per_epoch: int
         optim.learning_rate_schedule(unit, steps_per_epoch)))
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  if config.get('nonfinite_policy', 'stop') == 'skip':  # As optim does.
+    opt = optax.apply_if_finite(opt, config.max_nonfinite_steps)
   return opt
 
 
@@ -217,9 +230,17 @@ def population_train_step(states, batch, rngs, active, augment=False,
   return _where_members(active, new, states), metrics
 
 
-def population_eval_step(states, batch) -> dict:
-  """``train.eval_step`` vmapped over members: per-member sums, (K,)."""
-  return jax.vmap(train.eval_step, in_axes=(0, None))(states, batch)
+def population_eval_step(states, batch, vectorize: bool = True) -> dict:
+  """``train.eval_step`` over members: per-member sums, (K,).
+
+  ``vectorize=False`` maps over members one after another inside the same
+  compiled call. XLA:CPU runs the grouped convolution that vmap makes of a
+  per-member kernel applied to per-member activations many times slower
+  than K plain convolutions, so on CPU evaluation maps instead.
+  """
+  if vectorize:
+    return jax.vmap(train.eval_step, in_axes=(0, None))(states, batch)
+  return jax.lax.map(lambda member: train.eval_step(member, batch), states)
 
 
 def population_evaluate(eval_fn, states, split: data.Split,
@@ -272,7 +293,9 @@ def make_population_steps(config, ds: data.Data) -> PopulationSteps:
   train_fn = jax.jit(functools.partial(
       population_train_step, augment=ds.spec.augment, l1=config.l1,
       l2=config.l2), donate_argnums=0)
-  return PopulationSteps(init, train_fn, jax.jit(population_eval_step))
+  eval_fn = jax.jit(functools.partial(
+      population_eval_step, vectorize=jax.default_backend() != 'cpu'))
+  return PopulationSteps(init, train_fn, eval_fn)
 
 
 def train_population(config, values: list, ds: data.Data,

@@ -1,5 +1,6 @@
 """Tests for vmapped populations (jaxcls.sweep) and the sweep experiment."""
 
+import dataclasses
 import json
 import os
 
@@ -22,7 +23,11 @@ def _learnable_split(n: int, seed: int) -> data.Split:
 
 
 def _tiny_data() -> data.Data:
-  return data.Data(_learnable_split(256, 0), _learnable_split(128, 1),
+  train_split = _learnable_split(256, 0)
+  # data.Data holds either one train split or a list of train shards.
+  if dataclasses.fields(data.Data)[0].name == 'train_shards':
+    train_split = [train_split]
+  return data.Data(train_split, _learnable_split(128, 1),
                    _learnable_split(128, 2), data.get_spec('fashion_mnist'),
                    source='synthetic')
 
@@ -196,3 +201,17 @@ def test_run_sweep_selects_argmax_and_saves_a_normal_run(tmp_path,
   assert results['test_accuracy'] == pytest.approx(
       summary['best']['test_accuracy'], abs=1e-6)
   assert results['best_val_accuracy'] == pytest.approx(max(accs))
+
+
+def test_auto_chunk_size_fits_the_free_memory(monkeypatch):
+  config = sweep.member_config(_tiny_config(), {})
+  ds = _tiny_data()
+  one = sweep.member_bytes(config, ds)
+  assert one > 0
+  monkeypatch.setattr(sweep, 'member_bytes', lambda *a: one)
+  monkeypatch.setattr(sweep, 'free_device_bytes', lambda: 6 * one + 1)
+  assert sweep.auto_chunk_size(config, ds, members=8) == 3  # half of 6
+  assert sweep.auto_chunk_size(config, ds, members=2) == 2
+  monkeypatch.setattr(sweep, 'free_device_bytes', lambda: one)
+  with pytest.raises(ValueError, match='does not fit'):
+    sweep.auto_chunk_size(config, ds, members=8)
