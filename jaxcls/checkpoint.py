@@ -27,7 +27,11 @@ def make_manager(workdir: str, name: str) -> ocp.CheckpointManager:
   """The manager of ``workdir/checkpoints/<name>``, keeping the newest one."""
   path = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True, cleanup_tmp_directories=True)
+      max_to_keep=1, create=True, cleanup_tmp_directories=True,
+      # 'latest' and 'best' may save the same step; with several processes
+      # their barriers need distinct names.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=name))
   return ocp.CheckpointManager(path, options=options,
                                item_names=('state', 'meta'))
 
