@@ -9,10 +9,13 @@ The pieces, each a small pure function or Flax linen module:
   initialisation and the pure, jittable steps;
 * ``jaxcls.create_optimizer``: the optax chain built from a config;
 * ``jaxcls.load_data``: TFDS splits into host memory;
-* ``jaxcls.train_and_evaluate``: the whole run, as ``python -m experiments.*``.
+* ``jaxcls.check_batch``: the one-line errors for a batch the steps reject;
+* ``jaxcls.train_and_evaluate``: the whole run, as ``python -m experiments.*``;
+* ``jaxcls.inspection`` (load a trained workdir, predict, summarise) and
+  ``jaxcls.metrics`` (the JSON-lines / TensorBoard writer).
 """
 
-from jaxcls import activations
+from jaxcls import activations, inspection, metrics
 from jaxcls.config import get_config
 from jaxcls.data import load as load_data, normalize, random_crop_flip
 from jaxcls.models import CNN, create_model
@@ -21,12 +24,12 @@ from jaxcls import recurrent  # Registers 'rnn', 'lstm', 'gru' in models.MODELS.
 from jaxcls.recurrent import (Bidirectional, GRUCell, LSTMCell, Recurrent,
                               RecurrentClassifier, RecurrentStack,
                               SimpleRNNCell)
-from jaxcls.train import (TrainState, create_train_state, cross_entropy,
-                          eval_step, params_sha256, train_and_evaluate,
-                          train_step)
+from jaxcls.train import (TrainState, check_batch, create_train_state,
+                          cross_entropy, eval_step, params_sha256,
+                          train_and_evaluate, train_step)
 
 __all__ = [
-    'activations', 'get_config', 'load_data', 'normalize', 'random_crop_flip',
+    'activations', 'inspection', 'metrics', 'check_batch', 'get_config', 'load_data', 'normalize', 'random_crop_flip',
     'CNN', 'create_model', 'create_optimizer', 'TrainState',
     'create_train_state', 'cross_entropy', 'eval_step', 'params_sha256',
     'train_and_evaluate', 'train_step', 'recurrent', 'SimpleRNNCell',

@@ -39,6 +39,8 @@ def make_manager(workdir: str, name: str) -> ocp.CheckpointManager:
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
   """Saves ``state`` (any pytree) at step ``int(state.step)`` with ``meta``."""
   step = int(jax.device_get(state.step))
+  if manager.latest_step() == step:
+    return  # This very state is saved already (e.g. a signal right after).
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
       force=True)

@@ -167,8 +167,8 @@ def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
   """Loads train / validation / test for ``name`` into host memory.
 
   The validation split is the last ``validation_percent`` % of TFDS's train
-  split; training uses the rest (capped to ``train_examples`` if > 0). The
-  training part is cut into ``num_shards`` equal parts (TFDS
+  split; training uses the rest, or only its first ``train_examples`` if > 0.
+  The training part is cut into ``num_shards`` equal parts (TFDS
   ``even_splits``) and only the parts in ``shard_ids`` are read: with several
   processes, each reads its own. Validation and test are read whole (small).
   """
@@ -176,13 +176,19 @@ def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
 
   spec = get_spec(name)
   builder = get_builder(name, data_dir)
-  cut = 100 - validation_percent
-  parts = tfds.even_splits(f'train[:{cut}%]', n=num_shards, drop_remainder=True)
+  if 'train' in builder.info.splits:
+    # Absolute indices, so that a capped run decodes only what it uses.
+    cut = builder.info.splits['train'].num_examples * (
+        100 - validation_percent) // 100
+    end = cut if train_examples <= 0 else min(cut, train_examples)
+  else:  # No split sizes recorded (tfds.testing.mock_data): percentages.
+    cut = end = f'{100 - validation_percent}%'
+  parts = tfds.even_splits(f'train[:{end}]', n=num_shards, drop_remainder=True)
   shards = [read_split(builder, parts[i]) for i in shard_ids]
   if train_examples > 0:
     n = train_examples // num_shards
     shards = [Split(s.images[:n], s.labels[:n]) for s in shards]
-  val = read_split(builder, f'train[{cut}%:]')
+  val = read_split(builder, f'train[{cut}:]')
   test = read_split(builder, 'test')
   for split in (*shards, val, test):
     if split.images.shape[1:] != spec.image_shape:

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,47 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def check_batch(batch: dict, image_shape=None, num_classes=None) -> None:
+  """Raises ValueError, in one line, for a batch the steps cannot take.
+
+  Shapes and dtypes are checked always (they are static, also under jit).
+  Label values are checked only when they are concrete arrays: inside a
+  jitted function they are traced, so call this on the host beforehand.
+  """
+  if not isinstance(batch, dict) or 'image' not in batch or 'label' not in batch:
+    raise ValueError("a batch is a dict with 'image' and 'label' arrays")
+  images, labels = batch['image'], batch['label']
+  if getattr(images, 'ndim', None) != 4:
+    raise ValueError('images must be (batch, height, width, channels); got '
+                     f'shape {getattr(images, "shape", None)}')
+  if images.dtype != jnp.uint8:
+    raise ValueError('images must be uint8 pixels in 0..255 (the step '
+                     f'normalises them itself); got {images.dtype}')
+  if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+    raise ValueError(f'images have shape {tuple(images.shape[1:])}, the '
+                     f'model expects {tuple(image_shape)}')
+  if (getattr(labels, 'shape', None) != images.shape[:1]
+      or not jnp.issubdtype(labels.dtype, jnp.integer)):
+    raise ValueError(f'labels must be integers of shape {images.shape[:1]}; '
+                     f'got {getattr(labels, "dtype", type(labels))} '
+                     f'{getattr(labels, "shape", "")}')
+  if num_classes is not None and not isinstance(labels, jax.core.Tracer):
+    low, high = int(np.min(labels)), int(np.max(labels))
+    if low < 0 or high >= num_classes:
+      raise ValueError(f'labels must be in 0..{num_classes - 1}; got values '
+                       f'from {low} to {high}')
+
+
+def _apply(state, params, images, **kwargs):
+  """``state.apply_fn`` with a one-line error for a wrong input shape."""
+  try:
+    return state.apply_fn({'params': params}, images, **kwargs)
+  except flax.errors.ScopeParamShapeError:
+    raise ValueError(f'images of shape {tuple(images.shape[1:])} do not fit '
+                     'this model, whose parameters were made for another '
+                     'input shape') from None
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array,
                augment: bool = False, l1: float = 0.0, l2: float = 0.0,
                axis_name: str | None = None):
@@ -62,6 +104,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
   ``metrics`` holds sums over the batch (``loss``, ``correct``, ``count``) so
   that they add up across steps and devices.
   """
+  check_batch(batch)
   step_rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # Distinct randomness per pmap device.
     step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
@@ -73,8 +116,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
   labels = batch['label']
 
   def loss_fn(params):
-    logits = state.apply_fn({'params': params}, images, train=True,
-                            rngs={'dropout': dropout_rng})
+    logits = _apply(state, params, images, train=True,
+                    rngs={'dropout': dropout_rng})
+    check_batch(batch, num_classes=logits.shape[-1])  # values, if concrete
     data_loss = cross_entropy(logits, labels).mean()
     loss = data_loss
     if l1:
@@ -102,8 +146,9 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 
   ``batch`` may hold a float ``mask`` (1 = real example, 0 = padding).
   """
-  logits = state.apply_fn({'params': state.params},
-                          data.normalize(batch['image']), train=False)
+  check_batch(batch)
+  logits = _apply(state, state.params, data.normalize(batch['image']),
+                  train=False)
   mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
   return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
           'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
@@ -292,6 +337,10 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
 
   policy = (config.nonfinite_policy, config.max_nonfinite_steps)
+  # Several XLA:CPU devices share one small thread pool: with many steps in
+  # flight their all-reduce rendezvous can starve and abort the process, so
+  # there the loop waits for each step. Real accelerators keep the pipeline.
+  one_in_flight = jax.default_backend() == 'cpu' and jax.local_device_count() > 1
   train_seconds = input_seconds = 0.0
   images_trained = 0
   stopped_early = False
@@ -308,6 +357,8 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
         batch = local_batch(orders, index)
         input_seconds += time.perf_counter() - t_in
         state, metrics = train_fn(state, batch, train_rng)
+        if one_in_flight:
+          jax.block_until_ready(metrics)
         epoch_metrics.append(metrics)
         step, index = step + 1, index + 1
         if config.log_every_steps and step % config.log_every_steps == 0:
@@ -315,7 +366,9 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
               epoch_metrics[-config.log_every_steps:], step / steps_per_epoch))
         if bar is not None:
           bar.update(1)
-        if config.checkpoint_every_steps and (
+        # Mid-epoch saves only: an epoch's last step is saved below, after
+        # its validation, so that a resumed run never skips that.
+        if config.checkpoint_every_steps and index < steps_per_epoch and (
             step % config.checkpoint_every_steps == 0):
           _check_finite(epoch_metrics, epoch_start_step, latest, *policy)
           save(latest, epoch)
@@ -333,12 +386,9 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       if skipped:
         totals = _finite_totals(jax.device_get(epoch_metrics))
         _log(f'Skipped {skipped} steps with a non-finite loss this epoch.')
-      if stop.received:
+      if stop.received and index < steps_per_epoch:
         save(latest, epoch)
-        latest.wait_until_finished()
-        _log(f'{stop.received}: saved a checkpoint at step {step} in '
-             f'{workdir}; run the same command to resume.')
-        sys.exit(128 + signal.Signals[stop.received].value)
+        _exit_on_signal(stop.received, step, workdir, latest)
       val = score(steps.unplace(state), ds.val)
       if val['accuracy'] > best_val:
         best_val, best_epoch = val['accuracy'], epoch + 1
@@ -351,6 +401,8 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
            f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
       writer.write_scalars(step, metrics_lib.epoch_scalars(
           epoch + 1, totals, val, seconds, learning_rate(step)))
+      if stop.received:  # It came during the epoch's last step.
+        _exit_on_signal(stop.received, step, workdir, latest)
       patience = config.get('patience', 0)
       if patience and epoch + 1 - best_epoch >= patience:
         stopped_early = True
@@ -393,7 +445,9 @@ def _check_finite(metrics: list, first_step: int, latest,
   if not bad.any():
     return 0
   first_bad = first_step + int(np.flatnonzero(bad)[0]) + 1
-  kept = (f'The last good checkpoint (step {latest.latest_step()}) is kept; '
+  last = latest.latest_step()
+  kept = ((f'The last good checkpoint (step {last}) is kept; ' if last is not
+           None else 'No checkpoint had been saved yet; ') +
           'lower --config.learning_rate or set --config.grad_clip_norm')
   if policy != 'skip':
     raise NonFiniteLossError(
@@ -408,6 +462,14 @@ def _check_finite(metrics: list, first_step: int, latest,
         f'more than {max_in_a_row} non-finite steps in a row (first at step '
         f'{first_bad}); stopped. ' + kept)
   return int(bad.sum())
+
+
+def _exit_on_signal(name: str, step: int, workdir: str, latest) -> None:
+  """After the checkpoint at ``step`` is saved: say so, exit 128 + signal."""
+  latest.wait_until_finished()
+  _log(f'{name}: saved a checkpoint at step {step} in {workdir}; run the '
+       'same command to resume.')
+  sys.exit(128 + signal.Signals[name].value)
 
 
 def _finite_totals(metrics: list) -> dict:

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
@@ -38,6 +38,7 @@ def final_params(config, workdir):
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   workdir = argv[1]
   config = flags.FLAGS.config
   results = train.train_and_evaluate(config, workdir)
