@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 
@@ -23,14 +22,12 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxcls import checkpoint, config as config_lib, data, models, optim
-from jaxcls import metrics as metrics_lib, parallel
+from jaxcls import checkpoint, config as config_lib, data, guards, models
+from jaxcls import metrics as metrics_lib, optim, parallel
+
+NonFiniteLossError = guards.NonFiniteLossError
 
 TrainState = train_state.TrainState
-
-
-class NonFiniteLossError(RuntimeError):
-  """The training loss became NaN or infinite."""
 
 
 def create_train_state(rng: jax.Array, model: nn.Module,
@@ -206,27 +203,6 @@ def make_steps(config, mesh) -> parallel.Steps:
   return parallel.jit_steps(step, eval_step, mesh)
 
 
-class _StopSignal:
-  """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
-
-  def __init__(self):
-    self.received = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 def _log(*args):
   if jax.process_index() == 0:
     print(*args, flush=True)
@@ -344,7 +320,7 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   train_seconds = input_seconds = 0.0
   images_trained = 0
   stopped_early = False
-  with _StopSignal() as stop:
+  with guards.StopSignal() as stop:
     while step < total_steps and not stopped_early:
       epoch, index = divmod(step, steps_per_epoch)
       orders = [data.epoch_permutation(config.seed, epoch, len(s), shard)
@@ -370,13 +346,13 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
         # its validation, so that a resumed run never skips that.
         if config.checkpoint_every_steps and index < steps_per_epoch and (
             step % config.checkpoint_every_steps == 0):
-          _check_finite(epoch_metrics, epoch_start_step, latest, *policy)
+          guards.check_finite(epoch_metrics, epoch_start_step, latest, *policy)
           save(latest, epoch)
       if bar is not None:
         bar.close()
       if not epoch_metrics:
         break
-      skipped = _check_finite(epoch_metrics, epoch_start_step, latest,
+      skipped = guards.check_finite(epoch_metrics, epoch_start_step, latest,
                               *policy)
       totals = jax.device_get(jax.tree_util.tree_map(
           lambda *x: np.sum(x), *epoch_metrics))
@@ -384,11 +360,11 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       train_seconds += seconds
       images_trained += int(totals['count'])
       if skipped:
-        totals = _finite_totals(jax.device_get(epoch_metrics))
+        totals = guards.finite_totals(jax.device_get(epoch_metrics))
         _log(f'Skipped {skipped} steps with a non-finite loss this epoch.')
       if stop.received and index < steps_per_epoch:
         save(latest, epoch)
-        _exit_on_signal(stop.received, step, workdir, latest)
+        guards.exit_on_signal(stop.received, step, workdir, latest)
       val = score(steps.unplace(state), ds.val)
       if val['accuracy'] > best_val:
         best_val, best_epoch = val['accuracy'], epoch + 1
@@ -402,7 +378,7 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       writer.write_scalars(step, metrics_lib.epoch_scalars(
           epoch + 1, totals, val, seconds, learning_rate(step)))
       if stop.received:  # It came during the epoch's last step.
-        _exit_on_signal(stop.received, step, workdir, latest)
+        guards.exit_on_signal(stop.received, step, workdir, latest)
       patience = config.get('patience', 0)
       if patience and epoch + 1 - best_epoch >= patience:
         stopped_early = True
@@ -430,52 +406,6 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       params_sha256=final_hash)
   write_results(workdir, results)
   return results
-
-
-def _check_finite(metrics: list, first_step: int, latest,
-                  policy: str = 'stop', max_in_a_row: int = 0) -> int:
-  """Raises NonFiniteLossError as ``policy`` says; returns the skipped count.
-
-  'stop': any non-finite loss stops the run. 'skip': the optimizer dropped
-  those steps (optax.apply_if_finite); only more than ``max_in_a_row`` in a
-  row stops it.
-  """
-  losses = np.asarray(jax.device_get([m['loss'] for m in metrics]))
-  bad = ~np.isfinite(losses)
-  if not bad.any():
-    return 0
-  first_bad = first_step + int(np.flatnonzero(bad)[0]) + 1
-  last = latest.latest_step()
-  kept = ((f'The last good checkpoint (step {last}) is kept; ' if last is not
-           None else 'No checkpoint had been saved yet; ') +
-          'lower --config.learning_rate or set --config.grad_clip_norm')
-  if policy != 'skip':
-    raise NonFiniteLossError(
-        f'the training loss became non-finite at step {first_bad}; stopped. '
-        + kept)
-  run = longest = 0
-  for b in bad:
-    run = run + 1 if b else 0
-    longest = max(longest, run)
-  if longest > max_in_a_row:
-    raise NonFiniteLossError(
-        f'more than {max_in_a_row} non-finite steps in a row (first at step '
-        f'{first_bad}); stopped. ' + kept)
-  return int(bad.sum())
-
-
-def _exit_on_signal(name: str, step: int, workdir: str, latest) -> None:
-  """After the checkpoint at ``step`` is saved: say so, exit 128 + signal."""
-  latest.wait_until_finished()
-  _log(f'{name}: saved a checkpoint at step {step} in {workdir}; run the '
-       'same command to resume.')
-  sys.exit(128 + signal.Signals[name].value)
-
-
-def _finite_totals(metrics: list) -> dict:
-  """Sums of the steps whose loss is finite (the ones that were applied)."""
-  kept = [m for m in metrics if np.isfinite(m['loss'])] or metrics[:1]
-  return {k: np.sum([m[k] for m in kept]) for k in kept[0]}
 
 
 def _progress(total: int, done: int, epoch: int):

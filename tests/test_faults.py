@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxcls import config as config_lib
 from jaxcls import fashion_mnist_local, models, optim, train
 
 pytestmark = pytest.mark.skipif(

@@ -1,7 +1,6 @@
 """The metric writer: JSON lines + TensorBoard events, and the training hook."""
 
 import glob
-import json
 import os
 
 import jax

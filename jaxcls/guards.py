@@ -1,0 +1,85 @@
+"""Guards that keep a run's work: signals, and non-finite losses.
+
+A SIGTERM (preemption) or SIGINT (Ctrl-C) is only recorded when it arrives;
+the training loop finishes its step, saves a checkpoint and then exits
+through :func:`exit_on_signal`. Non-finite losses are checked on the host at
+log and epoch boundaries (never per step, to keep the device pipeline full).
+"""
+
+import signal
+import sys
+
+import jax
+import numpy as np
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or infinite."""
+
+
+class StopSignal:
+  """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def check_finite(metrics: list, first_step: int, latest,
+                 policy: str = 'stop', max_in_a_row: int = 0) -> int:
+  """Raises NonFiniteLossError as ``policy`` says; returns the skipped count.
+
+  'stop': any non-finite loss stops the run. 'skip': the optimizer dropped
+  those steps (optax.apply_if_finite); only more than ``max_in_a_row`` in a
+  row stops it.
+  """
+  losses = np.asarray(jax.device_get([m['loss'] for m in metrics]))
+  bad = ~np.isfinite(losses)
+  if not bad.any():
+    return 0
+  first_bad = first_step + int(np.flatnonzero(bad)[0]) + 1
+  last = latest.latest_step()
+  kept = ((f'The last good checkpoint (step {last}) is kept; ' if last is not
+           None else 'No checkpoint had been saved yet; ') +
+          'lower --config.learning_rate or set --config.grad_clip_norm')
+  if policy != 'skip':
+    raise NonFiniteLossError(
+        f'the training loss became non-finite at step {first_bad}; stopped. '
+        + kept)
+  run = longest = 0
+  for b in bad:
+    run = run + 1 if b else 0
+    longest = max(longest, run)
+  if longest > max_in_a_row:
+    raise NonFiniteLossError(
+        f'more than {max_in_a_row} non-finite steps in a row (first at step '
+        f'{first_bad}); stopped. ' + kept)
+  return int(bad.sum())
+
+
+def exit_on_signal(name: str, step: int, workdir: str, latest) -> None:
+  """After the checkpoint at ``step`` is saved: say so, exit 128 + signal."""
+  latest.wait_until_finished()
+  if jax.process_index() == 0:
+    print(f'{name}: saved a checkpoint at step {step} in {workdir}; run the '
+          'same command to resume.', flush=True)
+  sys.exit(128 + signal.Signals[name].value)
+
+
+def finite_totals(metrics: list) -> dict:
+  """Sums of the steps whose loss is finite (the ones that were applied)."""
+  kept = [m for m in metrics if np.isfinite(m['loss'])] or metrics[:1]
+  return {k: np.sum([m[k] for m in kept]) for k in kept[0]}
