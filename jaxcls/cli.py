@@ -21,6 +21,8 @@ EXPECTED_ERRORS = (ValueError, RuntimeError, OSError)
 def _quiet_logs():
   # TF and absl are chatty on import; keep the console for the training log.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  # TF only decodes data here; its oneDNN kernels are not worth a log line.
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   logging.set_verbosity(logging.ERROR)
 
 
