@@ -7,6 +7,7 @@ code runs on one device, several local devices, and several processes.
 """
 
 import functools
+import os
 from typing import Callable, NamedTuple
 
 import flax.jax_utils
@@ -56,8 +57,6 @@ def initialize_distributed(config) -> None:
   and this process's id; on clusters JAX detects (SLURM, TPU pods, ...) they
   may be left out. On CPU, collectives go through gloo.
   """
-  import os
-
   if not (config.get('distributed', False)
           or os.environ.get('JAX_COORDINATOR_ADDRESS')):
     return

@@ -265,8 +265,8 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
              'devices': jax.device_count(), 'processes': jax.process_count(),
              'parallel': config.parallel}
 
-  def score(state, split):
-    return evaluate(steps.evaluate, steps.place(state), split,
+  def score(placed_state, split):
+    return evaluate(steps.evaluate, placed_state, split,
                     config.eval_batch_size, steps.put_batch)
 
   if eval_only:
@@ -274,7 +274,7 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       raise checkpoint.CheckpointError(
           f'no best checkpoint in {workdir}/checkpoints/best; train first')
     state, meta = checkpoint.restore(best, state, fingerprint)
-    test = score(state, ds.test)
+    test = score(steps.place(state), ds.test)
     _log(f'Test accuracy on {config.dataset} (best checkpoint, epoch '
          f"{meta['epoch']}): {test['accuracy']:.4f}")
     results.update(test_accuracy=test['accuracy'], test_loss=test['loss'],
@@ -316,7 +316,8 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   # Several XLA:CPU devices share one small thread pool: with many steps in
   # flight their all-reduce rendezvous can starve and abort the process, so
   # there the loop waits for each step. Real accelerators keep the pipeline.
-  one_in_flight = jax.default_backend() == 'cpu' and jax.local_device_count() > 1
+  one_in_flight = (jax.default_backend() == 'cpu'
+                   and jax.local_device_count() > 1)
   train_seconds = input_seconds = 0.0
   images_trained = 0
   stopped_early = False
@@ -365,7 +366,7 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       if stop.received and index < steps_per_epoch:
         save(latest, epoch)
         guards.exit_on_signal(stop.received, step, workdir, latest)
-      val = score(steps.unplace(state), ds.val)
+      val = score(state, ds.val)
       if val['accuracy'] > best_val:
         best_val, best_epoch = val['accuracy'], epoch + 1
         save(best, epoch + 1)
@@ -391,7 +392,7 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   state = steps.unplace(state)
   final_hash = params_sha256(state.params)
   best_state, best_meta = checkpoint.restore(best, state, fingerprint)
-  test = score(best_state, ds.test)
+  test = score(steps.place(best_state), ds.test)
   _log(f"Test accuracy on {config.dataset} (best checkpoint, epoch "
        f"{best_meta['best_epoch']}): {test['accuracy']:.4f}")
   results.update(
