@@ -15,6 +15,10 @@ The pieces, each a small pure function or Flax linen module:
   ``jaxcls.metrics`` (the JSON-lines / TensorBoard writer).
 """
 
+# The one place the version is written: pyproject.toml reads this literal
+# (setuptools parses it without importing jax).
+__version__ = '0.2.0'
+
 from jaxcls import activations, inspection, metrics
 from jaxcls.config import get_config
 from jaxcls.data import load as load_data, normalize, random_crop_flip
