@@ -84,7 +84,7 @@ def predict(workdir: str, paths: list[str], k: int = 3,
   if not paths:
     raise ValueError('no image files given; pass one or more PNG/JPEG paths')
   # Files are checked before the weights are restored: bad input fails fast.
-  spec = data.get_spec(inspection.best_config(workdir).dataset)
+  spec = data.dataset_spec(inspection.best_config(workdir))
   if not 1 <= k <= spec.num_classes:
     raise ValueError(f'--top_k must be in 1..{spec.num_classes}, got {k}')
   images = np.stack([load_image(p, spec.image_shape, invert) for p in paths])

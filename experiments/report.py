@@ -139,7 +139,7 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
   from jaxcls import data, inspection, metrics, models
 
   config, state = inspection.load_best(workdir)
-  spec = data.get_spec(config.dataset)
+  spec = data.dataset_spec(config)
   out = os.path.join(workdir, 'report')
   os.makedirs(out, exist_ok=True)
   names = inspection.class_names(config)
@@ -159,8 +159,7 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
   else:
     print(f'note: no {metrics_path}; skipping the curves', file=sys.stderr)
 
-  test = data.read_split(data.get_builder(config.dataset, config.data_dir),
-                         'test')
+  test = data.read_split(data.builder_for(config), 'test')
   probs = inspection.predict_all(state, test.images, config.eval_batch_size)
   predicted = probs.argmax(-1)
   matrix = inspection.confusion_matrix(test.labels, predicted,

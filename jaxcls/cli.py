@@ -67,7 +67,7 @@ def run(get_config, name: str) -> None:
       # Fail fast, before the heavy imports: a bad value or a dataset that
       # cannot be had is reported within seconds.
       config_lib.validate(flags.FLAGS.config)
-      data.get_builder(flags.FLAGS.config.dataset, flags.FLAGS.config.data_dir)
+      data.builder_for(flags.FLAGS.config)
       from jaxcls import train
       train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
                                eval_only=flags.FLAGS.eval_only)

@@ -24,6 +24,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Data.
   c.dataset = 'mnist'
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # A folder of source files (TFDS's manual_dir, '~' expanded): MNIST,
+  # Fashion-MNIST or CIFAR-10 files (jaxcls/local_data.py), or for dataset
+  # 'image_folder' its class folders (jaxcls/image_folder.py).
+  c.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  c.image_size = 0  # image_folder: square side to resize to; 0: from data
+  c.channels = 0  # image_folder: 1 (grayscale) or 3 (RGB); 0: from data
   c.validation_percent = 10  # the last 10% of TFDS's train split
   c.train_examples = -1  # cap on training examples for quick runs; -1: all
   # Model.
@@ -71,9 +77,29 @@ def fingerprint(config) -> str:
       json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _validate_image_folder(config) -> None:
+  """The fields of dataset 'image_folder' (absent fields default)."""
+  is_folder = config.dataset == data.IMAGE_FOLDER
+  if is_folder and not config.get('manual_dir'):
+    raise ValueError("dataset 'image_folder' needs --config.manual_dir=PATH, "
+                     'a folder with one subfolder of images per class')
+  if config.get('channels', 0) not in (0, 1, 3):
+    raise ValueError(f'channels must be 1, 3 or 0 (from the data), got '
+                     f'{config.channels!r}')
+  if config.get('image_size', 0) < 0 or 0 < config.get('image_size', 0) < 4:
+    raise ValueError(f'image_size must be >= 4 or 0 (from the data), got '
+                     f'{config.image_size!r}')
+  if not is_folder and (config.get('image_size', 0) or
+                        config.get('channels', 0)):
+    raise ValueError(f'image_size and channels apply to dataset '
+                     f"'image_folder' only; {config.dataset} images are "
+                     f'{data.get_spec(config.dataset).image_shape}')
+
+
 def validate(config) -> None:
   """Raises ValueError with one clear line for the first invalid value."""
-  data.get_spec(config.dataset)
+  data.check_dataset_name(config.dataset)
+  _validate_image_folder(config)
   if config.model not in models.MODELS:
     raise ValueError(f'unknown model {config.model!r}; '
                      f'choose one of {sorted(models.MODELS)}')

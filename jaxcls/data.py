@@ -33,13 +33,24 @@ class DatasetSpec:
   image_shape: tuple[int, int, int]
   num_classes: int
   augment: bool  # random crop (padding 4) + horizontal flip when training
+  class_names: tuple[str, ...] = ()  # label i is class_names[i]
 
 
 DATASETS = {
-    'mnist': DatasetSpec((28, 28, 1), 10, augment=False),
-    'fashion_mnist': DatasetSpec((28, 28, 1), 10, augment=False),
-    'cifar10': DatasetSpec((32, 32, 3), 10, augment=True),
+    'mnist': DatasetSpec((28, 28, 1), 10, augment=False,
+                         class_names=tuple(str(i) for i in range(10))),
+    'fashion_mnist': DatasetSpec(
+        (28, 28, 1), 10, augment=False,
+        class_names=('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                     'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')),
+    'cifar10': DatasetSpec(
+        (32, 32, 3), 10, augment=True,
+        class_names=('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                     'frog', 'horse', 'ship', 'truck')),
 }
+# A folder of class folders (jaxcls/image_folder.py): its spec comes from the
+# prepared data, so it is not in the fixed table above.
+IMAGE_FOLDER = 'image_folder'
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -81,12 +92,46 @@ class Data:
                  np.concatenate([s.labels for s in self.train_shards]))
 
 
+def check_dataset_name(name: str) -> None:
+  """Raises ValueError with the choices if ``name`` is not a dataset here."""
+  if name != IMAGE_FOLDER and name not in DATASETS:
+    raise ValueError(f'unknown dataset {name!r}; choose one of '
+                     f'{sorted(DATASETS) + [IMAGE_FOLDER]}')
+
+
 def get_spec(name: str) -> DatasetSpec:
-  try:
-    return DATASETS[name]
-  except KeyError:
-    raise ValueError(
-        f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}') from None
+  """The spec of a fixed dataset (mnist, fashion_mnist, cifar10).
+
+  An image folder's spec depends on its files: use :func:`dataset_spec`.
+  """
+  check_dataset_name(name)
+  if name == IMAGE_FOLDER:
+    raise ValueError(f'the spec of {IMAGE_FOLDER!r} comes from its files; '
+                     'use data.dataset_spec(config)')
+  return DATASETS[name]
+
+
+def source_args(config) -> dict:
+  """The config fields that say where a dataset's files are and how to shape
+  them, as keyword arguments of :func:`get_builder` and :func:`load`."""
+  return {'manual_dir': config.get('manual_dir'),
+          'image_size': config.get('image_size', 0),
+          'channels': config.get('channels', 0)}
+
+
+def builder_for(config):
+  """The prepared TFDS builder of ``config.dataset`` (see get_builder)."""
+  return get_builder(config.dataset, config.get('data_dir'),
+                     **source_args(config))
+
+
+def dataset_spec(config) -> DatasetSpec:
+  """The spec of ``config.dataset``: the fixed table, or for an image folder
+  its prepared TFDS dataset's image shape and class names."""
+  if config.dataset != IMAGE_FOLDER:
+    return get_spec(config.dataset)
+  from jaxcls import image_folder  # Lazy: imports TFDS.
+  return image_folder.spec(builder_for(config))
 
 
 def _can_reach(host: str, timeout: float = 3.0) -> bool:
@@ -97,42 +142,38 @@ def _can_reach(host: str, timeout: float = 3.0) -> bool:
     return False
 
 
-def _unavailable_message(name: str, data_dir: str) -> str:
-  msg = (f"dataset '{name}' is not prepared in {data_dir} and cannot be "
-         f'downloaded (no network). Prepare it where there is network with '
-         f'`tfds build {name} --data_dir DIR` and copy DIR/{name} into '
-         f'{data_dir}, or point --config.data_dir (or TFDS_DATA_DIR) at a '
-         f'folder that holds it')
-  if name == 'fashion_mnist':
-    msg += (', or install the IDX files (`apt-get install '
-            'dataset-fashion-mnist`, or put them in $JAXCLS_FASHION_MNIST_DIR)')
-  return msg + '.'
-
-
-def get_builder(name: str, data_dir: str | None = None):
+def get_builder(name: str, data_dir: str | None = None, *,
+                manual_dir: str | None = None, image_size: int = 0,
+                channels: int = 0):
   """Returns a prepared TFDS builder for ``name``, preparing it if possible.
 
-  Order: a prepared stock TFDS dataset in ``data_dir``; for fashion_mnist,
-  the local IDX files (``fashion_mnist_local``); a TFDS download, tried only
-  if the download host answers. Otherwise raises DatasetUnavailableError
-  within seconds, naming what is missing and how to provide it.
+  For mnist, fashion_mnist and cifar10, in order: a prepared stock TFDS
+  dataset in ``data_dir``; the dataset prepared from local files
+  (``local_files/<name>``, see jaxcls/local_data.py), from ``manual_dir`` or
+  the default folders; a TFDS download, tried only if the download host
+  answers. Otherwise raises DatasetUnavailableError within seconds, naming
+  the files that would do and where to put them.
+
+  For ``image_folder``, the folder ``manual_dir`` prepared at ``image_size``
+  and ``channels`` (0: chosen from the data; see jaxcls/image_folder.py).
   """
   import tensorflow_datasets as tfds  # Lazy: keeps `import jaxcls` light.
 
-  get_spec(name)
+  check_dataset_name(name)
+  if name == IMAGE_FOLDER:
+    from jaxcls import image_folder
+    return image_folder.get_builder(manual_dir, data_dir, image_size,
+                                    channels)
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  if name == 'fashion_mnist':
-    from jaxcls import fashion_mnist_local
-    if fashion_mnist_local.files_present():
-      local = fashion_mnist_local.FashionMnistLocal(data_dir=data_dir)
-      if not local.is_prepared():
-        local.download_and_prepare()
-      return local
+  from jaxcls import local_data
+  local = local_data.get_builder(name, data_dir, manual_dir)
+  if local is not None:
+    return local
   root = os.path.dirname(os.path.dirname(builder.data_dir))
   if not _can_reach(_DOWNLOAD_HOSTS[name]):
-    raise DatasetUnavailableError(_unavailable_message(name, root))
+    raise DatasetUnavailableError(local_data.unavailable_message(name, root))
   builder.download_and_prepare()
   return builder
 
@@ -163,32 +204,47 @@ def read_split(builder, split: str) -> Split:
 
 def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
          train_examples: int = -1, num_shards: int = 1,
-         shard_ids: tuple[int, ...] = (0,)) -> Data:
+         shard_ids: tuple[int, ...] = (0,), *, manual_dir: str | None = None,
+         image_size: int = 0, channels: int = 0) -> Data:
   """Loads train / validation / test for ``name`` into host memory.
 
-  The validation split is the last ``validation_percent`` % of TFDS's train
-  split; training uses the rest, or only its first ``train_examples`` if > 0.
-  The training part is cut into ``num_shards`` equal parts (TFDS
-  ``even_splits``) and only the parts in ``shard_ids`` are read: with several
-  processes, each reads its own. Validation and test are read whole (small).
+  The validation split is TFDS's ``validation`` split where the dataset has
+  one (an image folder with a ``val/`` folder), else the last
+  ``validation_percent`` % of TFDS's train split; training uses the rest, or
+  only its first ``train_examples`` if > 0. The training part is cut into
+  ``num_shards`` equal parts (TFDS ``even_splits``) and only the parts in
+  ``shard_ids`` are read: with several processes, each reads its own.
+  Validation and test are read whole (small). ``manual_dir``, ``image_size``
+  and ``channels`` are passed to :func:`get_builder`.
   """
   import tensorflow_datasets as tfds
 
-  spec = get_spec(name)
-  builder = get_builder(name, data_dir)
-  if 'train' in builder.info.splits:
-    # Absolute indices, so that a capped run decodes only what it uses.
-    cut = builder.info.splits['train'].num_examples * (
-        100 - validation_percent) // 100
+  builder = get_builder(name, data_dir, manual_dir=manual_dir,
+                        image_size=image_size, channels=channels)
+  if name == IMAGE_FOLDER:
+    from jaxcls import image_folder
+    spec = image_folder.spec(builder)
+  else:
+    spec = get_spec(name)
+  splits = builder.info.splits
+  if 'validation' in splits and 'train' in splits:
+    cut = splits['train'].num_examples
     end = cut if train_examples <= 0 else min(cut, train_examples)
+    val_split = 'validation'
+  elif 'train' in splits:
+    # Absolute indices, so that a capped run decodes only what it uses.
+    cut = splits['train'].num_examples * (100 - validation_percent) // 100
+    end = cut if train_examples <= 0 else min(cut, train_examples)
+    val_split = f'train[{cut}:]'
   else:  # No split sizes recorded (tfds.testing.mock_data): percentages.
     cut = end = f'{100 - validation_percent}%'
+    val_split = f'train[{cut}:]'
   parts = tfds.even_splits(f'train[:{end}]', n=num_shards, drop_remainder=True)
   shards = [read_split(builder, parts[i]) for i in shard_ids]
   if train_examples > 0:
     n = train_examples // num_shards
     shards = [Split(s.images[:n], s.labels[:n]) for s in shards]
-  val = read_split(builder, f'train[{cut}:]')
+  val = read_split(builder, val_split)
   test = read_split(builder, 'test')
   for split in (*shards, val, test):
     if split.images.shape[1:] != spec.image_shape:
@@ -198,7 +254,9 @@ def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
     ) < spec.num_classes:
       raise ValueError(f'{builder.name} has labels outside 0..'
                        f'{spec.num_classes - 1}; its files are corrupt')
-  return Data(shards, val, test, spec, source=builder.name)
+  config_name = builder.builder_config.name if builder.builder_config else ''
+  source = f'{builder.name}/{config_name}' if config_name else builder.name
+  return Data(shards, val, test, spec, source=source)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int,

@@ -64,7 +64,7 @@ def load_best(workdir: str) -> tuple[ml_collections.ConfigDict,
   """
   manager, meta = _best_meta(workdir)
   config = ml_collections.ConfigDict(json.loads(meta['config']))
-  spec = data.get_spec(config.dataset)
+  spec = data.dataset_spec(config)
   model = models.create_model(config, spec.num_classes)
   # The optimizer state's structure does not depend on steps_per_epoch.
   target = train.create_train_state(
@@ -76,18 +76,10 @@ def load_best(workdir: str) -> tuple[ml_collections.ConfigDict,
 
 
 def class_names(config) -> list[str]:
-  """The label names of ``config.dataset`` from its TFDS builder's info."""
-  import tensorflow_datasets as tfds  # Lazy: TF loads slowly.
-
-  num_classes = data.get_spec(config.dataset).num_classes
-  try:
-    names = list(tfds.builder(config.dataset, data_dir=config.data_dir)
-                 .info.features['label'].names)
-  except Exception:  # An unknown or broken builder: numbers still work.
-    names = []
-  if len(names) != num_classes:
-    names = [str(i) for i in range(num_classes)]
-  return names
+  """The label names of ``config.dataset``: the fixed table's, or an image
+  folder's folder names (from its prepared TFDS dataset)."""
+  spec = data.dataset_spec(config)
+  return list(spec.class_names or (str(i) for i in range(spec.num_classes)))
 
 
 def predict_probs(state: train.TrainState, images: jax.Array) -> jax.Array:

@@ -195,7 +195,7 @@ def evaluate(eval_fn, state, split: data.Split, batch_size: int,
 
 def make_steps(config, mesh) -> parallel.Steps:
   """The train/eval steps for ``config``, compiled for ``config.parallel``."""
-  spec = data.get_spec(config.dataset)
+  spec = data.dataset_spec(config)
   step = functools.partial(train_step, augment=spec.augment,
                            l1=config.l1, l2=config.l2)
   if config.parallel == 'pmap':
@@ -245,7 +245,8 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
                           (jax.process_index() + 1) * per_process))
   fingerprint = config_lib.fingerprint(config)
   ds = data.load(config.dataset, config.data_dir, config.validation_percent,
-                 config.train_examples, num_shards, shard_ids)
+                 config.train_examples, num_shards, shard_ids,
+                 **data.source_args(config))
   per_shard = config.batch_size // num_shards
   steps_per_epoch = len(ds.train_shards[0]) // per_shard
   if steps_per_epoch == 0:

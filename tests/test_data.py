@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxcls import data, fashion_mnist_local
+from jaxcls import data, local_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,17 +35,20 @@ def _example_hashes(images, labels):
                 for im, lb in zip(images, labels))
 
 
-@pytest.mark.skipif(not fashion_mnist_local.files_present(),
+@pytest.mark.skipif(not local_data.files_present(),
                     reason='needs dataset-fashion-mnist (see .ci/run)')
 def test_offline_fashion_mnist_from_the_real_files():
   ds = data.load('fashion_mnist')
   assert (len(ds.train), len(ds.val), len(ds.test)) == (54000, 6000, 10000)
   # Train + validation are exactly TFDS's train split: the IDX train file.
-  images, labels = fashion_mnist_local.read_split('train')
+  folder = os.environ.get(local_data.FASHION_MNIST_ENV,
+                          local_data.DEBIAN_FASHION_MNIST_DIR)
+  splits = local_data.read_folder('fashion_mnist', folder)
+  images, labels = splits['train']
   ours = _example_hashes(np.concatenate([ds.train.images, ds.val.images]),
                          np.concatenate([ds.train.labels, ds.val.labels]))
   assert ours == _example_hashes(images, labels)
-  test_images, test_labels = fashion_mnist_local.read_split('test')
+  test_images, test_labels = splits['test']
   assert _example_hashes(ds.test.images, ds.test.labels) == _example_hashes(
       test_images, test_labels)
   assert np.bincount(ds.test.labels).tolist() == [1000] * 10
@@ -58,13 +61,13 @@ def test_corrupt_idx_file_is_named(tmp_path):
   path = tmp_path / 'train-images-idx3-ubyte.gz'
   with gzip.open(path, 'wb') as f:
     f.write(header + good.tobytes()[:-10])  # truncated
-  with pytest.raises(fashion_mnist_local.CorruptDatasetFileError,
+  with pytest.raises(local_data.CorruptDatasetFileError,
                      match='truncated'):
-    fashion_mnist_local.read_idx(str(path))
+    local_data.read_idx(str(path))
   path.write_bytes(b'not gzip at all')
-  with pytest.raises(fashion_mnist_local.CorruptDatasetFileError,
+  with pytest.raises(local_data.CorruptDatasetFileError,
                      match=str(path)):
-    fashion_mnist_local.read_idx(str(path))
+    local_data.read_idx(str(path))
 
 
 def test_missing_dataset_fails_fast_with_one_clear_line(tmp_path):

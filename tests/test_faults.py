@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxcls import fashion_mnist_local, models, optim, train
+from jaxcls import local_data, models, optim, train
 
 pytestmark = pytest.mark.skipif(
-    not fashion_mnist_local.files_present(),
+    not local_data.files_present(),
     reason='needs dataset-fashion-mnist (see .ci/run)')
 
 HERE = os.path.dirname(os.path.abspath(__file__))

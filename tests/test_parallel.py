@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxcls import data, fashion_mnist_local, models, optim, parallel, train
+from jaxcls import data, local_data, models, optim, parallel, train
 
 pytestmark = pytest.mark.skipif(
-    not fashion_mnist_local.files_present(),
+    not local_data.files_present(),
     reason='needs dataset-fashion-mnist (see .ci/run)')
 
 HERE = os.path.dirname(os.path.abspath(__file__))

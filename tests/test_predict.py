@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from experiments import predict
-from jaxcls import data, fashion_mnist_local, inspection
+from jaxcls import data, inspection
 from trained_workdir import trained_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def test_predictions_match_the_model(tmp_path, test_images):
   out = predict.predict(workdir, paths, k=10)
   _, state = inspection.load_best(workdir)
   expected = reference_probs(state, images)
-  names = fashion_mnist_local.CLASS_NAMES
+  names = data.get_spec('fashion_mnist').class_names
   for got, probs in zip(out, expected):
     assert [n for n, _ in got] == [names[i] for i in np.argsort(-probs)]
     np.testing.assert_allclose([p for _, p in got], np.sort(probs)[::-1],

@@ -6,10 +6,10 @@ import os
 import pytest
 
 from conftest import tiny_config
-from jaxcls import checkpoint, fashion_mnist_local, train
+from jaxcls import checkpoint, local_data, train
 
 pytestmark = pytest.mark.skipif(
-    not fashion_mnist_local.files_present(),
+    not local_data.files_present(),
     reason='needs dataset-fashion-mnist (see .ci/run)')
 
 SHORT = dict(train_examples=6000, num_epochs=2)
