@@ -18,7 +18,7 @@ layer) and XLA's FLOPs per example. Errors print one line and exit 2.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from jaxcls import cli
 
@@ -184,17 +184,12 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}; use --workdir=W')
+    cli.fail(f'unexpected arguments {argv[1:]}; use --workdir=W')
   if not FLAGS.workdir:
-    sys.exit('error: --workdir is required (the folder training wrote to)')
-  cli._quiet_logs()  # pylint: disable=protected-access
-  try:
-    report(FLAGS.workdir, FLAGS.num_misclassified)
-  except cli.EXPECTED_ERRORS as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail('--workdir is required (the folder training wrote to)')
+  report(FLAGS.workdir, FLAGS.num_misclassified)
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.app_run(main)

@@ -10,7 +10,10 @@ A workdir holds two Orbax CheckpointManagers:
 Each checkpoint carries JSON metadata (epoch, best validation accuracy and the
 config fingerprint) so that a workdir of another model or config is refused.
 Orbax writes into a temporary folder and renames it when complete, so a
-checkpoint interrupted mid-save is never loaded.
+checkpoint interrupted mid-save is never loaded. Only the run that holds the
+workdir's lock (``jaxcls.workdir.lock``) opens writable managers, and only
+they delete unfinished temporary folders; readers open managers with
+``read_only=True``, which never delete, rename or create anything.
 """
 
 import os
@@ -23,9 +26,21 @@ class CheckpointError(RuntimeError):
   """A checkpoint cannot be used: corrupt, or from a different config."""
 
 
-def make_manager(workdir: str, name: str) -> ocp.CheckpointManager:
-  """The manager of ``workdir/checkpoints/<name>``, keeping the newest one."""
+def make_manager(workdir: str, name: str,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of ``workdir/checkpoints/<name>``, keeping the newest one.
+
+  ``read_only=True`` is for readers of a workdir that another process may be
+  training in: such a manager sees only finished checkpoints and never
+  touches the writer's files (the writer's manager deletes the unfinished
+  ``*.orbax-checkpoint-tmp`` folders of a crashed run when it starts).
+  """
   path = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
+  if read_only:
+    return ocp.CheckpointManager(
+        path, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False, save_interval_steps=0),
+        item_names=('state', 'meta'))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=1, create=True, cleanup_tmp_directories=True,
       # 'latest' and 'best' may save the same step; with several processes
@@ -41,9 +56,29 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
   step = int(jax.device_get(state.step))
   if manager.latest_step() == step:
     return  # This very state is saved already (e.g. a signal right after).
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      force=True)
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True)
+  except Exception as e:  # Includes the failure of the previous async save.
+    raise _save_error(manager, e) from None
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the manager's pending save; a failed one is one clear line."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise _save_error(manager, e) from None
+
+
+def _save_error(manager, error: Exception) -> CheckpointError:
+  first_line = (str(error).strip().splitlines() or [''])[0][:200]
+  return CheckpointError(
+      f'could not save a checkpoint in {manager.directory} '
+      f'({type(error).__name__}: {first_line}); free disk space or fix the '
+      'folder\'s permissions, then run the same command to resume from the '
+      'last saved checkpoint')
 
 
 def restore(manager: ocp.CheckpointManager, target, fingerprint: str,

@@ -1,16 +1,22 @@
 """The command line shared by every experiment: flags in, one clear line out.
 
-An experiment module calls ``run(get_config, 'name')``. Flags:
-``--config.<field>=value`` overrides any config field, ``--workdir`` (default
-``runs/<name>``) holds checkpoints and results, ``--eval_only`` scores the
-best checkpoint on the test split. Expected failures (bad config, missing
-dataset, unusable checkpoint, non-finite loss) print one line to stderr and
-exit with status 2; they never print a traceback.
+An experiment module calls ``run(get_config, 'name')`` (training) or
+``run(get_config, 'name', main=fn)`` (another action on the same config, e.g.
+a sweep). Flags: ``--config.<field>=value`` overrides any config field,
+``--workdir`` (default ``runs/<name>``) holds checkpoints and results,
+``--eval_only`` scores the best checkpoint on the test split. Tools without a
+config (report, predict, export) use :func:`app_run` and :func:`call`.
+
+Expected failures (bad flags or config, missing dataset, unusable checkpoint
+or workdir, non-finite loss, OS errors such as a full disk, Ctrl-C outside
+the training loop) print one ``error: ...`` line to stderr and exit with
+status 2 (130 for Ctrl-C); they never print a traceback.
 """
 
 import difflib
 import os
 import sys
+from typing import NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,12 +24,49 @@ from ml_collections import config_flags
 EXPECTED_ERRORS = (ValueError, RuntimeError, OSError)
 
 
-def _quiet_logs():
-  # TF and absl are chatty on import; keep the console for the training log.
+def fail(message) -> NoReturn:
+  """Prints ``error: message`` (one line) to stderr and exits with 2."""
+  text = ' '.join(str(message).split())  # One line, whatever the message.
+  print(f'error: {text}', file=sys.stderr)
+  sys.exit(2)
+
+
+def quiet_logs() -> None:
+  """Keeps the console for the training log and the one-line errors."""
+  # TF and absl are chatty on import.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   # TF only decodes data here; its oneDNN kernels are not worth a log line.
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-  logging.set_verbosity(logging.ERROR)
+  # Orbax logs a failed save with its whole traceback at ERROR; the save's
+  # error is reported as one line by jaxcls.checkpoint instead.
+  logging.set_verbosity(logging.FATAL)
+
+
+def call(fn, *args, **kwargs):
+  """Runs ``fn``, turning expected failures into one line and an exit."""
+  try:
+    return fn(*args, **kwargs)
+  except EXPECTED_ERRORS as e:
+    fail(e)
+  except KeyboardInterrupt:
+    print('error: interrupted (Ctrl-C) before training started or after it '
+          'ended; no checkpoint was changed. Run the same command to start '
+          'again or resume.', file=sys.stderr)
+    sys.exit(130)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag as one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f'{e}; see --help')
+
+
+def app_run(main) -> None:
+  """``absl.app.run(main)`` with :func:`parse_flags` and quiet logs."""
+  quiet_logs()
+  app.run(lambda argv: call(main, argv), flags_parser=parse_flags)
 
 
 def unknown_override(config, argv) -> str | None:
@@ -44,8 +87,24 @@ def unknown_override(config, argv) -> str | None:
   return None
 
 
-def run(get_config, name: str) -> None:
-  """Defines the flags for ``get_config()`` and runs training or eval."""
+def train(config, workdir: str, eval_only: bool = False) -> dict:
+  """The default action: validate, find the data, train (or score)."""
+  from jaxcls import config as config_lib, data
+  # Fail fast, before the heavy imports: a bad value or a dataset that
+  # cannot be had is reported within seconds.
+  config_lib.validate(config)
+  data.builder_for(config)
+  from jaxcls import train as train_lib
+  return train_lib.train_and_evaluate(config, workdir, eval_only=eval_only)
+
+
+def run(get_config, name: str, main=None) -> None:
+  """Defines the flags for ``get_config()`` and runs ``main``.
+
+  ``main(config, workdir)`` defaults to training (``--eval_only`` then scores
+  the best checkpoint instead). Every experiment shares this one error
+  handler, log set-up and unknown-key check.
+  """
   config = get_config()
   error = unknown_override(config, sys.argv)
   if error:
@@ -54,25 +113,21 @@ def run(get_config, name: str) -> None:
   config_flags.DEFINE_config_dict('config', config)
   flags.DEFINE_string('workdir', os.path.join('runs', name),
                       'Checkpoints, results.json and logs go here.')
-  flags.DEFINE_bool('eval_only', False,
-                    'Restore the best checkpoint and score it on test.')
+  if main is None:
+    flags.DEFINE_bool('eval_only', False,
+                      'Restore the best checkpoint and score it on test.')
 
-  def main(argv):
+  def absl_main(argv):
     if len(argv) > 1:
-      sys.exit(f'error: unexpected arguments {argv[1:]}; use --config.x=... '
-               'and --workdir=...')
-    _quiet_logs()
-    from jaxcls import config as config_lib, data
-    try:
-      # Fail fast, before the heavy imports: a bad value or a dataset that
-      # cannot be had is reported within seconds.
-      config_lib.validate(flags.FLAGS.config)
-      data.builder_for(flags.FLAGS.config)
-      from jaxcls import train
-      train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
-                               eval_only=flags.FLAGS.eval_only)
-    except EXPECTED_ERRORS as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
+      fail(f'unexpected arguments {argv[1:]}; use --config.x=... and '
+           '--workdir=...')
+    if main is None:
+      train(flags.FLAGS.config, flags.FLAGS.workdir,
+            eval_only=flags.FLAGS.eval_only)
+    else:
+      main(flags.FLAGS.config, flags.FLAGS.workdir)
 
-  app.run(main)
+  app_run(absl_main)
+
+
+_quiet_logs = quiet_logs  # The old private name, for callers not yet moved.

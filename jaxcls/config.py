@@ -6,6 +6,7 @@ overridden on the command line, e.g. ``--config.num_epochs=3``.
 
 import hashlib
 import json
+import math
 
 import ml_collections
 
@@ -15,7 +16,7 @@ from jaxcls import activations, data, models, optim
 # these may share a workdir (resume, evaluation).
 RUN_ONLY_FIELDS = ('num_epochs', 'data_dir', 'eval_batch_size',
                    'checkpoint_every_steps', 'log_every_steps', 'parallel',
-                   'distributed', 'patience')
+                   'distributed', 'patience', 'steps_per_call', 'device_data')
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,6 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.pooling = 'max'
   c.dropout_rate = 0.0
   c.compute_dtype = 'float32'  # or 'bfloat16'
+  # Recurrent models ('rnn', 'lstm', 'gru'; experiments/sequential_mnist.py).
+  c.hidden_size = 128
+  c.num_layers = 1
+  c.bidirectional = False  # forward and backward outputs concatenated
+  c.readout = 'last'  # 'last' hidden state or 'mean' over time feeds the head
+  c.forget_bias = 1.0  # LSTM forget-gate bias at init (Keras unit_forget_bias)
   # Optimizer.
   c.optimizer = 'adam'
   c.learning_rate = 1e-3
@@ -61,6 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.patience = 0  # early stop after this many epochs without a better val
   c.nonfinite_policy = 'stop'  # or 'skip': drop NaN/inf steps, up to...
   c.max_nonfinite_steps = 10  # ...this many in a row
+  # Feeding (jaxcls/feed.py); neither changes what is trained.
+  c.device_data = 'auto'  # training split kept on the device: auto, on, off
+  c.steps_per_call = 0  # optimizer steps per compiled call; 0: per backend
   # Multi-host: each process reads its own shards of the training split.
   # 0 means one shard per process; set it to the process count of a
   # multi-process run to reproduce that run's batches in one process.
@@ -96,56 +106,62 @@ def _validate_image_folder(config) -> None:
                      f'{data.get_spec(config.dataset).image_shape}')
 
 
+# field -> the allowed values (a callable for registries filled on import).
+CHOICES = {
+    'dataset': lambda: sorted(data.DATASETS) + [data.IMAGE_FOLDER],
+    'model': lambda: sorted(models.MODELS),
+    'optimizer': lambda: list(optim.OPTIMIZERS),
+    'lr_schedule': lambda: list(optim.SCHEDULES),
+    'activation': lambda: sorted(activations.ACTIVATIONS),
+    'pooling': ('max', 'avg'),
+    'parallel': ('jit', 'pmap'),
+    'nonfinite_policy': ('stop', 'skip'),
+    'compute_dtype': ('float32', 'bfloat16'),
+    'readout': ('last', 'mean'),
+    'device_data': ('auto', 'on', 'off'),
+}
+
+# Each rule: its wording in the error line, and the test (NaN fails all).
+_RULES = {
+    '> 0': lambda v: v > 0,
+    '>= 0': lambda v: v >= 0,
+    'in [0, 1)': lambda v: 0 <= v < 1,
+    'in 1..99': lambda v: 1 <= v <= 99,
+    '-1 (all) or > 0': lambda v: v == -1 or v > 0,
+}
+# field -> rule. Fields an experiment lacks are skipped.
+RANGES = {
+    'learning_rate': '> 0', 'batch_size': '> 0', 'eval_batch_size': '> 0',
+    'num_epochs': '> 0', 'hidden_size': '> 0', 'num_layers': '> 0',
+    'validation_percent': 'in 1..99', 'train_examples': '-1 (all) or > 0',
+    'dropout_rate': 'in [0, 1)', 'b1': 'in [0, 1)', 'b2': 'in [0, 1)',
+    'momentum': 'in [0, 1)',
+    'weight_decay': '>= 0', 'grad_clip_norm': '>= 0', 'l1': '>= 0',
+    'l2': '>= 0', 'warmup_epochs': '>= 0', 'checkpoint_every_steps': '>= 0',
+    'log_every_steps': '>= 0', 'patience': '>= 0', 'num_data_shards': '>= 0',
+    'max_nonfinite_steps': '>= 0', 'seed': '>= 0', 'forget_bias': '>= 0',
+    'steps_per_call': '>= 0',
+}
+
+
 def validate(config) -> None:
-  """Raises ValueError with one clear line for the first invalid value."""
-  data.check_dataset_name(config.dataset)
+  """Raises ValueError with one clear line for the first invalid value.
+
+  Driven by the tables :data:`CHOICES` and :data:`RANGES`. Numbers must be
+  finite (NaN and inf are refused); the line names the field and how to set it.
+  """
+  for name, allowed in CHOICES.items():
+    if name in config:
+      allowed = allowed() if callable(allowed) else allowed
+      if config[name] not in allowed:
+        raise ValueError(f'unknown {name} {config[name]!r}; choose one of '
+                         f'{list(allowed)} (--config.{name}=...)')
+  for name, rule in RANGES.items():
+    if name not in config:
+      continue
+    value = config[name]
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not math.isfinite(value) or not _RULES[rule](value)):
+      raise ValueError(f'{name} must be {rule}, got {value!r}; set '
+                       f'--config.{name}=...')
   _validate_image_folder(config)
-  if config.model not in models.MODELS:
-    raise ValueError(f'unknown model {config.model!r}; '
-                     f'choose one of {sorted(models.MODELS)}')
-  if config.optimizer not in optim.OPTIMIZERS:
-    raise ValueError(f'unknown optimizer {config.optimizer!r}; '
-                     f'choose one of {list(optim.OPTIMIZERS)}')
-  if config.lr_schedule not in optim.SCHEDULES:
-    raise ValueError(f'unknown lr_schedule {config.lr_schedule!r}; '
-                     f'choose one of {list(optim.SCHEDULES)}')
-  if config.get('activation', 'relu') not in activations.ACTIVATIONS:
-    raise ValueError(f'unknown activation {config.activation!r}; '
-                     f'choose one of {sorted(activations.ACTIVATIONS)}')
-  if config.get('pooling', 'max') not in ('max', 'avg'):
-    raise ValueError(f"unknown pooling {config.pooling!r}; choose 'max' or 'avg'")
-  if config.parallel not in ('jit', 'pmap'):
-    raise ValueError(f"unknown parallel {config.parallel!r}; "
-                     "choose 'jit' or 'pmap'")
-  if config.get('nonfinite_policy', 'stop') not in ('stop', 'skip'):
-    raise ValueError(f'unknown nonfinite_policy {config.nonfinite_policy!r}; '
-                     "choose 'stop' or 'skip'")
-  if config.compute_dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f'unknown compute_dtype {config.compute_dtype!r}; '
-                     "choose 'float32' or 'bfloat16'")
-  positive = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs')
-  for name in positive:
-    if not config[name] > 0:
-      raise ValueError(f'{name} must be > 0, got {config[name]!r}; '
-                       f'set --config.{name}=...')
-  if not 0 < config.validation_percent < 100:
-    raise ValueError('validation_percent must be in 1..99, got '
-                     f'{config.validation_percent!r}')
-  if not 0 <= config.dropout_rate < 1:
-    raise ValueError(f'dropout_rate must be in [0, 1), got {config.dropout_rate!r}')
-  for name in ('weight_decay', 'grad_clip_norm', 'l1', 'l2', 'warmup_epochs',
-               'checkpoint_every_steps', 'patience', 'num_data_shards',
-               'max_nonfinite_steps'):
-    if config.get(name, 0) < 0:
-      raise ValueError(f'{name} must be >= 0, got {config[name]!r}')
-  # Recurrent models (experiments/sequential_mnist.py); absent fields default.
-  for name in ('hidden_size', 'num_layers'):
-    if not config.get(name, 1) > 0:
-      raise ValueError(f'{name} must be > 0, got {config[name]!r}; '
-                       f'set --config.{name}=...')
-  if config.get('readout', 'last') not in ('last', 'mean'):
-    raise ValueError(f"unknown readout {config.readout!r}; choose 'last' or "
-                     "'mean'")
-  if config.get('forget_bias', 0.0) < 0:
-    raise ValueError(f'forget_bias must be >= 0 (usually 0 or 1), got '
-                     f'{config.forget_bias!r}')

@@ -46,7 +46,7 @@ def check_finite(metrics: list, first_step: int, latest,
   those steps (optax.apply_if_finite); only more than ``max_in_a_row`` in a
   row stops it.
   """
-  losses = np.asarray(jax.device_get([m['loss'] for m in metrics]))
+  losses = per_step(metrics)['loss']
   bad = ~np.isfinite(losses)
   if not bad.any():
     return 0
@@ -72,14 +72,36 @@ def check_finite(metrics: list, first_step: int, latest,
 
 def exit_on_signal(name: str, step: int, workdir: str, latest) -> None:
   """After the checkpoint at ``step`` is saved: say so, exit 128 + signal."""
-  latest.wait_until_finished()
+  from jaxcls import checkpoint  # Not at the top: checkpoint imports Orbax.
+  checkpoint.wait(latest)
   if jax.process_index() == 0:
     print(f'{name}: saved a checkpoint at step {step} in {workdir}; run the '
           'same command to resume.', flush=True)
   sys.exit(128 + signal.Signals[name].value)
 
 
-def finite_totals(metrics: list) -> dict:
-  """Sums of the steps whose loss is finite (the ones that were applied)."""
-  kept = [m for m in metrics if np.isfinite(m['loss'])] or metrics[:1]
-  return {k: np.sum([m[k] for m in kept]) for k in kept[0]}
+def per_step(metrics: list) -> dict:
+  """The calls' metrics (scalars, or ``(n,)`` for ``n`` steps per call) as
+  host arrays with one entry per step. Fetching them is a host sync."""
+  fetched = jax.device_get(metrics)
+  return {k: np.concatenate([np.atleast_1d(m[k]) for m in fetched])
+          for k in fetched[0]}
+
+
+def epoch_totals(metrics: list, first_step: int, latest, policy: str = 'stop',
+                 max_in_a_row: int = 0) -> dict:
+  """The epoch's summed metrics over the steps that were applied.
+
+  Raises NonFiniteLossError as :func:`check_finite` does. With the 'skip'
+  policy, steps with a non-finite loss left the parameters unchanged, so they
+  are left out of the sums too, and a line says how many there were.
+  """
+  skipped = check_finite(metrics, first_step, latest, policy, max_in_a_row)
+  steps = per_step(metrics)
+  kept = np.isfinite(steps['loss'])
+  if skipped:
+    print(f'Skipped {skipped} steps with a non-finite loss this epoch.',
+          flush=True)
+    if not kept.any():
+      kept[:1] = True
+  return {k: v[kept].sum() for k, v in steps.items()}

@@ -23,13 +23,14 @@ from jaxcls import train
 
 
 def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
-  """The best-checkpoint manager of ``workdir`` and its newest metadata."""
+  """A read-only manager of ``workdir``'s best checkpoints, and the newest
+  one's metadata. Safe while another process trains in ``workdir``."""
   folder = os.path.join(workdir, 'checkpoints', 'best')
-  if not os.path.isdir(folder):  # make_manager would create it: check first.
+  if not os.path.isdir(folder):
     raise checkpoint.CheckpointError(
         f'no best checkpoint in {folder}; train first, e.g. '
         f'python -m experiments.fashion_mnist --workdir={workdir}')
-  manager = checkpoint.make_manager(workdir, 'best')
+  manager = checkpoint.make_manager(workdir, 'best', read_only=True)
   step = manager.latest_step()
   if step is None:
     raise checkpoint.CheckpointError(
@@ -54,25 +55,34 @@ def best_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(_best_meta(workdir)[1]['config']))
 
 
-def load_best(workdir: str) -> tuple[ml_collections.ConfigDict,
-                                      train.TrainState]:
+def load_best(workdir: str, attempts: int = 3
+              ) -> tuple[ml_collections.ConfigDict, train.TrainState]:
   """``(config, state)`` of the best checkpoint in ``workdir``.
 
   The model and optimizer are rebuilt from the config stored with the
   checkpoint, so nothing but the workdir is needed. Raises CheckpointError
-  with one clear line when there is no usable checkpoint.
+  with one clear line when there is no usable checkpoint. A run training in
+  ``workdir`` may replace the best checkpoint while it is read (it keeps only
+  the newest); then the read is retried on the new one.
   """
-  manager, meta = _best_meta(workdir)
-  config = ml_collections.ConfigDict(json.loads(meta['config']))
-  spec = data.dataset_spec(config)
-  model = models.create_model(config, spec.num_classes)
-  # The optimizer state's structure does not depend on steps_per_epoch.
-  target = train.create_train_state(
-      jax.random.key(0), model, optim.create_optimizer(config, 1),
-      spec.image_shape)
-  state, _ = checkpoint.restore(manager, target,
-                                config_lib.fingerprint(config))
-  return config, state
+  for attempt in range(attempts):
+    manager, meta = _best_meta(workdir)
+    config = ml_collections.ConfigDict(json.loads(meta['config']))
+    spec = data.dataset_spec(config)
+    model = models.create_model(config, spec.num_classes)
+    # The optimizer state's structure does not depend on steps_per_epoch.
+    target = train.create_train_state(
+        jax.random.key(0), model, optim.create_optimizer(config, 1),
+        spec.image_shape)
+    step = manager.latest_step()
+    try:
+      state, _ = checkpoint.restore(manager, target,
+                                    config_lib.fingerprint(config), step)
+      return config, state
+    except checkpoint.CheckpointError:
+      manager.reload()
+      if attempt + 1 == attempts or manager.latest_step() == step:
+        raise  # Not a race with a writer: the checkpoint is damaged.
 
 
 def class_names(config) -> list[str]:

@@ -35,21 +35,21 @@ def hparams_from_config(config) -> dict:
   return flat
 
 
-def window_scalars(step_metrics: list, epoch: float) -> dict:
-  """Mean train loss and accuracy over a list of per-step metric sums.
+def window_scalars(step_metrics: dict, epoch: float) -> dict:
+  """Mean train loss and accuracy over a window of steps.
 
-  ``step_metrics`` holds the ``train_step`` outputs (sums of ``loss``,
-  ``correct`` and ``count``), still on the device; fetching them here is the
-  only host sync, so call this at the logging interval, not every step.
-  ``epoch`` is the fractional epoch (step / steps per epoch), for plotting.
+  ``step_metrics`` maps ``loss``, ``correct`` and ``count`` to host arrays
+  with one entry per step (``jaxcls.guards.per_step``): the ``train_step``
+  sums. ``epoch`` is the fractional epoch (step / steps per epoch), for
+  plotting.
   """
-  totals = jax.device_get(jax.tree_util.tree_map(
-      lambda *x: np.sum(x), *step_metrics))
+  totals = {k: float(np.sum(v)) for k, v in step_metrics.items()}
   # The window stops at the epoch start, so just after it the mean is over
   # fewer steps (noisier); ``window_steps`` says how many.
-  return {'epoch_progress': float(epoch), 'window_steps': len(step_metrics),
-          'train_loss_recent': float(totals['loss'] / totals['count']),
-          'train_accuracy_recent': float(totals['correct'] / totals['count'])}
+  return {'epoch_progress': float(epoch),
+          'window_steps': len(step_metrics['loss']),
+          'train_loss_recent': totals['loss'] / totals['count'],
+          'train_accuracy_recent': totals['correct'] / totals['count']}
 
 
 def epoch_scalars(epoch: int, train_totals: dict, val: dict, seconds: float,

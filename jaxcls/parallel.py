@@ -49,6 +49,25 @@ def put_batch(local_batch: dict, mesh: Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
+def process_shards(num_data_shards: int, batch_size: int
+                   ) -> tuple[int, tuple[int, ...]]:
+  """``(num_shards, this process's shard ids)`` of the training split.
+
+  ``num_data_shards`` 0 means one shard per process. Each process reads its
+  own consecutive shards, and a global batch takes ``batch_size /
+  num_shards`` examples from every shard.
+  """
+  num_shards = num_data_shards or jax.process_count()
+  if num_shards % jax.process_count() or batch_size % num_shards:
+    raise ValueError(
+        f'num_data_shards={num_shards} must be a multiple of the '
+        f'{jax.process_count()} processes and divide batch_size='
+        f'{batch_size}; set --config.num_data_shards accordingly')
+  per_process = num_shards // jax.process_count()
+  first = jax.process_index() * per_process
+  return num_shards, tuple(range(first, first + per_process))
+
+
 def initialize_distributed(config) -> None:
   """Starts ``jax.distributed`` when the config or the environment asks.
 
@@ -57,7 +76,7 @@ def initialize_distributed(config) -> None:
   and this process's id; on clusters JAX detects (SLURM, TPU pods, ...) they
   may be left out. On CPU, collectives go through gloo.
   """
-  if not (config.get('distributed', False)
+  if not (config.distributed
           or os.environ.get('JAX_COORDINATOR_ADDRESS')):
     return
   if jax.distributed.is_initialized():
@@ -84,6 +103,7 @@ class Steps(NamedTuple):
   put_batch: Callable
   place: Callable
   unplace: Callable
+  mesh: Mesh | None = None  # the jit path's mesh; None under pmap
 
 
 def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
@@ -94,7 +114,7 @@ def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
   evaluate = jax.jit(eval_step, in_shardings=(repl, sharded),
                      out_shardings=repl)
   return Steps(train, evaluate, lambda b: put_batch(b, mesh),
-               lambda s: jax.device_put(s, repl), lambda s: s)
+               lambda s: jax.device_put(s, repl), lambda s: s, mesh)
 
 
 def pmap_steps(train_step, eval_step) -> Steps:

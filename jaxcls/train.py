@@ -7,10 +7,10 @@ evaluates on the validation split every epoch, keeps the best model, and
 scores that model once on the test split.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
-import os
 import sys
 import time
 
@@ -18,12 +18,14 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxcls import checkpoint, config as config_lib, data, guards, models
-from jaxcls import metrics as metrics_lib, optim, parallel
+from jaxcls import checkpoint, config as config_lib, data, feed as feed_lib
+from jaxcls import guards, models, optim, parallel
+from jaxcls import metrics as metrics_lib, workdir as workdir_lib
 
 NonFiniteLossError = guards.NonFiniteLossError
 
@@ -208,42 +210,55 @@ def _log(*args):
     print(*args, flush=True)
 
 
-def write_results(workdir: str, results: dict) -> None:
-  """Merges ``results`` into ``workdir/results.json`` (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, 'results.json')
-  old = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-  old.update(results)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(old, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)  # Atomic: never a half-written file.
+def itstime(step: int, every: int, steps_done: int = 1) -> bool:
+  """Whether the call that just ended at ``step`` (after ``steps_done``
+  steps) crossed a multiple of ``every`` (big_vision's ``itstime``)."""
+  return every > 0 and step // every > (step - steps_done) // every
 
 
-def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
-  """Trains ``config.model`` on ``config.dataset``; returns the results dict.
+@dataclasses.dataclass
+class Progress:
+  """What a resumed run needs besides the TrainState; saved in checkpoints."""
+  best_val_accuracy: float = -1.0
+  best_epoch: int = 0
+  train_seconds: float = 0.0  # summed over every session of the run
+  input_seconds: float = 0.0
+  images_trained: int = 0
 
-  Resumes from ``workdir`` when it holds a checkpoint of the same config.
-  With ``eval_only``, restores the best checkpoint and scores it on test.
-  """
-  config_lib.validate(config)
-  parallel.initialize_distributed(config)
+
+@dataclasses.dataclass
+class Run:
+  """Everything one run sets up before its loop: data, state, steps."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  ds: data.Data
+  state: TrainState
+  steps: parallel.Steps
+  latest: object  # orbax CheckpointManager
+  best: object
+  fingerprint: str
+  shard_ids: tuple[int, ...]  # this process's shards of the training split
+  per_shard: int  # examples per shard in a global batch
+  steps_per_epoch: int
+  results: dict
+
+  def score(self, placed_state, split) -> dict:
+    return evaluate(self.steps.evaluate, placed_state, split,
+                    self.config.eval_batch_size, self.steps.put_batch)
+
+  def save(self, manager, state, epoch: int, progress: Progress) -> None:
+    checkpoint.save(manager, self.steps.unplace(state), {
+        'epoch': epoch, **dataclasses.asdict(progress),
+        'fingerprint': self.fingerprint, 'config': self.config.to_json()})
+
+
+def setup(config, workdir: str) -> Run:
+  """Validates, loads the data and builds the initial state and steps."""
   mesh = parallel.make_mesh()
   for name in ('batch_size', 'eval_batch_size'):
     parallel.check_batch_size(name, config[name], mesh)
-  num_shards = config.get('num_data_shards', 0) or jax.process_count()
-  if num_shards % jax.process_count() or config.batch_size % num_shards:
-    raise ValueError(
-        f'num_data_shards={num_shards} must be a multiple of the '
-        f'{jax.process_count()} processes and divide batch_size='
-        f'{config.batch_size}')
-  per_process = num_shards // jax.process_count()
-  shard_ids = tuple(range(jax.process_index() * per_process,
-                          (jax.process_index() + 1) * per_process))
-  fingerprint = config_lib.fingerprint(config)
+  num_shards, shard_ids = parallel.process_shards(config.num_data_shards,
+                                                  config.batch_size)
   ds = data.load(config.dataset, config.data_dir, config.validation_percent,
                  config.train_examples, num_shards, shard_ids,
                  **data.source_args(config))
@@ -251,163 +266,226 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
   steps_per_epoch = len(ds.train_shards[0]) // per_shard
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size={config.batch_size} is larger than the '
-                     f'{len(ds.train)} training examples')
-  total_steps = config.num_epochs * steps_per_epoch
-  latest = checkpoint.make_manager(workdir, 'latest')
-  best = checkpoint.make_manager(workdir, 'best')
-
+                     f'{len(ds.train)} training examples; lower '
+                     '--config.batch_size')
   model = models.create_model(config, ds.spec.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(init_rng, model, tx, ds.spec.image_shape)
-  steps = make_steps(config, mesh)
+  state = create_train_state(jax.random.split(jax.random.key(config.seed))[0],
+                             model, tx, ds.spec.image_shape)
   results = {'dataset': config.dataset, 'data_source': ds.source,
-             'model': config.model, 'config_fingerprint': fingerprint,
+             'model': config.model,
+             'config_fingerprint': config_lib.fingerprint(config),
              'devices': jax.device_count(), 'processes': jax.process_count(),
              'parallel': config.parallel}
+  return Run(config, workdir, ds, state, make_steps(config, mesh),
+             checkpoint.make_manager(workdir, 'latest'),
+             checkpoint.make_manager(workdir, 'best'),
+             results['config_fingerprint'], shard_ids, per_shard,
+             steps_per_epoch, results)
 
-  def score(placed_state, split):
-    return evaluate(steps.evaluate, placed_state, split,
-                    config.eval_batch_size, steps.put_batch)
 
-  if eval_only:
-    if best.latest_step() is None:
-      raise checkpoint.CheckpointError(
-          f'no best checkpoint in {workdir}/checkpoints/best; train first')
-    state, meta = checkpoint.restore(best, state, fingerprint)
-    test = score(steps.place(state), ds.test)
-    _log(f'Test accuracy on {config.dataset} (best checkpoint, epoch '
-         f"{meta['epoch']}): {test['accuracy']:.4f}")
-    results.update(test_accuracy=test['accuracy'], test_loss=test['loss'],
-                   best_epoch=meta['epoch'],
-                   best_val_accuracy=meta['best_val_accuracy'])
-    write_results(workdir, results)
+def evaluate_best(run: Run) -> dict:
+  """``--eval_only``: scores the best checkpoint on test, once."""
+  if run.best.latest_step() is None:
+    raise checkpoint.CheckpointError(
+        f'no best checkpoint in {run.workdir}/checkpoints/best; train first')
+  state, meta = checkpoint.restore(run.best, run.state, run.fingerprint)
+  test = run.score(run.steps.place(state), run.ds.test)
+  _log(f'Test accuracy on {run.config.dataset} (best checkpoint, epoch '
+       f"{meta['epoch']}): {test['accuracy']:.4f}")
+  run.results.update(test_accuracy=test['accuracy'], test_loss=test['loss'],
+                     best_epoch=meta['epoch'],
+                     best_val_accuracy=meta['best_val_accuracy'])
+  return run.results
+
+
+def resume(run: Run) -> tuple[TrainState, Progress]:
+  """The state and progress to start from: the latest checkpoint, or new."""
+  progress = Progress()
+  if run.latest.latest_step() is None:
+    return run.state, progress
+  state, meta = checkpoint.restore(run.latest, run.state, run.fingerprint)
+  _check_extension(run, meta, int(state.step))
+  progress = Progress(**{f.name: meta.get(f.name, f.default)
+                         for f in dataclasses.fields(Progress)})
+  if run.best.latest_step() is None:
+    _log(f'warning: {run.workdir}/checkpoints/best is missing; the best model '
+         'is chosen again from the epochs still to run (or, if none are '
+         'left, the final one is taken)')
+    progress.best_val_accuracy, progress.best_epoch = -1.0, 0
+  _log(f'Resuming from step {int(state.step)} in {run.workdir}')
+  return state, progress
+
+
+def _check_extension(run: Run, meta: dict, step: int) -> None:
+  """Refuses a changed num_epochs that would not continue the same run."""
+  config = run.config
+  saved = json.loads(meta.get('config', '{}')).get('num_epochs',
+                                                   config.num_epochs)
+  done = -(-step // run.steps_per_epoch)
+  if done > config.num_epochs:
+    raise ValueError(
+        f'{run.workdir} already holds {done} epochs, more than '
+        f'--config.num_epochs={config.num_epochs}; set num_epochs >= {done}, '
+        'use --eval_only, or use another --workdir')
+  if saved != config.num_epochs and config.lr_schedule != 'constant':
+    raise ValueError(
+        f'{run.workdir} was trained with num_epochs={saved} under '
+        f'lr_schedule={config.lr_schedule}, whose length depends on '
+        'num_epochs, so changing it would not continue the same run; keep '
+        f'--config.num_epochs={saved} or start another --workdir')
+
+
+def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
+                 seconds: float, progress: Progress, writer) -> bool:
+  """Validates, keeps the best model, saves, logs; True to stop early."""
+  val = run.score(state, run.ds.val)
+  if val['accuracy'] > progress.best_val_accuracy:
+    progress.best_val_accuracy, progress.best_epoch = val['accuracy'], epoch
+    run.save(run.best, state, epoch, progress)
+  run.save(run.latest, state, epoch, progress)
+  _log(f"[epoch {epoch}] training accuracy: "
+       f"{totals['correct'] / totals['count']:.3f}  "
+       f"loss {totals['loss'] / totals['count']:.4f}  "
+       f"val accuracy {val['accuracy']:.4f}  "
+       f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
+  learning_rate = optim.learning_rate_schedule(run.config, run.steps_per_epoch)
+  writer.write_scalars(step, metrics_lib.epoch_scalars(
+      epoch, totals, val, seconds, learning_rate(step)))
+  patience = run.config.patience
+  if patience and epoch - progress.best_epoch >= patience:
+    _log(f'Early stop: no better validation accuracy for {patience} epochs '
+         f'(best {progress.best_val_accuracy:.4f} at epoch '
+         f'{progress.best_epoch}).')
+    return True
+  return False
+
+
+def make_feed(run: Run, rng):
+  """The device or host feed for ``run`` (see jaxcls.feed)."""
+  step = functools.partial(train_step, augment=run.ds.spec.augment,
+                           l1=run.config.l1, l2=run.config.l2)
+  if feed_lib.use_device_data(run.config):
+    return feed_lib.DeviceFeed(step, run.ds.train, run.steps.mesh)
+  return feed_lib.HostFeed(run.steps, run.ds.train)
+
+
+def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
+  """Trains ``config.model`` on ``config.dataset``; returns the results dict.
+
+  Resumes from ``workdir`` when it holds a checkpoint of the same config.
+  With ``eval_only``, restores the best checkpoint and scores it on test.
+  The workdir is locked for the whole run (jaxcls.workdir).
+  """
+  config_lib.validate(config)
+  parallel.initialize_distributed(config)
+  with workdir_lib.lock(workdir, take=jax.process_index() == 0):
+    workdir_lib.read_results(workdir)  # A corrupt file fails now, not later.
+    run = setup(config, workdir)
+    results = evaluate_best(run) if eval_only else train_loop(run)
+    if jax.process_index() == 0:
+      workdir_lib.write_results(workdir, results)
     return results
 
-  best_val, best_epoch = -1.0, 0
-  if latest.latest_step() is not None:
-    state, meta = checkpoint.restore(latest, state, fingerprint)
-    best_val, best_epoch = meta['best_val_accuracy'], meta['best_epoch']
-    _log(f'Resuming from step {int(state.step)} in {workdir}')
-  step = int(state.step)
-  state = steps.place(state)
 
-  def save(manager, epoch):
-    checkpoint.save(manager, steps.unplace(state), {
-        'epoch': epoch, 'best_val_accuracy': best_val,
-        'best_epoch': best_epoch, 'fingerprint': fingerprint,
-        'config': config.to_json()})
-
-  def local_batch(orders, index):
-    return steps.put_batch(data.sharded_train_batch(
-        ds.train_shards, orders, index, per_shard))
-
-  # Compile ahead of time so that compile time is measured on its own.
+def train_loop(run: Run) -> dict:
+  """The one training loop: a call of ``n`` steps at a time, flat."""
+  config, spe = run.config, run.steps_per_epoch
+  total_steps = config.num_epochs * spe
+  train_rng = jax.random.split(jax.random.key(config.seed))[1]
+  state, progress = resume(run)
+  start = step = int(state.step)
+  state = run.steps.place(state)
+  feed = make_feed(run, train_rng)
+  n_max = feed_lib.steps_per_call(config)
+  local_batch = run.per_shard * len(run.shard_ids)
   t0 = time.perf_counter()
-  identity = [np.arange(len(s)) for s in ds.train_shards]
-  train_fn = steps.train
-  if config.parallel == 'jit':
-    train_fn = train_fn.lower(state, local_batch(identity, 0),
-                              train_rng).compile()
-  results['compile_seconds'] = time.perf_counter() - t0
-  writer = metrics_lib.MetricWriter(workdir, config)
-  learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)
-
+  for n in {min(n_max, spe), spe % n_max or min(n_max, spe)}:
+    feed.compile(state, train_rng, n, local_batch)
+  run.results['compile_seconds'] = time.perf_counter() - t0
+  writer = metrics_lib.MetricWriter(run.workdir, config)
   policy = (config.nonfinite_policy, config.max_nonfinite_steps)
   # Several XLA:CPU devices share one small thread pool: with many steps in
   # flight their all-reduce rendezvous can starve and abort the process, so
-  # there the loop waits for each step. Real accelerators keep the pipeline.
+  # there the loop waits for each call. Real accelerators keep the pipeline.
   one_in_flight = (jax.default_backend() == 'cpu'
                    and jax.local_device_count() > 1)
-  train_seconds = input_seconds = 0.0
-  images_trained = 0
   stopped_early = False
   with guards.StopSignal() as stop:
     while step < total_steps and not stopped_early:
-      epoch, index = divmod(step, steps_per_epoch)
-      orders = [data.epoch_permutation(config.seed, epoch, len(s), shard)
-                for s, shard in zip(ds.train_shards, shard_ids)]
-      epoch_metrics, epoch_start_step = [], step
-      t_epoch = time.perf_counter()
-      bar = _progress(steps_per_epoch, index, epoch)
-      while index < steps_per_epoch and not stop.received:
-        t_in = time.perf_counter()
-        batch = local_batch(orders, index)
-        input_seconds += time.perf_counter() - t_in
-        state, metrics = train_fn(state, batch, train_rng)
-        if one_in_flight:
-          jax.block_until_ready(metrics)
-        epoch_metrics.append(metrics)
-        step, index = step + 1, index + 1
-        if config.log_every_steps and step % config.log_every_steps == 0:
-          writer.write_scalars(step, metrics_lib.window_scalars(
-              epoch_metrics[-config.log_every_steps:], step / steps_per_epoch))
-        if bar is not None:
-          bar.update(1)
-        # Mid-epoch saves only: an epoch's last step is saved below, after
-        # its validation, so that a resumed run never skips that.
-        if config.checkpoint_every_steps and index < steps_per_epoch and (
-            step % config.checkpoint_every_steps == 0):
-          guards.check_finite(epoch_metrics, epoch_start_step, latest, *policy)
-          save(latest, epoch)
+      if stop.received:  # Checked before every call, epoch ends included.
+        run.save(run.latest, state, step // spe, progress)
+        guards.exit_on_signal(stop.received, step, run.workdir, run.latest)
+      epoch, index = divmod(step, spe)
+      if index == 0 or step == start:
+        rows = feed_lib.epoch_rows(config.seed, epoch, run.ds.train_shards,
+                                   run.shard_ids, run.per_shard)
+        epoch_metrics, epoch_start, t_epoch = [], step, time.perf_counter()
+        feed.input_seconds = 0.0
+        bar = _progress(spe, index, epoch)
+      n = min(n_max, spe - index)
+      state, metrics = feed.run(state, rows[index:index + n], train_rng)
+      if one_in_flight:
+        jax.block_until_ready(metrics)
+      epoch_metrics.append(metrics)
+      step += n
       if bar is not None:
-        bar.close()
-      if not epoch_metrics:
-        break
-      skipped = guards.check_finite(epoch_metrics, epoch_start_step, latest,
-                              *policy)
-      totals = jax.device_get(jax.tree_util.tree_map(
-          lambda *x: np.sum(x), *epoch_metrics))
-      seconds = time.perf_counter() - t_epoch
-      train_seconds += seconds
-      images_trained += int(totals['count'])
-      if skipped:
-        totals = guards.finite_totals(jax.device_get(epoch_metrics))
-        _log(f'Skipped {skipped} steps with a non-finite loss this epoch.')
-      if stop.received and index < steps_per_epoch:
-        save(latest, epoch)
-        guards.exit_on_signal(stop.received, step, workdir, latest)
-      val = score(state, ds.val)
-      if val['accuracy'] > best_val:
-        best_val, best_epoch = val['accuracy'], epoch + 1
-        save(best, epoch + 1)
-      save(latest, epoch + 1)
-      _log(f"[epoch {epoch + 1}] training accuracy: "
-           f"{totals['correct'] / totals['count']:.3f}  "
-           f"loss {totals['loss'] / totals['count']:.4f}  "
-           f"val accuracy {val['accuracy']:.4f}  "
-           f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
-      writer.write_scalars(step, metrics_lib.epoch_scalars(
-          epoch + 1, totals, val, seconds, learning_rate(step)))
-      if stop.received:  # It came during the epoch's last step.
-        guards.exit_on_signal(stop.received, step, workdir, latest)
-      patience = config.get('patience', 0)
-      if patience and epoch + 1 - best_epoch >= patience:
-        stopped_early = True
-        _log(f'Early stop: no better validation accuracy for {patience} '
-             f'epochs (best {best_val:.4f} at epoch {best_epoch}).')
-  latest.wait_until_finished()
-  best.wait_until_finished()
-  writer.close()
+        bar.update(n)
+      if itstime(step, config.log_every_steps, n):
+        window = {k: v[-config.log_every_steps:]
+                  for k, v in guards.per_step(epoch_metrics).items()}
+        writer.write_scalars(step, metrics_lib.window_scalars(window,
+                                                              step / spe))
+      if step % spe and itstime(step, config.checkpoint_every_steps, n):
+        # Mid-epoch only: an epoch's end is saved after its validation.
+        guards.check_finite(epoch_metrics, epoch_start, run.latest, *policy)
+        run.save(run.latest, state, epoch, progress)
+      if step % spe == 0:
+        if bar is not None:
+          bar.close()
+        totals = guards.epoch_totals(epoch_metrics, epoch_start, run.latest,
+                                     *policy)
+        seconds = time.perf_counter() - t_epoch
+        progress.train_seconds += seconds
+        progress.input_seconds += feed.input_seconds
+        progress.images_trained += int(totals['count'])
+        stopped_early = end_of_epoch(run, state, epoch + 1, step, totals,
+                                     seconds, progress, writer)
+    checkpoint.wait(run.latest)
+    checkpoint.wait(run.best)
+    writer.close()
+    if stop.received and step < total_steps and not stopped_early:
+      guards.exit_on_signal(stop.received, step, run.workdir, run.latest)
+    return finish(run, state, step, progress, stopped_early)
 
-  state = steps.unplace(state)
+
+def finish(run: Run, state, step: int, progress: Progress,
+           stopped_early: bool) -> dict:
+  """Scores the best checkpoint on test, once; returns the results."""
+  if run.best.latest_step() is None:  # Lost, and no epoch left to re-pick.
+    run.save(run.best, state, step // run.steps_per_epoch, progress)
+    checkpoint.wait(run.best)
+  state = run.steps.unplace(state)
   final_hash = params_sha256(state.params)
-  best_state, best_meta = checkpoint.restore(best, state, fingerprint)
-  test = score(steps.place(best_state), ds.test)
-  _log(f"Test accuracy on {config.dataset} (best checkpoint, epoch "
-       f"{best_meta['best_epoch']}): {test['accuracy']:.4f}")
-  results.update(
-      epochs=config.num_epochs, epochs_trained=-(-step // steps_per_epoch),
-      steps=step, stopped_early=stopped_early,
-      test_accuracy=test['accuracy'], test_loss=test['loss'],
-      best_val_accuracy=best_val, best_epoch=best_meta['best_epoch'],
-      train_seconds=train_seconds,
-      train_images_per_second=(images_trained / train_seconds
-                               if train_seconds else None),
-      input_share=input_seconds / train_seconds if train_seconds else None,
+  best_state, best_meta = checkpoint.restore(run.best, state, run.fingerprint)
+  test = run.score(run.steps.place(best_state), run.ds.test)
+  _log(f"Test accuracy on {run.config.dataset} (best checkpoint, epoch "
+       f"{best_meta['epoch']}): {test['accuracy']:.4f}")
+  seconds = progress.train_seconds
+  run.results.update(
+      epochs=run.config.num_epochs,
+      epochs_trained=-(-step // run.steps_per_epoch), steps=step,
+      stopped_early=stopped_early, test_accuracy=test['accuracy'],
+      test_loss=test['loss'],
+      best_val_accuracy=best_meta['best_val_accuracy'],
+      best_epoch=best_meta['epoch'], train_seconds=seconds,
+      train_images_per_second=(progress.images_trained / seconds
+                               if seconds else None),
+      input_share=progress.input_seconds / seconds if seconds else None,
+      steps_per_call=feed_lib.steps_per_call(run.config),
+      device_data=feed_lib.use_device_data(run.config),
       params_sha256=final_hash)
-  write_results(workdir, results)
-  return results
+  return run.results
 
 
 def _progress(total: int, done: int, epoch: int):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import metrics
+from jaxcls import guards, metrics
 from trained_workdir import (LOG_EVERY_STEPS, NUM_EPOCHS, TRAIN_EXAMPLES,
                              BATCH_SIZE, tiny_config, trained_workdir)
 
@@ -97,7 +97,7 @@ def test_window_scalars_match_numpy():
   steps = [{'loss': jnp.float32(rng.uniform(0, 64)),
             'correct': jnp.int32(rng.integers(0, 64)),
             'count': jnp.float32(64)} for _ in range(5)]
-  out = metrics.window_scalars(steps, epoch=1.5)
+  out = metrics.window_scalars(guards.per_step(steps), epoch=1.5)
   losses = np.array([float(s['loss']) for s in steps])
   correct = np.array([int(s['correct']) for s in steps])
   assert out['train_loss_recent'] == pytest.approx(losses.sum() / 320)

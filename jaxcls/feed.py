@@ -1,0 +1,166 @@
+"""Feeding the training loop: host batches, or data kept on the device.
+
+Two ways to get a call's batches to the device, chosen by the config:
+
+* **device** (``config.device_data``): the whole training split is copied to
+  the device(s) once, as uint8 (replicated over the mesh: MNIST-sized data
+  is tens of MB). A compiled call then runs ``n`` optimizer steps, gathering
+  each batch on the device from one int32 array of row indices. No host
+  gather, no host-to-device copy of images and one Python dispatch per ``n``
+  steps. It is the trick behind the fast CIFAR-10 training records, and it
+  matters most on accelerators, where a step of these small models takes
+  less time than its launch.
+* **host**: each step's batch is gathered from host numpy and put on the
+  device(s), one step per call. It is used with ``pmap`` and when several
+  processes each hold only their own part of the data.
+
+``steps_per_call`` (``n``) is chosen per backend (:func:`default_steps_per_call`):
+on XLA:CPU one step per call measured fastest (benchmarks/NOTES.md: a scanned
+while loop makes the CNN's convolution gradients ~5x slower, unrolling adds
+compile time and no speed); on GPU and TPU many steps per call.
+
+Each step is ``train.train_step`` itself, with its key ``fold_in(rng,
+step)`` and its batch from the same ``(seed, epoch)`` order, so every feed
+and every ``n`` trains the same function of (seed, step).
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxcls import data
+
+# backend -> steps per compiled call on the device feed (benchmarks/NOTES.md).
+_STEPS_PER_CALL = {'cpu': 1, 'gpu': 32, 'tpu': 32}
+
+
+def default_steps_per_call(backend: str | None = None) -> int:
+  """The measured-fastest steps per call for ``backend`` (default: JAX's)."""
+  return _STEPS_PER_CALL.get(backend or jax.default_backend(), 1)
+
+
+def use_device_data(config) -> bool:
+  """Whether ``config`` trains from device-resident data.
+
+  'auto' means yes for a single process on the jit path; the data must then
+  fit on each device next to the model.
+  """
+  if config.device_data == 'auto':
+    return config.parallel == 'jit' and jax.process_count() == 1
+  return config.device_data == 'on'
+
+
+def steps_per_call(config) -> int:
+  """``config.steps_per_call``, or the backend's default for 0."""
+  return config.steps_per_call or default_steps_per_call()
+
+
+def epoch_rows(seed: int, epoch: int, shards: list[data.Split],
+               shard_ids: tuple[int, ...], per_shard: int) -> np.ndarray:
+  """``(steps, local batch)`` int32 rows of ``epoch`` into the concatenated
+  ``shards`` (this process's).
+
+  Batch ``i`` takes ``per_shard`` examples from each shard, in that shard's
+  order for the epoch (:func:`data.epoch_permutation`, a function of (seed,
+  epoch, shard) only), shards in sequence. The last partial batch is dropped.
+  """
+  steps = len(shards[0]) // per_shard
+  offset, parts = 0, []
+  for split, shard in zip(shards, shard_ids):
+    order = data.epoch_permutation(seed, epoch, len(split), shard)
+    parts.append(offset + order[:steps * per_shard].reshape(steps, per_shard))
+    offset += len(split)
+  return np.concatenate(parts, axis=1).astype(np.int32)
+
+
+def multi_step(step_fn, n: int):
+  """``(state, data, rows, rng) -> (state, metrics)`` over ``n`` steps.
+
+  ``rows`` is ``(n, batch)``; ``metrics`` hold one entry per step (shape
+  ``(n,)``). The steps are unrolled, and an optimization barrier between
+  them keeps XLA from fusing one step's update into the next step's
+  forward pass, so the arithmetic, and the result, is that of ``n``
+  separate calls.
+  """
+
+  def run(state, train_data, rows, rng):
+    per_step = []
+    for i in range(n):
+      batch = {k: jnp.take(v, rows[i], axis=0) for k, v in train_data.items()}
+      state, metrics = step_fn(state, batch, rng)
+      state = jax.lax.optimization_barrier(state)
+      per_step.append(metrics)
+    return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *per_step)
+
+  return run
+
+
+class DeviceFeed:
+  """The training split on the device and compiled ``n``-step calls."""
+
+  def __init__(self, step_fn, train_split: data.Split, mesh: Mesh):
+    repl = NamedSharding(mesh, P())
+    self._rows_sharding = NamedSharding(mesh, P(None, 'data'))
+    self._data = jax.device_put(
+        {'image': np.asarray(train_split.images, np.uint8),
+         'label': np.asarray(train_split.labels, np.int32)}, repl)
+    self._step_fn, self._repl = step_fn, repl
+    self._compiled = {}
+    self.input_seconds = 0.0  # host time spent feeding (here: the rows)
+
+  def compile(self, state, rng, n: int, batch_size: int):
+    """Compiles (once) the call of ``n`` steps; returns it."""
+    if n not in self._compiled:
+      fn = jax.jit(multi_step(self._step_fn, n),
+                   in_shardings=(self._repl, self._repl, self._rows_sharding,
+                                 self._repl),
+                   out_shardings=(self._repl, self._repl), donate_argnums=0)
+      rows = jax.ShapeDtypeStruct((n, batch_size), jnp.int32,
+                                  sharding=self._rows_sharding)
+      self._compiled[n] = fn.lower(state, self._data, rows, rng).compile()
+    return self._compiled[n]
+
+  def run(self, state, rows: np.ndarray, rng):
+    """Runs ``len(rows)`` steps; ``rows`` is ``(n, batch)`` host int32."""
+    fn = self.compile(state, rng, *rows.shape)
+    t = time.perf_counter()
+    rows = jax.device_put(rows, self._rows_sharding)
+    self.input_seconds += time.perf_counter() - t
+    return fn(state, self._data, rows, rng)
+
+
+class HostFeed:
+  """One step per call, each batch gathered on the host (any parallelism).
+
+  ``train_split`` is this process's shards concatenated, which the rows of
+  :func:`epoch_rows` index. Metrics come back as scalars (one step).
+  """
+
+  def __init__(self, steps, train_split: data.Split):
+    self._steps, self._split = steps, train_split
+    self._train = steps.train
+    self.input_seconds = 0.0  # host time spent gathering and copying batches
+
+  def compile(self, state, rng, n: int, batch_size: int):
+    del n
+    if hasattr(self._train, 'lower'):  # jit; pmap compiles on first call.
+      batch = self._batch(np.zeros((1, batch_size), np.int32))
+      self._train = self._train.lower(state, batch, rng).compile()
+    return self._train
+
+  def _batch(self, rows):
+    return self._steps.put_batch({'image': self._split.images[rows[0]],
+                                  'label': self._split.labels[rows[0]]})
+
+  def run(self, state, rows: np.ndarray, rng):
+    t = time.perf_counter()
+    batch = self._batch(rows)
+    self.input_seconds += time.perf_counter() - t
+    return self._train(state, batch, rng)
+
+
+__all__ = ['default_steps_per_call', 'use_device_data', 'steps_per_call',
+           'epoch_rows', 'multi_step', 'DeviceFeed', 'HostFeed']
