@@ -1,0 +1,62 @@
+"""Export the best checkpoint of a workdir for serving without jaxcls.
+
+Run:  python -m experiments.export --workdir=runs/fashion_mnist \
+        [--format=all|jax|saved_model]
+
+Writes ``W/export/``:
+
+* ``serving.jax``: ``jax.export`` StableHLO for CPU and CUDA;
+  ``jax.export.deserialize(bytes).call(images)`` takes uint8 images
+  ``(batch, H, W, C)`` of any batch size and returns ``{'probabilities',
+  'logits'}``, float32 ``(batch, num_classes)``;
+* ``saved_model/``: a TensorFlow SavedModel (jax2tf) whose
+  ``serving_default`` signature takes ``images`` and returns the same dict;
+* ``export.json``: class names, input shape and dtype, config fingerprint,
+  test accuracy, versions and the artifacts' sha256.
+
+The folder is written whole (built aside, checked against the model, then
+moved into place), so it holds the formats of the last export only.
+``python -m experiments.predict --exported=W/export image.png`` predicts
+from it. A missing checkpoint or an unusable workdir prints ``error: ...``
+on one line and exits with status 2.
+"""
+
+from absl import flags
+
+from jaxcls import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None,
+                      'The training workdir (its best checkpoint is exported).')
+  flags.DEFINE_enum('format', 'all', ['all', 'jax', 'saved_model'],
+                    'Which artifacts to write.')
+
+
+def main(argv):
+  if len(argv) > 1 or not FLAGS.workdir:
+    problem = (f'unexpected arguments {argv[1:]}' if len(argv) > 1
+               else '--workdir is required')
+    cli.fail(f'{problem}; use --workdir=W (the folder training wrote to) '
+             '[--format=all|jax|saved_model]')
+  from jaxcls import export
+
+  formats = export.FORMATS if FLAGS.format == 'all' else (FLAGS.format,)
+  folder, meta = export.export_workdir(FLAGS.workdir, formats)
+  shape = ', '.join(map(str, meta['input']['shape'][1:]))
+  for fmt, entry in meta['files'].items():
+    suffix = '/' if fmt == 'saved_model' else ''
+    print(f'wrote {folder}/{entry["path"]}{suffix} ({fmt}: uint8 (batch, '
+          f'{shape}) -> probabilities, logits; platforms '
+          f'{", ".join(entry["platforms"])})')
+  accuracy = meta.get('test_accuracy')
+  print(f'wrote {folder}/export.json ({meta["dataset"]} {meta["model"]}, '
+        f'checkpoint step {meta["checkpoint_step"]}, test accuracy '
+        f'{"unknown" if accuracy is None else f"{accuracy:.4f}"})')
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.app_run(main)
