@@ -11,9 +11,13 @@ then decays to zero on a cosine, over 15 epochs. Measured on a 2-core CPU:
 article's constant rate gave 90.8% (``--config.lr_schedule=constant``).
 The best epoch by validation accuracy is the one scored on test.
 
-Data: a prepared TFDS
-`fashion_mnist` if there is one, else `/usr/share/datasets/fashion-mnist`
-(`apt-get install dataset-fashion-mnist`), else a TFDS download.
+Data: a prepared TFDS `fashion_mnist` if there is one; else Fashion-MNIST
+files prepared once as the TFDS dataset `local_files/fashion_mnist`, from
+`--config.manual_dir` (the four IDX files, gzipped or not, or
+fashion-mnist.npz), `<data_dir>/downloads/manual/fashion_mnist`,
+`$JAXCLS_FASHION_MNIST_DIR` or `/usr/share/datasets/fashion-mnist`
+(`apt-get install dataset-fashion-mnist`), in that order; else a TFDS
+download.
 """
 
 from jaxcls import cli, config

@@ -21,12 +21,12 @@ Missing splits are carved with fixed rules, so every run sees the same ones:
   mix of all classes.
 
 Every image is converted to one size and channel count, as
-``experiments.predict`` converts its input: ``ImageOps.fit`` (centre crop to
-square, Lanczos resize) to ``image_size`` x ``image_size``, and PIL's
-``convert`` to 'L' (channels=1) or 'RGB' (channels=3); 16-bit grayscale is
-scaled to 8 bits first. Palette, alpha and CMYK images are converted the
-same way (alpha is dropped). Defaults, chosen from the data when the config
-leaves them 0:
+``experiments.predict`` converts its input: 16-bit grayscale scaled to 8 bits
+(not clipped), transparency composited onto black (the background MNIST-
+style data has), PIL's ``convert`` to 'L' (channels=1) or 'RGB' (channels=3)
+for every other mode (palette, CMYK, ...), then ``ImageOps.fit`` (centre crop
+to square, Lanczos resize) to ``image_size`` x ``image_size``. Defaults,
+chosen from the data when the config leaves them 0:
 
 - ``channels``: 1 if every image is grayscale (PIL modes 1, L, LA, I, I;16,
   F), else 3 (palette images count as colour);
@@ -221,6 +221,10 @@ def load_image(path: str, image_size: int, channels: int) -> np.ndarray:
           pixels = pixels / 257.0
         image = Image.fromarray(
             np.clip(np.round(pixels), 0, 255).astype(np.uint8), 'L')
+      if image.has_transparency_data:  # RGBA, LA, palette with transparency
+        rgba = np.asarray(image.convert('RGBA'), np.float64)
+        image = Image.fromarray(np.rint(
+            rgba[..., :3] * rgba[..., 3:] / 255).astype(np.uint8), 'RGB')
       image = image.convert('L' if channels == 1 else 'RGB')
   except ImageFolderError:
     raise

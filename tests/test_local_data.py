@@ -439,13 +439,18 @@ def test_conversion_of_modes_and_bit_depths(tmp_path):
   np.testing.assert_array_equal(got[..., 0], [[0, 100], [200, 255]])
   rgba = np.zeros((4, 4, 4), np.uint8)
   rgba[..., :3] = (200, 100, 50)
+  rgba[:, :2, 3] = 255  # left half opaque, right half transparent
   Image.fromarray(rgba[..., :3], 'RGB').convert('P').save(tmp_path / 'pal.png')
+  got = image_folder.load_image(str(tmp_path / 'pal.png'), 4, 3)
+  np.testing.assert_allclose(got.reshape(-1, 3), [[200, 100, 50]] * 16,
+                             atol=8)  # the palette quantises
   Image.fromarray(rgba, 'RGBA').save(tmp_path / 'rgba.png')
-  for name in ('pal.png', 'rgba.png'):
-    got = image_folder.load_image(str(tmp_path / name), 2, 3)
-    assert got.shape == (2, 2, 3)
-    np.testing.assert_allclose(got.reshape(-1, 3), [[200, 100, 50]] * 4,
-                               atol=8)  # the palette quantises
+  got = image_folder.load_image(str(tmp_path / 'rgba.png'), 4, 3)
+  np.testing.assert_array_equal(got[:, :2], np.full((4, 2, 3), (200, 100, 50)))
+  np.testing.assert_array_equal(got[:, 2:], 0)  # onto black, like predict
+  gray = image_folder.load_image(str(tmp_path / 'rgba.png'), 4, 1)[..., 0]
+  assert gray[0, 0] == round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)
+  assert (gray[:, 2:] == 0).all()
   # Non-square: cropped around the centre, like experiments.predict.
   wide = np.zeros((4, 12), np.uint8)
   wide[:, 4:8] = 255
