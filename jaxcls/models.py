@@ -1,9 +1,11 @@
 """Classification models as Flax linen modules, and a registry by name.
 
 Every model maps a float batch of images ``(B, H, W, C)`` to logits
-``(B, num_classes)`` and takes ``train`` (for dropout). ``model.apply`` is a
-pure function of ``(variables, x)``; dropout needs an explicit ``'dropout'``
-PRNG key when ``train=True``.
+``(B, num_classes)`` and takes ``train`` (for dropout and BatchNorm).
+``model.apply`` is a pure function of ``(variables, x)``; dropout needs an
+explicit ``'dropout'`` PRNG key when ``train=True``, and a model with
+BatchNorm returns its new ``batch_stats`` when applied with
+``mutable=['batch_stats']``.
 """
 
 import functools
@@ -12,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import activations
+from jaxcls import activations, kernels, resnet
 
 
 def pool_2x2(x: jax.Array, reduce=jnp.max) -> jax.Array:
@@ -44,6 +46,13 @@ class CNN(nn.Module):
   pooling: str = 'max'  # 'max' or 'avg'
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+  # BatchNorm after each convolution (before the activation), as in flax's
+  # examples/imagenet: momentum 0.9, epsilon 1e-5, float32 statistics. The
+  # convolution then has no bias: BN subtracts the batch mean, so a bias would
+  # cancel out and get no gradient; BN's own offset takes its place. Apply
+  # with ``train=True`` and ``mutable=['batch_stats']``.
+  batchnorm: bool = False
+  batchnorm_axis_name: str | None = None  # the pmap axis, under pmap
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -54,9 +63,20 @@ class CNN(nn.Module):
       pool = functools.partial(pool_2x2, reduce=jnp.mean)
     else:
       raise ValueError(f"unknown pooling {self.pooling!r}; choose 'max' or 'avg'")
+
+    def norm(y):
+      if not self.batchnorm:
+        return y
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                          epsilon=1e-5, dtype=jnp.float32,
+                          axis_name=self.batchnorm_axis_name)(y).astype(y.dtype)
+
+    bias = not self.batchnorm
     x = x.astype(self.dtype)
-    x = pool(act(nn.Conv(16, (3, 3), padding='SAME', dtype=self.dtype)(x)))
-    x = pool(act(nn.Conv(32, (3, 3), padding='SAME', dtype=self.dtype)(x)))
+    x = pool(act(norm(kernels.Conv(16, (3, 3), padding='SAME', use_bias=bias,
+                                   dtype=self.dtype)(x))))
+    x = pool(act(norm(kernels.Conv(32, (3, 3), padding='SAME', use_bias=bias,
+                                   dtype=self.dtype)(x))))
     x = x.reshape((x.shape[0], -1))
     x = act(nn.Dense(128, dtype=self.dtype)(x))
     if self.dropout_rate > 0:
@@ -73,12 +93,14 @@ def _cnn(config, num_classes: int) -> nn.Module:
       pooling=config.pooling,
       dropout_rate=config.dropout_rate,
       dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+      batchnorm=config.get('batchnorm', False),
+      batchnorm_axis_name=resnet.batchnorm_axis_name(config),
   )
 
 
 # name -> function(config, num_classes) -> module. Other modules (recurrent
 # models) register themselves here on import of jaxcls.
-MODELS = {'cnn': _cnn}
+MODELS = {'cnn': _cnn, 'resnet': resnet.build_resnet}
 
 
 def create_model(config, num_classes: int) -> nn.Module:

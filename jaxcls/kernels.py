@@ -1,0 +1,178 @@
+"""Faster kernels for XLA:CPU that compute the same functions as lax's.
+
+**Small-channel convolutions.** In jaxlib 0.10.2, XLA:CPU sends a
+convolution to YNNPACK only when ``max(C_in, C_out) > 16``
+(``IsConvolutionOpSupportedByYnn`` in openxla/xla
+``xla/backends/cpu/ynn_support.cc``); smaller ones, such as the CNN's first
+convolution (1 -> 16 channels), run on Eigen's generic kernel, which took
+2.7-5.3 ms per batch of 64 against 0.3 ms for the form below
+(benchmarks/NOTES.md). :func:`shifted_conv` writes the convolution as
+``kh * kw * C_in`` shifted multiply-adds of the padded input, which XLA fuses
+into one elementwise loop. Its weight gradient would be slow in that form,
+so the backward pass is ``jax.vjp`` of ``lax.conv_general_dilated``: the
+weight gradient contracts over the batch (64 features), so it is eligible for
+YNNPACK, and the input gradient is dropped by XLA when nothing needs it (the
+first layer).
+
+:func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature and
+takes this path only where it applies and was measured to win (XLA:CPU,
+2-D, stride 1, no dilation, no groups, NHWC/HWIO, ``max(C_in, C_out) <=
+16``); everything else goes to ``lax.conv_general_dilated`` unchanged.
+:class:`Conv` is ``flax.linen.Conv`` using it: the same parameters
+(``kernel``, ``bias``), names and initialisation, so it is a drop-in.
+
+The fast forward sums its terms in a different order from Eigen, so outputs
+differ from ``lax.conv_general_dilated`` by float32 rounding (about 1e-7
+relative), not bit for bit; the gradients are lax's own.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Above this many channels (in or out), XLA:CPU uses YNNPACK, which beats the
+# shifted form (ynn_support.cc: IsConvolutionOpSupportedByYnn).
+MAX_SHIFTED_CHANNELS = 16
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _explicit_padding(padding, in_hw, kernel_hw) -> tuple[tuple[int, int], ...]:
+  """``padding`` ('SAME', 'VALID' or pairs) as ``((lo, hi), (lo, hi))``."""
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(in_hw, kernel_hw, (1, 1), padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _shifted_forward(x: jax.Array, kernel: jax.Array,
+                     pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  """The convolution as a sum of shifted, scaled copies of the input.
+
+  ``x`` is ``(B, H, W, C_in)`` and ``kernel`` ``(kh, kw, C_in, C_out)``.
+  Each term is one input channel at one offset, broadcast against that tap's
+  ``C_out`` weights; XLA fuses the whole sum into one loop over the output.
+  bfloat16 inputs accumulate in float32 and round once at the end.
+  """
+  kh, kw, c_in, _ = kernel.shape
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))).astype(acc_dtype)
+  k = kernel.astype(acc_dtype)
+  out_h = xp.shape[1] - kh + 1
+  out_w = xp.shape[2] - kw + 1
+  acc = None
+  for dy in range(kh):
+    for dx in range(kw):
+      window = xp[:, dy:dy + out_h, dx:dx + out_w, :]
+      for c in range(c_in):
+        term = window[..., c:c + 1] * k[dy, dx, c]
+        acc = term if acc is None else acc + term
+  return acc.astype(x.dtype)
+
+
+def _lax_conv(x, kernel, pads):
+  return lax.conv_general_dilated(x, kernel, (1, 1), pads,
+                                  dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def shifted_conv(x: jax.Array, kernel: jax.Array,
+                 pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  """A stride-1 NHWC/HWIO convolution: shifted forward, lax's backward.
+
+  ``pads`` are explicit ``((top, bottom), (left, right))`` pairs. Computes
+  what ``lax.conv_general_dilated(x, kernel, (1, 1), pads,
+  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`` computes.
+  """
+  return _shifted_forward(x, kernel, pads)
+
+
+def _shifted_conv_fwd(x, kernel, pads):
+  return _shifted_forward(x, kernel, pads), (x, kernel)
+
+
+def _shifted_conv_bwd(pads, residuals, g):
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x, k: _lax_conv(x, k, pads), x, kernel)
+  return vjp(g)
+
+
+shifted_conv.defvjp(_shifted_conv_fwd, _shifted_conv_bwd)
+
+
+def _as_pair(value, default=1) -> tuple[int, ...]:
+  if value is None:
+    return (default, default)
+  if isinstance(value, int):
+    return (value, value)
+  return tuple(value)
+
+
+def _is_nhwc(dimension_numbers, ndim: int) -> bool:
+  if dimension_numbers is None or ndim != 4:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return dimension_numbers == lax.conv_dimension_numbers(
+        (1, 1, 1, 1), (1, 1, 1, 1), _NHWC)
+  return tuple(dimension_numbers) == _NHWC
+
+
+def use_shifted(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
+                window_strides=(1, 1), lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=_NHWC, feature_group_count: int = 1,
+                backend: str | None = None) -> bool:
+  """Whether :func:`conv_general_dilated` takes the shifted path.
+
+  Only on XLA:CPU (elsewhere cuDNN or the TPU's convolution units win), and
+  only for plain 2-D stride-1 NHWC/HWIO convolutions small enough to miss
+  YNNPACK: ``max(C_in, C_out) <= MAX_SHIFTED_CHANNELS``.
+  """
+  if (backend or jax.default_backend()) != 'cpu':
+    return False
+  if not _is_nhwc(dimension_numbers, len(lhs_shape)):
+    return False
+  if (_as_pair(window_strides) != (1, 1) or _as_pair(lhs_dilation) != (1, 1)
+      or _as_pair(rhs_dilation) != (1, 1) or feature_group_count != 1):
+    return False
+  return max(rhs_shape[2], rhs_shape[3]) <= MAX_SHIFTED_CHANNELS
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """``lax.conv_general_dilated``, with the shifted path where it wins.
+
+  Same arguments and result; see :func:`use_shifted` for when the shifted
+  path (:func:`shifted_conv`) is taken. Anything it does not cover
+  (``precision``, ``preferred_element_type``, batch groups) goes to lax.
+  """
+  if (batch_group_count == 1 and precision is None
+      and preferred_element_type is None
+      and use_shifted(lhs.shape, rhs.shape, window_strides, lhs_dilation,
+                      rhs_dilation, dimension_numbers, feature_group_count)):
+    pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
+    return shifted_conv(lhs, rhs, pads)
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+
+
+class Conv(nn.Conv):
+  """``flax.linen.Conv`` whose convolution is :func:`conv_general_dilated`.
+
+  A drop-in: the same fields, parameters (``kernel``, ``bias``), names and
+  initialisation, so checkpoints of ``nn.Conv`` models load unchanged.
+  """
+
+  conv_general_dilated: Callable | None = conv_general_dilated
+
+
+__all__ = ['MAX_SHIFTED_CHANNELS', 'Conv', 'conv_general_dilated',
+           'shifted_conv', 'use_shifted']
