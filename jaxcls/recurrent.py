@@ -23,6 +23,7 @@ or ``from jaxcls import ...`` registers them; ``models.py`` never imports this
 module, so there is no import cycle.
 """
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -46,6 +47,141 @@ def _per_gate(init: nn.initializers.Initializer,
     block = (shape[0], shape[1] // num_gates)
     return jnp.concatenate([init(k, block, dtype) for k in keys], axis=-1)
   return fused
+
+
+def _dot(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  """``a @ b`` in ``dtype`` (the matmul dtype), returned as float32."""
+  return jnp.dot(a.astype(dtype), b.astype(dtype)).astype(jnp.float32)
+
+
+def _shifted_back(first: jax.Array, stacked: jax.Array) -> jax.Array:
+  """``[first, stacked[0], ..., stacked[T-2]]``: the state before each step."""
+  return jnp.concatenate([first[None], stacked[:-1]], axis=0)
+
+
+# Fused sequence kernels with hand-written backward passes.
+#
+# Autodiff of a scan accumulates each weight gradient inside the backward
+# loop: one small (H x B) @ (B x G*H) matmul and an add per time step. These
+# kernels store the gate activations in the forward scan, run only the
+# recurrence backwards (the gate gradients and ``dh @ W_h^T``), and then form
+# the weight gradients after the loop as one (T*B)-deep matmul each. The math
+# is the cells' own (tests/test_recurrent.py checks values and gradients
+# against the step-by-step cells); only the order of the float sums differs.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def lstm_sequence(dtype, xs: jax.Array, w_i: jax.Array, w_h: jax.Array,
+                  b: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
+  """:class:`LSTMCell` over ``xs`` ``(T, B, D)``: ``(hs (T, B, H), (c, h))``.
+
+  Each step is one matmul of ``[x_t, h]`` with the stacked kernel
+  ``[W_i; W_h]`` (``(D + H, 4H)``, gates i, f, g, o). On XLA:CPU that beat
+  projecting every input ahead of the scan (benchmarks/NOTES.md): the
+  ``(T, B, 4H)`` projected array no longer streams through memory.
+  """
+  return _lstm_forward(dtype, xs, w_i, w_h, b, carry)[0]
+
+
+def _lstm_forward(dtype, xs, w_i, w_h, b, carry):
+  w = jnp.concatenate([w_i, w_h], axis=0)
+
+  def step(carry, x):
+    c, h = carry
+    gates = _dot(jnp.concatenate([x.astype(h.dtype), h], -1), w, dtype) + b
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    i, f, g, o = (jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g),
+                  jax.nn.sigmoid(o))
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return (c, h), (h, c, jnp.concatenate([i, f, g, o], -1))
+
+  last, (hs, cs, acts) = jax.lax.scan(step, carry, xs)
+  return (hs, last), (xs, w_i, w_h, carry, hs, cs, acts)
+
+
+def _lstm_backward(dtype, residuals, cotangents):
+  xs, w_i, w_h, (c0, h0), hs, cs, acts = residuals
+  d_hs, (d_c, d_h) = cotangents
+  w_h_t = w_h.T
+
+  def step(carry, inputs):
+    d_c, d_h = carry
+    d_h_out, a, c_prev, c = inputs
+    d_h = d_h + d_h_out
+    i, f, g, o = jnp.split(a, 4, axis=-1)
+    tanh_c = jnp.tanh(c)
+    d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)
+    d_gates = jnp.concatenate([d_c * g * i * (1.0 - i),
+                               d_c * c_prev * f * (1.0 - f),
+                               d_c * i * (1.0 - g * g),
+                               d_h * tanh_c * o * (1.0 - o)], -1)
+    return (d_c * f, _dot(d_gates, w_h_t, dtype)), d_gates
+
+  (d_c0, d_h0), d_gates = jax.lax.scan(
+      step, (d_c, d_h), (d_hs, acts, _shifted_back(c0, cs), cs), reverse=True)
+  flat = d_gates.reshape(-1, d_gates.shape[-1])
+  d_w_i = _dot(xs.reshape(-1, xs.shape[-1]).T, flat, dtype)
+  d_w_h = _dot(_shifted_back(h0, hs).reshape(-1, w_h.shape[0]).T, flat, dtype)
+  d_xs = _dot(flat, w_i.T, dtype).reshape(xs.shape).astype(xs.dtype)
+  return d_xs, d_w_i, d_w_h, flat.sum(0), (d_c0, d_h0)
+
+
+lstm_sequence.defvjp(
+    lambda dtype, *args: _lstm_forward(dtype, *args), _lstm_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gru_recurrence(dtype, projected: jax.Array, w_h: jax.Array,
+                   b_h: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:class:`GRUCell`'s recurrence over already projected inputs.
+
+  ``projected`` is ``x_t @ W_i + b_i`` for every step, ``(T, B, 3H)`` float32
+  (gates r, z, n); returns ``(hs (T, B, H), h)``.
+  """
+  return _gru_forward(dtype, projected, w_h, b_h, h)[0]
+
+
+def _gru_forward(dtype, projected, w_h, b_h, h0):
+
+  def step(h, x):
+    x_r, x_z, x_n = jnp.split(x, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(_dot(h, w_h, dtype) + b_h, 3, axis=-1)
+    r = jax.nn.sigmoid(x_r + h_r)
+    z = jax.nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)
+    h = (1.0 - z) * n + z * h
+    return h, (h, jnp.concatenate([r, z, n, h_n], -1))
+
+  last, (hs, acts) = jax.lax.scan(step, h0, projected)
+  return (hs, last), (w_h, h0, hs, acts)
+
+
+def _gru_backward(dtype, residuals, cotangents):
+  w_h, h0, hs, acts = residuals
+  d_hs, d_h = cotangents
+  w_h_t = w_h.T
+
+  def step(d_h, inputs):
+    d_h_out, a, h_prev = inputs
+    d_h = d_h + d_h_out
+    r, z, n, h_n = jnp.split(a, 4, axis=-1)
+    d_n = d_h * (1.0 - z) * (1.0 - n * n)
+    d_r = d_n * h_n * r * (1.0 - r)
+    d_z = d_h * (h_prev - n) * z * (1.0 - z)
+    d_x = jnp.concatenate([d_r, d_z, d_n], -1)
+    d_hidden = jnp.concatenate([d_r, d_z, d_n * r], -1)
+    return d_h * z + _dot(d_hidden, w_h_t, dtype), (d_x, d_hidden)
+
+  d_h0, (d_projected, d_hidden) = jax.lax.scan(
+      step, d_h, (d_hs, acts, _shifted_back(h0, hs)), reverse=True)
+  flat = d_hidden.reshape(-1, d_hidden.shape[-1])
+  d_w_h = _dot(_shifted_back(h0, hs).reshape(-1, w_h.shape[0]).T, flat, dtype)
+  return d_projected, d_w_h, flat.sum(0), d_h0
+
+
+gru_recurrence.defvjp(
+    lambda dtype, *args: _gru_forward(dtype, *args), _gru_backward)
 
 
 class _Cell(nn.Module):
@@ -96,6 +232,19 @@ class _Cell(nn.Module):
   def __call__(self, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     """One whole step ``(carry, x_t) -> (carry, h_t)``."""
     return self.recur(carry, self.project_inputs(x))
+
+  HAS_SEQUENCE: ClassVar[bool] = False
+
+  def sequence(self, carry: Carry, xs: jax.Array) -> tuple[Carry, jax.Array]:
+    """The whole time-major sequence ``(T, B, D)`` in one fused kernel.
+
+    Only cells with ``HAS_SEQUENCE`` implement it; their parameters must
+    already exist (:class:`Recurrent` initialises through the step path).
+    """
+    raise NotImplementedError
+
+  def _params(self, name: str) -> dict:
+    return getattr(self, name).variables['params']
 
 
 class SimpleRNNCell(_Cell):
@@ -162,6 +311,15 @@ class LSTMCell(_Cell):
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (c, h), h
 
+  HAS_SEQUENCE: ClassVar[bool] = True
+
+  def sequence(self, carry, xs):
+    inputs, hidden = self._params('input_projection'), self._params(
+        'hidden_projection')
+    hs, carry = lstm_sequence(self.dtype, xs, inputs['kernel'],
+                              hidden['kernel'], inputs['bias'], carry)
+    return carry, hs
+
 
 class GRUCell(_Cell):
   """GRU cell, as PyTorch ``nn.GRU`` (reset gate on the hidden projection):
@@ -187,6 +345,14 @@ class GRUCell(_Cell):
     n = jnp.tanh(x_n + r * h_n)
     h = (1.0 - z) * n + z * h
     return h, h
+
+  HAS_SEQUENCE: ClassVar[bool] = True
+
+  def sequence(self, carry, xs):
+    hidden = self._params('hidden_projection')
+    hs, carry = gru_recurrence(self.dtype, self.project_inputs(xs),
+                               hidden['kernel'], hidden['bias'], carry)
+    return carry, hs
 
 
 CELLS = {'rnn': SimpleRNNCell, 'lstm': LSTMCell, 'gru': GRUCell}
@@ -221,11 +387,19 @@ class Recurrent(nn.Module):
   reverse: bool = False
   unroll: int = 1
   dtype: Any = jnp.float32
+  fused: bool = True  # the cell's fused sequence kernel, where it has one
 
   @nn.compact
   def __call__(self, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
     cell = make_cell(self.cell, self.hidden_size, self.forget_bias,
                      self.dtype, name='cell')
+    if (self.fused and cell.HAS_SEQUENCE and self.unroll == 1
+        and not self.is_initializing()):
+      # Initialisation always goes through the step path below, so the
+      # parameters are the same whichever path runs.
+      rev = (lambda a: jnp.flip(a, 0)) if self.reverse else (lambda a: a)
+      carry, outputs = cell.sequence(cell.zero_carry(xs.shape[1]), rev(xs))
+      return rev(outputs), cell.hidden(carry)
     projected = cell.project_inputs(xs)  # All time steps in one matmul.
     scan = nn.scan(_recur, variable_broadcast='params',
                    split_rngs={'params': False}, reverse=self.reverse,
