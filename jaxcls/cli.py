@@ -66,7 +66,27 @@ def parse_flags(argv: list[str]) -> list[str]:
 def app_run(main) -> None:
   """``absl.app.run(main)`` with :func:`parse_flags` and quiet logs."""
   quiet_logs()
-  app.run(lambda argv: call(main, argv), flags_parser=parse_flags)
+
+  def guarded(argv):
+    try:
+      call(main, argv)
+    except SystemExit as e:
+      if e.code not in (0, None):
+        _silence_stderr()
+      raise
+
+  app.run(guarded, flags_parser=parse_flags)
+
+
+def _silence_stderr() -> None:
+  """After the one error line: a failed run's background threads (Orbax's
+  async saves, TensorStore) may print tracebacks while the interpreter shuts
+  down. The line that matters is out; the rest goes to /dev/null."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  sys.stderr = open(os.devnull, 'w')
 
 
 def unknown_override(config, argv) -> str | None:

@@ -463,7 +463,10 @@ def finish(run: Run, state, step: int, progress: Progress,
            stopped_early: bool) -> dict:
   """Scores the best checkpoint on test, once; returns the results."""
   if run.best.latest_step() is None:  # Lost, and no epoch left to re-pick.
-    run.save(run.best, state, step // run.steps_per_epoch, progress)
+    epoch = -(-step // run.steps_per_epoch)
+    progress.best_val_accuracy = run.score(state, run.ds.val)['accuracy']
+    progress.best_epoch = epoch
+    run.save(run.best, state, epoch, progress)
     checkpoint.wait(run.best)
   state = run.steps.unplace(state)
   final_hash = params_sha256(state.params)
