@@ -50,8 +50,10 @@ FORMAT_VERSION = 1
 # float32 result may differ by rounding between XLA compilations.
 _TOLERANCE = 1e-5
 
-# TrainState fields that are not model variables.
-_NOT_VARIABLES = ('step', 'apply_fn', 'params', 'tx', 'opt_state')
+# TrainState fields that are not model variables. ``ema`` is a moving average
+# of the variables, not a collection: a best checkpoint whose EMA weights won
+# holds them as its params already.
+_NOT_VARIABLES = ('step', 'apply_fn', 'params', 'tx', 'opt_state', 'ema')
 
 
 class ExportError(ValueError):
@@ -154,29 +156,27 @@ def _jaxcls_version() -> str:
   return version or _version('jaxcls')
 
 
-def _run_results(workdir: str, fingerprint: str, step: int) -> dict:
-  """The test score of ``results.json`` when it is this checkpoint's.
+def _run_results(workdir: str, checkpoint_meta: dict) -> dict:
+  """What the checkpoint's metadata and ``results.json`` say of its scores.
 
-  A results.json of another config, or one written before the best
-  checkpoint last changed (a run still training), scores another model:
-  then nothing is taken from it.
+  The test score is taken only when ``results.json`` scored this very
+  checkpoint: the same fingerprint (as training computed it) and best epoch.
+  A run still training, or one stopped before its test, has none yet.
   """
-  path = os.path.join(workdir, 'results.json')
+  found = {'config_fingerprint': checkpoint_meta.get('fingerprint'),
+           'best_epoch': checkpoint_meta.get('epoch'),
+           'best_val_accuracy': checkpoint_meta.get('best_val_accuracy'),
+           'weights': checkpoint_meta.get('weights', 'live')}
   try:
-    with open(path) as f:
+    with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
   except (OSError, ValueError):
-    return {}
-  if not isinstance(results, dict) or (
-      results.get('config_fingerprint') != fingerprint):
-    return {}
-  steps, epochs = results.get('steps'), results.get('epochs_trained')
-  best_epoch = results.get('best_epoch')
-  if (steps and epochs and best_epoch and steps % epochs == 0
-      and best_epoch * (steps // epochs) != step):
-    return {}  # The best checkpoint is newer than this score.
-  return {k: results[k] for k in ('test_accuracy', 'best_val_accuracy',
-                                  'best_epoch') if k in results}
+    return found
+  if (isinstance(results, dict)
+      and results.get('config_fingerprint') == found['config_fingerprint']
+      and results.get('best_epoch') == found['best_epoch']):
+    found['test_accuracy'] = results.get('test_accuracy')
+  return found
 
 
 def check_outputs(call, serve, image_shape, what: str) -> None:
@@ -234,7 +234,7 @@ def write(config, state, folder: str, formats=FORMATS,
       'config_fingerprint': config_lib.fingerprint(config),
       'checkpoint_step': int(jax.device_get(state.step)),
       'test_accuracy': None,
-      **(run_results or {}),
+      **(run_results or {}),  # The run's own fingerprint wins, if known.
       'versions': {'jaxcls': _jaxcls_version(), 'jax': jax.__version__,
                    'jaxlib': _version('jaxlib'), 'flax': _version('flax')},
       'files': {},
@@ -268,6 +268,9 @@ def write(config, state, folder: str, formats=FORMATS,
           'path': SAVED_MODEL_DIR,
           'sha256': _sha256(os.path.join(path, 'saved_model.pb')),
           'platforms': list(PLATFORMS), 'signature': SIGNATURE,
+          # A TensorFlow that loads it must run XlaCallModule this new.
+          'xla_call_module_version':
+              jax.config.jax_export_calling_convention_version,
           'load': f'tf.saved_model.load(path).signatures["{SIGNATURE}"]'
                   f'({INPUT_NAME}=images)'}
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
@@ -297,12 +300,18 @@ def export_workdir(workdir: str, formats=FORMATS,
   """
   from jaxcls import inspection
 
-  config, state = inspection.load_best(workdir)
+  for _ in range(3):  # A live run may replace the best checkpoint meanwhile.
+    before = inspection.best_meta(workdir)
+    config, state = inspection.load_best(workdir)
+    if inspection.best_meta(workdir) == before:
+      break
+  else:
+    raise ExportError(f'{workdir}: the best checkpoint kept changing while '
+                      'it was read; export when training has ended')
   folder = folder or os.path.join(workdir, 'export')
   meta = write(config, state, folder, formats,
                class_names=inspection.class_names(config),
-               run_results=_run_results(workdir, config_lib.fingerprint(config),
-                                        int(jax.device_get(state.step))))
+               run_results=_run_results(workdir, before))
   return folder, meta
 
 

@@ -55,6 +55,11 @@ def best_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(_best_meta(workdir)[1]['config']))
 
 
+def best_meta(workdir: str) -> dict:
+  """The metadata saved with the best checkpoint of ``workdir`` (epoch,
+  best_val_accuracy, the fingerprint as training computed it, config JSON)."""
+  return dict(_best_meta(workdir)[1])
+
 def load_best(workdir: str, attempts: int = 3
               ) -> tuple[ml_collections.ConfigDict, train.TrainState]:
   """``(config, state)`` of the best checkpoint in ``workdir``.
