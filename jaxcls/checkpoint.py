@@ -21,6 +21,21 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from jaxcls import config as config_lib
+
+
+# The TrainState fields that are saved; the optional ones only when set, so a
+# model without BatchNorm or EMA has the layout of earlier jaxcls versions.
+_FIELDS = ('step', 'params', 'opt_state', 'batch_stats', 'ema')
+
+
+def _saved_fields(state):
+  """A TrainState as the dict of its array fields that hold something."""
+  if not all(hasattr(state, f) for f in _FIELDS[:3]):
+    return state  # Any other pytree is saved as it is.
+  return {f: getattr(state, f) for f in _FIELDS
+          if getattr(state, f, None) is not None}
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be used: corrupt, or from a different config."""
@@ -58,7 +73,8 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
     return  # This very state is saved already (e.g. a signal right after).
   try:
     manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        state=ocp.args.StandardSave(_saved_fields(state)),
+        meta=ocp.args.JsonSave(meta)),
         force=True)
   except Exception as e:  # Includes the failure of the previous async save.
     raise _save_error(manager, e) from None
@@ -82,12 +98,14 @@ def _save_error(manager, error: Exception) -> CheckpointError:
 
 
 def restore(manager: ocp.CheckpointManager, target, fingerprint: str,
-            step: int | None = None):
+            step: int | None = None, config=None):
   """Restores ``(state, meta)`` from ``step`` (default: the newest).
 
   ``target`` is a state of the right structure, shapes and shardings (a
   freshly initialised one); the restored arrays get its shardings, so a
-  checkpoint saved on N devices restores onto M. Raises CheckpointError,
+  checkpoint saved on N devices restores onto M. With ``config``, a
+  checkpoint of an older jaxcls whose config lacked newer fields is accepted
+  when they are at their defaults (``config.matches``). Raises CheckpointError,
   naming the folder, if the checkpoint is unreadable or from another config.
   """
   step = manager.latest_step() if step is None else step
@@ -99,15 +117,18 @@ def restore(manager: ocp.CheckpointManager, target, fingerprint: str,
     raise CheckpointError(
         f'checkpoint {folder} is unreadable ({type(e).__name__}); delete it '
         'or use another --workdir') from None
-  if meta.get('fingerprint') != fingerprint:
+  if meta.get('fingerprint') != fingerprint and not (
+      config is not None and config_lib.matches(config, meta)):
     raise CheckpointError(
         f'{folder} was saved by a different model or config (fingerprint '
         f"{meta.get('fingerprint')} != {fingerprint}); use another --workdir "
         'or the same config')
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
+                                    _saved_fields(target))
   try:
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))['state']
+    state = target.replace(**state) if hasattr(target, 'replace') else state
   except Exception as e:
     raise CheckpointError(
         f'checkpoint {folder} is corrupt or truncated ({type(e).__name__}: '

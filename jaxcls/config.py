@@ -45,6 +45,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.bidirectional = False  # forward and backward outputs concatenated
   c.readout = 'last'  # 'last' hidden state or 'mean' over time feeds the head
   c.forget_bias = 1.0  # LSTM forget-gate bias at init (Keras unit_forget_bias)
+  # BatchNorm and the small ResNet (jaxcls/resnet.py, He et al. 2016).
+  c.batchnorm = False  # the CNN: BatchNorm after each convolution
+  c.resnet_depth = 20  # 6n + 2: 20, 32, 44, 56, 110
+  c.resnet_width = 1.0  # multiplies the 16/32/64 channels of the stages
+  c.resnet_shortcut = 'pad'  # option A ('pad') or B ('projection')
+  c.resnet_zero_init_residual = False  # last BN scale of each block at 0
+  # Regularisers (jaxcls/techniques.py); every one is off at its default.
+  c.augment = 'auto'  # auto (the dataset's), none, flip, crop_flip
+  c.crop_padding = 4  # crop_flip: zero padding before the random crop
+  c.label_smoothing = 0.0  # Szegedy et al. 2016
+  c.mixup_alpha = 0.0  # Zhang et al. 2018; 0: off
+  c.cutmix_alpha = 0.0  # Yun et al. 2019; 0: off (both on: timm's switch)
+  c.ema_decay = 0.0  # EMA of the weights, validated beside them; 0: off
+  c.flip_tta = False  # evaluation: average each image and its mirror image
   # Optimizer.
   c.optimizer = 'adam'
   c.learning_rate = 1e-3
@@ -79,12 +93,47 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def fingerprint(config) -> str:
-  """A hash of the fields that define what is trained (not RUN_ONLY_FIELDS)."""
+def fingerprint(config, keys=None) -> str:
+  """A hash of the fields that define what is trained (not RUN_ONLY_FIELDS).
+
+  ``keys`` limits it to those fields (see :func:`matches`).
+  """
   items = {k: v for k, v in config.to_dict().items()
-           if k not in RUN_ONLY_FIELDS}
+           if k not in RUN_ONLY_FIELDS and (keys is None or k in keys)}
   return hashlib.sha256(
       json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def from_stored(text: str) -> ml_collections.ConfigDict:
+  """The config saved with a checkpoint (JSON), with every field that was
+  added to :func:`get_config` since then at its default."""
+  config = get_config()
+  config.update(json.loads(text))
+  return config
+
+
+def matches(config, meta: dict) -> bool:
+  """Whether ``config`` trains what the checkpoint with ``meta`` was saved by.
+
+  The fingerprints agree; or the checkpoint predates fields that were added
+  to the config since, and ``config`` agrees with it on every field it had
+  while the newer fields are at their defaults (so a workdir of an older
+  jaxcls still resumes).
+  """
+  if meta.get('fingerprint') == fingerprint(config):
+    return True
+  try:
+    stored = json.loads(meta.get('config') or 'null')
+  except json.JSONDecodeError:
+    return False
+  if not isinstance(stored, dict):
+    return False
+  base = get_config()
+  for key in config.keys():
+    if (key not in stored and key not in RUN_ONLY_FIELDS
+        and (key not in base or config[key] != base[key])):
+      return False
+  return meta.get('fingerprint') == fingerprint(config, keys=set(stored))
 
 
 def _validate_image_folder(config) -> None:
@@ -119,6 +168,8 @@ CHOICES = {
     'compute_dtype': ('float32', 'bfloat16'),
     'readout': ('last', 'mean'),
     'device_data': ('auto', 'on', 'off'),
+    'augment': ('auto', 'none', 'flip', 'crop_flip'),
+    'resnet_shortcut': ('pad', 'projection'),
 }
 
 # Each rule: its wording in the error line, and the test (NaN fails all).
@@ -140,8 +191,17 @@ RANGES = {
     'l2': '>= 0', 'warmup_epochs': '>= 0', 'checkpoint_every_steps': '>= 0',
     'log_every_steps': '>= 0', 'patience': '>= 0', 'num_data_shards': '>= 0',
     'max_nonfinite_steps': '>= 0', 'seed': '>= 0', 'forget_bias': '>= 0',
-    'steps_per_call': '>= 0',
+    'steps_per_call': '>= 0', 'crop_padding': '>= 0',
+    'resnet_width': '> 0', 'label_smoothing': 'in [0, 1)',
+    'mixup_alpha': '>= 0', 'cutmix_alpha': '>= 0', 'ema_decay': 'in [0, 1)',
 }
+
+
+def _validate_resnet_depth(config) -> None:
+  if config.resnet_depth < 8 or (config.resnet_depth - 2) % 6:
+    raise ValueError(f'resnet_depth must be 6n + 2 (8, 14, 20, 32, 44, 56, '
+                     f'110, ...), got {config.resnet_depth!r}; set '
+                     '--config.resnet_depth=...')
 
 
 def validate(config) -> None:
@@ -165,3 +225,5 @@ def validate(config) -> None:
       raise ValueError(f'{name} must be {rule}, got {value!r}; set '
                        f'--config.{name}=...')
   _validate_image_folder(config)
+  if config.model == 'resnet':
+    _validate_resnet_depth(config)

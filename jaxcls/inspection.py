@@ -52,13 +52,14 @@ def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
 
 def best_config(workdir: str) -> ml_collections.ConfigDict:
   """The config stored with the best checkpoint of ``workdir`` (no arrays)."""
-  return ml_collections.ConfigDict(json.loads(_best_meta(workdir)[1]['config']))
+  return config_lib.from_stored(_best_meta(workdir)[1]['config'])
 
 
 def best_meta(workdir: str) -> dict:
   """The metadata saved with the best checkpoint of ``workdir`` (epoch,
   best_val_accuracy, the fingerprint as training computed it, config JSON)."""
   return dict(_best_meta(workdir)[1])
+
 
 def load_best(workdir: str, attempts: int = 3
               ) -> tuple[ml_collections.ConfigDict, train.TrainState]:
@@ -72,17 +73,18 @@ def load_best(workdir: str, attempts: int = 3
   """
   for attempt in range(attempts):
     manager, meta = _best_meta(workdir)
-    config = ml_collections.ConfigDict(json.loads(meta['config']))
+    config = config_lib.from_stored(meta['config'])
     spec = data.dataset_spec(config)
     model = models.create_model(config, spec.num_classes)
     # The optimizer state's structure does not depend on steps_per_epoch.
     target = train.create_train_state(
         jax.random.key(0), model, optim.create_optimizer(config, 1),
-        spec.image_shape)
+        spec.image_shape, ema=config.ema_decay > 0)
     step = manager.latest_step()
     try:
       state, _ = checkpoint.restore(manager, target,
-                                    config_lib.fingerprint(config), step)
+                                    config_lib.fingerprint(config), step,
+                                    config=config)
       return config, state
     except checkpoint.CheckpointError:
       manager.reload()
@@ -99,7 +101,7 @@ def class_names(config) -> list[str]:
 
 def predict_probs(state: train.TrainState, images: jax.Array) -> jax.Array:
   """Class probabilities (B, num_classes) for uint8 images (B, H, W, C)."""
-  logits = state.apply_fn({'params': state.params}, data.normalize(images),
+  logits = state.apply_fn(train.model_variables(state), data.normalize(images),
                           train=False)
   return jax.nn.softmax(logits, axis=-1)
 

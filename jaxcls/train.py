@@ -1,10 +1,10 @@
-"""Pure train and eval steps, and the training loop.
+"""The training loop, and evaluation over whole splits.
 
-``train_step`` and ``eval_step`` are pure functions of arrays, jittable on
-their own. ``train_and_evaluate(config, workdir)`` is a plain for-loop over
-steps: it loads data, resumes from the workdir if it holds a checkpoint,
-evaluates on the validation split every epoch, keeps the best model, and
-scores that model once on the test split.
+``train_and_evaluate(config, workdir)`` is one flat loop over calls of ``n``
+steps (jaxcls.feed): it loads data, resumes from the workdir if it holds a
+checkpoint, evaluates on the validation split every epoch, keeps the best
+model, and scores that model once on the test split. The pure steps live in
+jaxcls.steps and are re-exported here (``train.train_step``).
 """
 
 import dataclasses
@@ -14,144 +14,23 @@ import json
 import sys
 import time
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax.training import train_state
 
 from jaxcls import checkpoint, config as config_lib, data, feed as feed_lib
 from jaxcls import guards, models, optim, parallel
 from jaxcls import metrics as metrics_lib, workdir as workdir_lib
+from jaxcls.steps import (TrainState, check_batch, create_train_state,
+                          cross_entropy, eval_step, model_variables,
+                          step_options, train_step)
+
+__all__ = ['TrainState', 'check_batch', 'create_train_state', 'cross_entropy',
+           'eval_step', 'model_variables', 'train_step', 'evaluate',
+           'params_sha256', 'train_and_evaluate']
 
 NonFiniteLossError = guards.NonFiniteLossError
-
-TrainState = train_state.TrainState
-
-
-def create_train_state(rng: jax.Array, model: nn.Module,
-                       tx: optax.GradientTransformation,
-                       image_shape: tuple[int, int, int]) -> TrainState:
-  """Initialises parameters for ``image_shape`` inputs and the optimizer."""
-  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
-  return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           tx=tx)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example softmax cross-entropy with integer labels."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def check_batch(batch: dict, image_shape=None, num_classes=None) -> None:
-  """Raises ValueError, in one line, for a batch the steps cannot take.
-
-  Shapes and dtypes are checked always (they are static, also under jit).
-  Label values are checked only when they are concrete arrays: inside a
-  jitted function they are traced, so call this on the host beforehand.
-  """
-  if not isinstance(batch, dict) or 'image' not in batch or 'label' not in batch:
-    raise ValueError("a batch is a dict with 'image' and 'label' arrays")
-  images, labels = batch['image'], batch['label']
-  if getattr(images, 'ndim', None) != 4:
-    raise ValueError('images must be (batch, height, width, channels); got '
-                     f'shape {getattr(images, "shape", None)}')
-  if images.dtype != jnp.uint8:
-    raise ValueError('images must be uint8 pixels in 0..255 (the step '
-                     f'normalises them itself); got {images.dtype}')
-  if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
-    raise ValueError(f'images have shape {tuple(images.shape[1:])}, the '
-                     f'model expects {tuple(image_shape)}')
-  if (getattr(labels, 'shape', None) != images.shape[:1]
-      or not jnp.issubdtype(labels.dtype, jnp.integer)):
-    raise ValueError(f'labels must be integers of shape {images.shape[:1]}; '
-                     f'got {getattr(labels, "dtype", type(labels))} '
-                     f'{getattr(labels, "shape", "")}')
-  if num_classes is not None and not isinstance(labels, jax.core.Tracer):
-    low, high = int(np.min(labels)), int(np.max(labels))
-    if low < 0 or high >= num_classes:
-      raise ValueError(f'labels must be in 0..{num_classes - 1}; got values '
-                       f'from {low} to {high}')
-
-
-def _apply(state, params, images, **kwargs):
-  """``state.apply_fn`` with a one-line error for a wrong input shape."""
-  try:
-    return state.apply_fn({'params': params}, images, **kwargs)
-  except flax.errors.ScopeParamShapeError:
-    raise ValueError(f'images of shape {tuple(images.shape[1:])} do not fit '
-                     'this model, whose parameters were made for another '
-                     'input shape') from None
-
-
-def train_step(state: TrainState, batch: dict, rng: jax.Array,
-               augment: bool = False, l1: float = 0.0, l2: float = 0.0,
-               axis_name: str | None = None):
-  """One optimizer step: ``(state, batch, rng) -> (state, metrics)``.
-
-  ``batch`` holds uint8 ``image`` (B, H, W, C) and int ``label`` (B,);
-  normalisation and (if ``augment``) random crop + flip happen here, on the
-  device. ``rng`` is the run's base key: the key for this step is
-  ``fold_in(rng, state.step)``, so augmentation and dropout are functions of
-  (seed, step) and a resumed run repeats them exactly. ``l1``/``l2`` weight
-  the article's penalty terms. ``axis_name`` is set only under ``pmap``,
-  where gradients are averaged across devices explicitly.
-
-  ``metrics`` holds sums over the batch (``loss``, ``correct``, ``count``) so
-  that they add up across steps and devices.
-  """
-  check_batch(batch)
-  step_rng = jax.random.fold_in(rng, state.step)
-  if axis_name is not None:  # Distinct randomness per pmap device.
-    step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
-  augment_rng, dropout_rng = jax.random.split(step_rng)
-  images = batch['image']
-  if augment:
-    images = data.random_crop_flip(augment_rng, images)
-  images = data.normalize(images)
-  labels = batch['label']
-
-  def loss_fn(params):
-    logits = _apply(state, params, images, train=True,
-                    rngs={'dropout': dropout_rng})
-    check_batch(batch, num_classes=logits.shape[-1])  # values, if concrete
-    data_loss = cross_entropy(logits, labels).mean()
-    loss = data_loss
-    if l1:
-      loss = loss + l1 * optim.l1_penalty(params)
-    if l2:
-      loss = loss + l2 * optim.l2_penalty(params)
-    return loss, (data_loss, logits)
-
-  (_, (data_loss, logits)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  if axis_name is not None:
-    grads = jax.lax.pmean(grads, axis_name)
-  state = state.apply_gradients(grads=grads)
-  count = jnp.float32(labels.shape[0])
-  metrics = {'loss': data_loss * count,
-             'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
-             'count': count}
-  if axis_name is not None:
-    metrics = jax.lax.psum(metrics, axis_name)
-  return state, metrics
-
-
-def eval_step(state: TrainState, batch: dict) -> dict:
-  """Sums of loss, correct predictions and count over the unmasked examples.
-
-  ``batch`` may hold a float ``mask`` (1 = real example, 0 = padding).
-  """
-  check_batch(batch)
-  logits = _apply(state, state.params, data.normalize(batch['image']),
-                  train=False)
-  mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
-  return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-          'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-          'count': jnp.sum(mask)}
 
 
 def _to_host(tree):
@@ -195,7 +74,7 @@ def evaluate(eval_fn, state, split: data.Split, batch_size: int,
           'count': int(totals['count'])}
 
 
-def make_steps(config, mesh) -> parallel.Steps:
+def make_steps(config, mesh, spec: data.DatasetSpec) -> parallel.Steps:
   """The train/eval steps for ``config``, compiled for ``config.parallel``."""
   spec = data.dataset_spec(config)
   step = functools.partial(train_step, augment=spec.augment,
@@ -246,9 +125,10 @@ class Run:
     return evaluate(self.steps.evaluate, placed_state, split,
                     self.config.eval_batch_size, self.steps.put_batch)
 
-  def save(self, manager, state, epoch: int, progress: Progress) -> None:
+  def save(self, manager, state, epoch: int, progress: Progress,
+           weights: str = 'live') -> None:
     checkpoint.save(manager, self.steps.unplace(state), {
-        'epoch': epoch, **dataclasses.asdict(progress),
+        'epoch': epoch, **dataclasses.asdict(progress), 'weights': weights,
         'fingerprint': self.fingerprint, 'config': self.config.to_json()})
 
 
@@ -271,13 +151,14 @@ def setup(config, workdir: str) -> Run:
   model = models.create_model(config, ds.spec.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch)
   state = create_train_state(jax.random.split(jax.random.key(config.seed))[0],
-                             model, tx, ds.spec.image_shape)
+                             model, tx, ds.spec.image_shape,
+                             ema=config.ema_decay > 0)
   results = {'dataset': config.dataset, 'data_source': ds.source,
              'model': config.model,
              'config_fingerprint': config_lib.fingerprint(config),
              'devices': jax.device_count(), 'processes': jax.process_count(),
              'parallel': config.parallel}
-  return Run(config, workdir, ds, state, make_steps(config, mesh),
+  return Run(config, workdir, ds, state, make_steps(config, mesh, ds.spec),
              checkpoint.make_manager(workdir, 'latest'),
              checkpoint.make_manager(workdir, 'best'),
              results['config_fingerprint'], shard_ids, per_shard,
@@ -289,7 +170,8 @@ def evaluate_best(run: Run) -> dict:
   if run.best.latest_step() is None:
     raise checkpoint.CheckpointError(
         f'no best checkpoint in {run.workdir}/checkpoints/best; train first')
-  state, meta = checkpoint.restore(run.best, run.state, run.fingerprint)
+  state, meta = checkpoint.restore(run.best, run.state, run.fingerprint,
+                                   config=run.config)
   test = run.score(run.steps.place(state), run.ds.test)
   _log(f'Test accuracy on {run.config.dataset} (best checkpoint, epoch '
        f"{meta['epoch']}): {test['accuracy']:.4f}")
@@ -304,7 +186,8 @@ def resume(run: Run) -> tuple[TrainState, Progress]:
   progress = Progress()
   if run.latest.latest_step() is None:
     return run.state, progress
-  state, meta = checkpoint.restore(run.latest, run.state, run.fingerprint)
+  state, meta = checkpoint.restore(run.latest, run.state, run.fingerprint,
+                                   config=run.config)
   _check_extension(run, meta, int(state.step))
   progress = Progress(**{f.name: meta.get(f.name, f.default)
                          for f in dataclasses.fields(Progress)})
@@ -336,18 +219,35 @@ def _check_extension(run: Run, meta: dict, step: int) -> None:
         f'--config.num_epochs={saved} or start another --workdir')
 
 
+def ema_as_state(state: TrainState) -> TrainState:
+  """``state`` with its moving-average variables in place of the live ones."""
+  return state.replace(params=state.ema['params'],
+                       batch_stats=state.ema.get('batch_stats'))
+
+
 def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
                  seconds: float, progress: Progress, writer) -> bool:
-  """Validates, keeps the best model, saves, logs; True to stop early."""
+  """Validates, keeps the best model, saves, logs; True to stop early.
+
+  With an EMA of the weights, both are validated and the better one is the
+  epoch's candidate; a best checkpoint of EMA weights holds them as its
+  params (meta ``weights: ema``), so everything that reads it uses them.
+  """
   val = run.score(state, run.ds.val)
+  candidate, weights, ema_note = state, 'live', ''
+  if state.ema is not None:
+    ema_val = run.score(ema_as_state(state), run.ds.val)
+    ema_note = f" (EMA {ema_val['accuracy']:.4f})"
+    if ema_val['accuracy'] > val['accuracy']:
+      val, candidate, weights = ema_val, ema_as_state(state), 'ema'
   if val['accuracy'] > progress.best_val_accuracy:
     progress.best_val_accuracy, progress.best_epoch = val['accuracy'], epoch
-    run.save(run.best, state, epoch, progress)
+    run.save(run.best, candidate, epoch, progress, weights=weights)
   run.save(run.latest, state, epoch, progress)
   _log(f"[epoch {epoch}] training accuracy: "
        f"{totals['correct'] / totals['count']:.3f}  "
        f"loss {totals['loss'] / totals['count']:.4f}  "
-       f"val accuracy {val['accuracy']:.4f}  "
+       f"val accuracy {val['accuracy']:.4f}{ema_note}  "
        f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
   learning_rate = optim.learning_rate_schedule(run.config, run.steps_per_epoch)
   writer.write_scalars(step, metrics_lib.epoch_scalars(
@@ -363,8 +263,8 @@ def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
 
 def make_feed(run: Run, rng):
   """The device or host feed for ``run`` (see jaxcls.feed)."""
-  step = functools.partial(train_step, augment=run.ds.spec.augment,
-                           l1=run.config.l1, l2=run.config.l2)
+  step = functools.partial(train_step,
+                           **step_options(run.config, run.ds.spec))
   if feed_lib.use_device_data(run.config):
     return feed_lib.DeviceFeed(step, run.ds.train, run.steps.mesh)
   return feed_lib.HostFeed(run.steps, run.ds.train)
@@ -470,7 +370,8 @@ def finish(run: Run, state, step: int, progress: Progress,
     checkpoint.wait(run.best)
   state = run.steps.unplace(state)
   final_hash = params_sha256(state.params)
-  best_state, best_meta = checkpoint.restore(run.best, state, run.fingerprint)
+  best_state, best_meta = checkpoint.restore(run.best, state, run.fingerprint,
+                                             config=run.config)
   test = run.score(run.steps.place(best_state), run.ds.test)
   _log(f"Test accuracy on {run.config.dataset} (best checkpoint, epoch "
        f"{best_meta['epoch']}): {test['accuracy']:.4f}")
