@@ -5,13 +5,19 @@ An image ``(B, H, W, C)`` is read as a sequence of its rows: ``H`` steps of
 recurrent layers (each one direction or both) runs over it, and the last hidden
 state or the mean over time feeds a dense head.
 
-Speed: a cell's input projection ``x_t @ W_i + b_i`` does not depend on the
-previous state, so a layer computes it for every time step in one matmul
-before the scan (:meth:`project_inputs`), and ``nn.scan`` runs only the
-recurrent part (:meth:`recur`: one fused ``h @ W_h`` for all gates, then the
-gate nonlinearities). Everything inside runs time-major, ``(T, B, F)``, so the
-scan reads contiguous slices. Gate math and the carried state stay float32
-when ``dtype`` is bfloat16; only the matmuls use ``dtype``.
+Speed: LSTM and GRU layers run as fused sequence kernels
+(:func:`lstm_sequence`, :func:`gru_recurrence`) with hand-written backward
+passes: the forward scan keeps the gate activations, the backward scan runs
+only the recurrence, and each weight gradient is one matmul over all time
+steps after the loop, instead of a small matmul and an add per step as
+autodiff of a scan does. The LSTM multiplies ``[x_t, h]`` by the stacked
+``[W_i; W_h]`` in one matmul per step; the GRU projects all inputs before the
+scan, since its reset gate multiplies only the hidden part. The step path
+(``nn.scan`` over :meth:`_Cell.recur`, with the input projection hoisted) is
+kept for the RNN cell, for ``unroll > 1``, for ``Recurrent(fused=False)``, and
+for initialisation, so both paths hold the same parameters. Everything runs
+time-major, ``(T, B, F)``. Gate math and the carried state stay float32 when
+``dtype`` is bfloat16; only the matmuls use ``dtype``.
 
 Gate layouts follow PyTorch's ``nn.LSTM`` (i, f, g, o) and ``nn.GRU``
 (r, z, n), so a PyTorch model with the same weights computes the same thing.
