@@ -174,8 +174,30 @@ def get_builder(name: str, data_dir: str | None = None, *,
   root = os.path.dirname(os.path.dirname(builder.data_dir))
   if not _can_reach(_DOWNLOAD_HOSTS[name]):
     raise DatasetUnavailableError(local_data.unavailable_message(name, root))
-  builder.download_and_prepare()
+  prepare(builder)
   return builder
+
+
+def prepare(builder, **kwargs) -> None:
+  """``builder.download_and_prepare(**kwargs)``, one process at a time.
+
+  An flock on the dataset's folder serialises runs that prepare the same
+  dataset; whoever holds it first removes the ``incomplete.*`` folders that a
+  killed earlier prepare left behind (no one else can be writing them then).
+  """
+  import fcntl
+  import shutil
+
+  folder = os.path.dirname(builder.data_dir)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, '.jaxcls-prepare.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if builder.is_prepared():  # Another run prepared it while we waited.
+      return
+    for name in os.listdir(folder):
+      if name.startswith('incomplete.'):
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    builder.download_and_prepare(**kwargs)
 
 
 def read_split(builder, split: str) -> Split:

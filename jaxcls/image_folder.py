@@ -336,7 +336,7 @@ def get_builder(manual_dir: str | None, data_dir: str | None = None,
   builder = ImageFolderData(
       folder_scan=scan(root, image_size, channels), data_dir=data_root,
       config=tfds.core.BuilderConfig(name=name, description=f'{root}'))
-  builder.download_and_prepare()
+  data.prepare(builder)
   return tfds.builder_from_directory(path)
 
 

@@ -436,6 +436,6 @@ def get_builder(name: str, data_dir: str | None = None,
     if manual_dir:  # Asked for explicitly: say what is missing there.
       read_folder(name, candidate_folders(name, manual_dir, data_dir)[0])
     return None
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=folder))
+  data.prepare(builder, download_config=tfds.download.DownloadConfig(
+      manual_dir=folder))
   return builder

@@ -89,7 +89,8 @@ def test_report_and_predict_against_a_live_run_change_nothing(reference,
   workdir = str(tmp_path / 'live')
   flags = [f'--workdir={workdir}', '--config.train_examples=1024',
            '--config.num_epochs=2', '--config.dropout_rate=0.3',
-           '--config.checkpoint_every_steps=2']
+           '--config.checkpoint_every_steps=2',
+           '--config.lr_schedule=constant']  # tiny_config's, as the reference
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   proc = subprocess.Popen([sys.executable, '-m', 'experiments.fashion_mnist',
                            *flags], cwd=ROOT, env=env,
@@ -280,3 +281,22 @@ def test_results_of_an_earlier_run_are_kept_when_merging(tmp_path):
   workdir_lib.write_results(str(tmp_path), {'b': 2})
   assert workdir_lib.read_results(str(tmp_path)) == {'a': 1, 'b': 2}
   config_lib.validate(tiny_config())  # The tiny config itself is valid.
+
+
+def test_a_killed_prepare_leaves_no_incomplete_folders(tmp_path):
+  class Builder:  # The two things data.prepare asks of a TFDS builder.
+    data_dir = str(tmp_path / 'ds' / '1.0.0')
+    prepared_with = None
+
+    def is_prepared(self):
+      return self.prepared_with is not None
+
+    def download_and_prepare(self, **kwargs):
+      self.prepared_with = kwargs
+
+  stale = tmp_path / 'ds' / 'incomplete.ABC123_1.0.0'
+  (stale / 'part').mkdir(parents=True)
+  builder = Builder()
+  data.prepare(builder, download_config='x')
+  assert not stale.exists()
+  assert builder.prepared_with == {'download_config': 'x'}
