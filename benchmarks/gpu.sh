@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-common=(--runners="${RUNNERS:-jaxcls,torch}")
+common=(--runners="${RUNNERS:-jaxcls,jaxcls_bf16,torch,torch_lean}")
 if [[ -n "${DRY_RUN:-}" ]]; then
   # Tiny and CPU-only: checks that the script runs end to end.
   common+=(--train_examples=1280 --min_epochs=1)

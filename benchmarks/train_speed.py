@@ -1,4 +1,4 @@
-"""jaxcls vs the article's PyTorch loop, trained side by side in one process.
+"""jaxcls vs PyTorch, trained side by side in one process, plus the user path.
 
 Run (torch from benchmarks/requirements-torch.txt, e.g. in .venv-bench):
 
@@ -6,14 +6,32 @@ Run (torch from benchmarks/requirements-torch.txt, e.g. in .venv-bench):
   .venv-bench/bin/python -m benchmarks.train_speed --models=cnn --max_epochs=15
   python -m benchmarks.train_speed --data_npz=fm.npz --target=0.99  # no TFDS
 
-Each model is trained by every runner (jaxcls's fast path, optionally the
-plain per-step jit loop, and the PyTorch reference) with the same example
-order, one epoch each in turn, so machine load hits all of them alike; test
-accuracy is evaluated after every epoch (not timed). Reported per runner:
-images/s (median over epochs; compilation excluded), compile seconds, the
-training seconds until test accuracy first reaches ``--target`` (excluding
-evaluation and compilation), and peak memory. Ratios jaxcls / PyTorch follow.
-The table is printed and written as JSON to ``--out``.
+Runners (``--runners``):
+
+* ``jaxcls``: jaxcls's device-resident fast path; ``jaxcls_bf16``: the same
+  with ``compute_dtype=bfloat16``; ``jaxcls_step``: plain per-step jit fed
+  from host numpy.
+* ``torch``: the article's eager loop (per-batch normalisation, a
+  ``loss.item()`` sync every step); ``torch_lean``: the lean loop (the split
+  as one normalised tensor, no per-step sync); the same model, optimizer and
+  batches. ``torch_1thread`` / ``torch_lean_1thread``: with
+  ``torch.set_num_threads(1)`` during their epochs (on a loaded machine
+  torch's default threads can be 6x slower).
+* ``user``: what users run, ``python -m experiments.fashion_mnist`` (CNN) or
+  ``experiments.sequential_mnist`` (LSTM, GRU) in a subprocess, capped to the
+  same epochs; its ``results.json`` gives images/s, compile seconds and test
+  accuracy. It runs after the interleaved runners, alone; its config is the
+  experiment's default (``--user_flags`` adds flags).
+
+The interleaved runners train each model with the same example order, one
+epoch each in turn, so machine load hits all of them alike; test accuracy is
+evaluated after every epoch (not timed). Reported per runner: images/s
+(median over epochs; compilation excluded), compile seconds, the training
+seconds until test accuracy first reaches ``--target`` (excluding evaluation
+and compilation), and peak memory: the peak RSS of a separate process that
+loads the same data, builds the runner and trains ``--rss_steps`` steps (so
+runners do not share one process's peak). Ratios of every jaxcls row to every
+PyTorch row follow. The table is printed and written as JSON to ``--out``.
 """
 
 import argparse
@@ -22,7 +40,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -32,12 +52,15 @@ def _parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--models', default='cnn,lstm,gru',
                  help='comma-separated: cnn, lstm, gru')
-  p.add_argument('--runners', default='jaxcls,torch',
-                 help='comma-separated: jaxcls (fast path), jaxcls_step '
-                 '(plain per-step jit fed from host numpy), torch (default '
-                 'threads), torch_1thread (torch.set_num_threads(1) during '
-                 'its epochs: on a loaded machine, torch\'s default threads '
-                 'can be 6x slower)')
+  p.add_argument('--runners', default='jaxcls,jaxcls_step,torch,torch_lean',
+                 help='comma-separated: jaxcls, jaxcls_bf16, jaxcls_step, '
+                 'torch, torch_lean, torch_1thread, torch_lean_1thread, user '
+                 '(see the module docstring)')
+  p.add_argument('--user_flags', default='',
+                 help='extra flags for the user runner\'s experiment')
+  p.add_argument('--rss_steps', type=int, default=100,
+                 help='steps trained by each peak-RSS process (0: skip)')
+  p.add_argument('--rss_child', default=None, help=argparse.SUPPRESS)
   p.add_argument('--dataset', default='fashion_mnist')
   p.add_argument('--data_npz', default=None,
                  help='arrays from benchmarks.export_arrays (no TFDS needed)')
@@ -89,7 +112,7 @@ class JaxRunner:
   """jaxcls's model and ``train.train_step``, on the fast path or per step."""
 
   def __init__(self, model_name, image_shape, arrays, batch_size, seed,
-               fast=True, steps_per_call=0, scan='auto'):
+               fast=True, steps_per_call=0, scan='auto', dtype='float32'):
     import jax
     import jaxcls  # Registers the recurrent models, when they exist.
     from jaxcls import config as config_lib, data, fast as fast_lib
@@ -98,6 +121,7 @@ class JaxRunner:
     self.jax, self.data, self.fast_lib, self.train = jax, data, fast_lib, train
     config = config_lib.get_config()
     config.model = model_name
+    config.compute_dtype = dtype
     model = models.create_model(config, 10)
     tx = optim.create_optimizer(config, 1)  # Adam, lr 1e-3, as torch's.
     init_rng, self.rng = jax.random.split(jax.random.key(seed))
@@ -160,15 +184,17 @@ class TorchRunner:
   """The article's PyTorch loop (benchmarks/torch_reference.py)."""
 
   def __init__(self, model_name, image_shape, arrays, batch_size, seed,
-               threads=0):
+               threads=0, lean=False):
     from benchmarks import torch_reference
     import torch
     self.torch, self.threads = torch, threads
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    self.trainer = torch_reference.Trainer(model_name, image_shape, seed,
-                                           device)
+    trainer = torch_reference.LeanTrainer if lean else torch_reference.Trainer
+    self.trainer = trainer(model_name, image_shape, seed, device)
     self.arrays, self.batch_size = arrays, batch_size
     self.compile_seconds = None  # Eager: nothing is compiled.
+    if lean:  # The one-time normalised copy of the split, not timed.
+      self.trainer._split(arrays['train_images'], arrays['train_labels'])
 
   def train_epoch(self, order):
     default = self.torch.get_num_threads()
@@ -189,43 +215,132 @@ class TorchRunner:
     return self.trainer.peak_memory_bytes()
 
 
-def _rss_bytes(field: str) -> int:
-  """VmRSS or VmHWM (peak) of this process, from /proc (Linux)."""
+def make_runner(name, model_name, arrays, args):
+  """The interleaved runner called ``name`` for ``model_name``."""
+  image_shape = arrays['train_images'].shape[1:]
+  if name.startswith('torch'):
+    return TorchRunner(model_name, image_shape, arrays, args.batch_size,
+                       args.seed, threads=1 if name.endswith('_1thread') else 0,
+                       lean=name.startswith('torch_lean'))
+  if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
+    return JaxRunner(
+        model_name, image_shape, arrays, args.batch_size, args.seed,
+        fast=name != 'jaxcls_step', steps_per_call=args.steps_per_call,
+        scan=args.scan,
+        dtype='bfloat16' if name == 'jaxcls_bf16' else 'float32')
+  raise ValueError(f'unknown runner {name!r}')
+
+
+def child_peak_rss(model_name, runner_name, args) -> int | None:
+  """Peak RSS (bytes) of a fresh process that trains ``args.rss_steps``.
+
+  The process loads the same arrays (from ``args.rss_npz``, so TensorFlow is
+  never imported), builds the runner (compiling it) and trains that many
+  steps of batch ``args.batch_size``: what a run of that runner holds at its
+  peak, without the other runners' memory.
+  """
+  argv = [sys.executable, '-m', 'benchmarks.train_speed',
+          '--rss_child', runner_name, '--models', model_name,
+          '--dataset', args.dataset, '--batch_size', str(args.batch_size),
+          '--rss_steps', str(args.rss_steps), '--data_npz', args.rss_npz]
+  done = subprocess.run(argv, capture_output=True, text=True, check=False)
+  for line in done.stdout.splitlines()[::-1]:
+    if line.startswith('{"peak_rss_bytes"'):
+      return json.loads(line)['peak_rss_bytes']
+  print(f'  peak RSS of {runner_name} failed: {done.stderr[-500:]}')
+  return None
+
+
+def _rss_child(args):
+  """The process :func:`child_peak_rss` starts."""
+  arrays = load_arrays(args)
+  runner = make_runner(args.rss_child, args.models, arrays, args)
+  n = args.rss_steps * args.batch_size
+  order = np.random.default_rng(0).permutation(len(arrays['train_labels']))
+  runner.train_epoch(order[:n])
+  print(json.dumps({'peak_rss_bytes': _vm_hwm()}))
+
+
+def _vm_hwm(pid='self') -> int | None:
+  """Peak RSS (VmHWM) of a live process, from /proc (Linux).
+
+  Not ``getrusage``'s ``ru_maxrss``: Linux carries that across ``execve``,
+  so a child started from this (large) process would report our peak.
+  """
   try:
-    with open('/proc/self/status') as f:
+    with open(f'/proc/{pid}/status') as f:
       for line in f:
-        if line.startswith(field + ':'):
+        if line.startswith('VmHWM:'):
           return int(line.split()[1]) * 1024
   except OSError:
     pass
-  return 0
+  return None
 
 
-def _reset_peak_rss() -> None:
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')  # Resets VmHWM to the current RSS.
-  except OSError:
-    pass
+def _run_watching_rss(argv) -> tuple[subprocess.CompletedProcess, int | None]:
+  """Runs ``argv``, reading its VmHWM every 0.2 s; returns (result, peak)."""
+  with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True) as proc:
+    peak = None
+    while True:
+      try:
+        out, err = proc.communicate(timeout=0.2)
+        break
+      except subprocess.TimeoutExpired:
+        peak = max(peak or 0, _vm_hwm(proc.pid) or 0) or None
+  return subprocess.CompletedProcess(argv, proc.returncode, out, err), peak
+
+
+USER_EXPERIMENTS = {'cnn': ('fashion_mnist', []),
+                    'lstm': ('sequential_mnist', ['--config.model=lstm']),
+                    'gru': ('sequential_mnist', ['--config.model=gru'])}
+
+
+def user_path(model_name, epochs, args) -> dict:
+  """Times ``python -m experiments.<name>`` as a user runs it.
+
+  ``epochs`` epochs with the experiment's own defaults (plus
+  ``--user_flags``), in a subprocess, into a temporary workdir; the row comes
+  from its ``results.json``. Peak memory is the child's peak RSS.
+  """
+  experiment, flags = USER_EXPERIMENTS[model_name]
+  with tempfile.TemporaryDirectory() as workdir:
+    argv = [sys.executable, '-m', f'experiments.{experiment}',
+            f'--workdir={workdir}', f'--config.num_epochs={epochs}', *flags,
+            *args.user_flags.split()]
+    if args.train_examples > 0:
+      argv.append(f'--config.train_examples={args.train_examples}')
+    start = time.perf_counter()
+    done, peak = _run_watching_rss(argv)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+      raise RuntimeError(f'{" ".join(argv)} failed:\n{done.stderr[-2000:]}')
+    with open(os.path.join(workdir, 'results.json')) as f:
+      results = json.load(f)
+  print(f"  {model_name} user        {epochs} epochs: "
+        f"{results['train_images_per_second']:8,.0f} images/s  "
+        f"test accuracy {results['test_accuracy']:.4f}  ({wall:.0f} s wall)",
+        flush=True)
+  return {
+      'model': model_name, 'runner': 'user',
+      'command': ' '.join(['python', '-m', f'experiments.{experiment}',
+                           *argv[4:]]),
+      'images_per_second': results['train_images_per_second'],
+      'epoch_images_per_second': None,
+      'compile_seconds': results.get('compile_seconds'),
+      'target': args.target, 'target_seconds': None, 'target_epoch': None,
+      'epochs': epochs, 'final_test_accuracy': results['test_accuracy'],
+      'peak_memory_bytes': peak, 'peak_memory_kind': 'process peak RSS (VmHWM)',
+      'wall_seconds': wall, 'steps_per_call': None, 'scan': None}
 
 
 def benchmark_model(model_name, runner_names, arrays, args):
   """Trains ``model_name`` with every runner, an epoch each in turn."""
-  image_shape = arrays['train_images'].shape[1:]
   max_epochs = args.max_epochs if model_name == 'cnn' else args.rnn_epochs
-  runners = {}
-  for name in runner_names:
-    if name.startswith('torch'):
-      runners[name] = TorchRunner(model_name, image_shape, arrays,
-                                  args.batch_size, args.seed,
-                                  threads=1 if name == 'torch_1thread' else 0)
-    else:
-      runners[name] = JaxRunner(
-          model_name, image_shape, arrays, args.batch_size, args.seed,
-          fast=name == 'jaxcls', steps_per_call=args.steps_per_call,
-          scan=args.scan)
+  runners = {name: make_runner(name, model_name, arrays, args)
+             for name in runner_names if name != 'user'}
   logs = {name: {'epochs': [], 'train_seconds': 0.0, 'target_seconds': None,
-                 'target_epoch': None, 'peak_rss_extra': 0}
+                 'target_epoch': None}
           for name in runners}
   for epoch in range(max_epochs):
     order = np.random.default_rng([args.seed, epoch]).permutation(
@@ -238,11 +353,7 @@ def benchmark_model(model_name, runner_names, arrays, args):
       if log['target_seconds'] is not None and len(log['epochs']) >= max(
           args.min_epochs, 1):
         continue
-      _reset_peak_rss()
-      rss0 = _rss_bytes('VmRSS')
       result = runners[name].train_epoch(order)
-      log['peak_rss_extra'] = max(log['peak_rss_extra'],
-                                  _rss_bytes('VmHWM') - rss0)
       result['test_accuracy'] = runners[name].accuracy()
       log['train_seconds'] += result['seconds']
       if (log['target_seconds'] is None
@@ -261,6 +372,9 @@ def benchmark_model(model_name, runner_names, arrays, args):
     log = logs[name]
     speeds = [e['images'] / e['seconds'] for e in log['epochs']]
     device_peak = runner.peak_memory_bytes()
+    rss = None
+    if device_peak is None and args.rss_steps > 0:
+      rss = child_peak_rss(model_name, name, args)
     rows.append({
         'model': model_name, 'runner': name,
         'images_per_second': statistics.median(speeds),
@@ -269,12 +383,17 @@ def benchmark_model(model_name, runner_names, arrays, args):
         'target': args.target, 'target_seconds': log['target_seconds'],
         'target_epoch': log['target_epoch'], 'epochs': len(log['epochs']),
         'final_test_accuracy': log['epochs'][-1]['test_accuracy'],
-        'peak_memory_bytes': device_peak,
+        'peak_memory_bytes': device_peak or rss,
         'peak_memory_kind': ('device allocator peak' if device_peak else
-                             'process RSS growth during an epoch'),
-        'peak_rss_extra_bytes': log['peak_rss_extra'],
+                             'peak RSS of a process training '
+                             f'{args.rss_steps} steps'),
         'steps_per_call': getattr(runner, 'k', None),
         'scan': getattr(runner, 'scan', None)})
+  del runners  # Free their memory before the user path runs.
+  if 'user' in runner_names:
+    epochs = max(len(log['epochs']) for log in logs.values()) if logs else (
+        max_epochs)
+    rows.append(user_path(model_name, epochs, args))
   return rows
 
 
@@ -300,19 +419,23 @@ def _fmt(value, spec):
 
 
 def format_table(rows, target) -> str:
-  """A markdown table of the rows, then the jaxcls / torch ratios."""
+  """A markdown table of the rows, then every jaxcls / torch ratio."""
   lines = [f'| model | runner | images/s | compile s | s to {target:.0%} test '
-           '(epoch) | final test acc | peak memory MiB |',
+           '(epoch) | final test acc | peak RSS MiB |',
            '|---|---|---:|---:|---:|---:|---:|']
   for r in rows:
-    reached = (f"{r['target_seconds']:.1f} ({r['target_epoch']})"
-               if r['target_seconds'] is not None else
-               f"not reached in {r['epochs']}")
-    memory = r['peak_memory_bytes'] or r['peak_rss_extra_bytes']
+    if r['target_seconds'] is not None:
+      reached = f"{r['target_seconds']:.1f} ({r['target_epoch']})"
+    elif r['runner'] == 'user':
+      reached = '-'
+    else:
+      reached = f"not reached in {r['epochs']}"
+    memory = r['peak_memory_bytes']
     lines.append(f"| {r['model']} | {r['runner']} | "
                  f"{r['images_per_second']:,.0f} | "
                  f"{_fmt(r['compile_seconds'], '.2f')} | {reached} | "
-                 f"{r['final_test_accuracy']:.4f} | {memory / 2**20:,.0f} |")
+                 f"{r['final_test_accuracy']:.4f} | "
+                 f"{_fmt(memory and memory / 2**20, ',.0f')} |")
   lines.append('')
   for r in rows:
     for ref in rows:
@@ -330,6 +453,8 @@ def format_table(rows, target) -> str:
 
 def main(argv=None):
   args = _parse_args(argv)
+  if args.rss_child:
+    return _rss_child(args)
   import jaxcls
   from jaxcls import fast, models
   if args.compilation_cache:
@@ -343,6 +468,11 @@ def main(argv=None):
             '(pip install -r benchmarks/requirements-torch.txt)')
       runner_names = [r for r in runner_names if not r.startswith('torch')]
   arrays = load_arrays(args)
+  rss_dir = tempfile.TemporaryDirectory()
+  args.rss_npz = os.path.join(rss_dir.name, 'arrays.npz')
+  if args.rss_steps > 0:  # The arrays as loaded, for the peak-RSS processes.
+    np.savez(args.rss_npz, **{k: v for k, v in arrays.items()
+                              if k != 'source'})
   info = machine_info()
   info['data'] = arrays['source']
   info['train_examples'] = len(arrays['train_labels'])
@@ -353,13 +483,17 @@ def main(argv=None):
       print(f'note: jaxcls has no model {model_name!r} yet; skipping its row')
       continue
     rows += benchmark_model(model_name, runner_names, arrays, args)
+  info['load_average_end'] = os.getloadavg()
   table = format_table(rows, args.target)
   print(table)
+  print(f"load average: {info['load_average']} at the start, "
+        f"{info['load_average_end']} at the end")
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump({'machine': info, 'args': vars(args), 'rows': rows,
                'table': table}, f, indent=2)
   print(f'wrote {args.out}')
+  rss_dir.cleanup()
   del jaxcls
 
 
