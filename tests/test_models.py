@@ -36,7 +36,7 @@ def test_create_model_from_config_and_unknown_name():
   model = models.create_model(c, 7)
   assert (model.activation, model.pooling, model.num_classes) == ('tanh',
                                                                   'avg', 7)
-  c.model = 'resnet'
+  c.model = 'no_such_model'
   with pytest.raises(ValueError, match='unknown model'):
     models.create_model(c, 10)
 
