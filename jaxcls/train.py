@@ -132,16 +132,18 @@ class Run:
         'fingerprint': self.fingerprint, 'config': self.config.to_json()})
 
 
-def setup(config, workdir: str) -> Run:
-  """Validates, loads the data and builds the initial state and steps."""
+def setup(config, workdir: str, ds: data.Data | None = None) -> Run:
+  """Validates, loads the data (unless given ``ds``, already loaded for this
+  process's shards) and builds the initial state and steps."""
   mesh = parallel.make_mesh()
   for name in ('batch_size', 'eval_batch_size'):
     parallel.check_batch_size(name, config[name], mesh)
   num_shards, shard_ids = parallel.process_shards(config.num_data_shards,
                                                   config.batch_size)
-  ds = data.load(config.dataset, config.data_dir, config.validation_percent,
-                 config.train_examples, num_shards, shard_ids,
-                 **data.source_args(config))
+  if ds is None:
+    ds = data.load(config.dataset, config.data_dir, config.validation_percent,
+                   config.train_examples, num_shards, shard_ids,
+                   **data.source_args(config))
   per_shard = config.batch_size // num_shards
   steps_per_epoch = len(ds.train_shards[0]) // per_shard
   if steps_per_epoch == 0:
