@@ -1,28 +1,40 @@
-"""K models as one vmapped population vs K sequential single runs.
+"""K members as one population vs K sequential single runs.
 
-Run:  python -m benchmarks.sweep_speed [--members 8] [--steps 40]
+Run:  python -m benchmarks.sweep_speed --members 8 --json OUT.json
+      [--epochs 3 --steps 50 --batch_size 64 --mode auto]
 
-Both sides train the article's CNN (adamw) on the same Fashion-MNIST batches
-for the same number of steps, in this process: the population with
-``jaxcls.sweep``'s vmapped ``train.train_step``, the sequential side with
-``train.train_step`` jitted for each member in turn (its own learning rate
-and weight decay baked into its optimizer, as K separate runs would have).
-Compile time is measured ahead of time and reported apart from training
-time; the ratio is sequential training time / population training time.
+Both sides train the sweep experiment's model (the article's CNN, adamw) on
+the same Fashion-MNIST batches for the same epochs, validating after each
+epoch, in this process:
+
+* population: ``jaxcls.population.train_population``, the sweep's own loop,
+  in the mode ``population_mode=auto`` picks for this backend (``--mode``
+  to force one);
+* sequential: each member as the single run trains it: its own optimizer
+  (``optim.create_optimizer``, its learning rate and weight decay baked in,
+  so each run compiles its own step), ``feed.DeviceFeed`` of
+  ``train.train_step`` over ``feed.epoch_rows``, ``train.evaluate`` after
+  each epoch. Checkpoints and logs are left out on both sides.
+
+``*_train_seconds`` time the training steps only (as the runs report
+``train_seconds``); ``*_wall_seconds`` everything from building the states to
+the last validation, compilation included. The JSON holds both, per side.
 """
 
 import argparse
+import functools
 import json
 import os
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-import jax  # pylint: disable=g-import-not-at-top
-import numpy as np
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
-from experiments import sweep as sweep_exp
-from jaxcls import data, models, optim, sweep, train
+from experiments import sweep as sweep_exp  # noqa: E402
+from jaxcls import data, feed as feed_lib, models, optim, parallel  # noqa: E402
+from jaxcls import population, sweep, train  # noqa: E402
 
 
 def member_values(k: int) -> list:
@@ -33,88 +45,122 @@ def member_values(k: int) -> list:
           for lr, wd in zip(lrs, wds)]
 
 
-def time_population(config, ds, values, batches) -> dict:
-  """Compile and train seconds of one vmapped population over ``batches``."""
-  steps = sweep.make_population_steps(config, ds)
-  column = lambda name: np.asarray([v.get(name, config[name]) for v in values])
-  states, rngs = steps.init(column('seed').astype(np.int32),
-                            column('learning_rate').astype(np.float32),
-                            column('weight_decay').astype(np.float32))
-  active = np.ones(len(values), bool)
+def time_population(config, ds, values, mode: str) -> dict:
+  """The population, as the sweep trains it."""
   t0 = time.perf_counter()
-  step = steps.train.lower(states, batches[0], rngs, active).compile()
-  compile_s = time.perf_counter() - t0
+  result = population.train_population(config, values, ds, mode=mode,
+                                       log=lambda *a: None)
+  jax.block_until_ready(result.final_states)
+  return {'train_seconds': result.train_seconds,
+          'compile_seconds': result.compile_seconds,
+          'wall_seconds': time.perf_counter() - t0,
+          'final_val_accuracy': result.val_accuracy[:, -1].tolist()}
+
+
+def single_run(config, ds) -> dict:
+  """One member as the single run trains it (no checkpoints, no logs)."""
   t0 = time.perf_counter()
-  for batch in batches:
-    states, metrics = step(states, batch, rngs, active)
-  jax.block_until_ready((states, metrics))
-  return {'compile_seconds': compile_s,
-          'train_seconds': time.perf_counter() - t0,
-          'final_loss': (metrics['loss'] / metrics['count']).tolist()}
+  spe = len(ds.train) // config.batch_size
+  model = models.create_model(config, ds.spec.num_classes)
+  tx = optim.create_optimizer(config, spe)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state = train.create_train_state(init_rng, model, tx, ds.spec.image_shape)
+  mesh = parallel.make_mesh()
+  step = functools.partial(train.train_step, augment=ds.spec.augment,
+                           l1=config.l1, l2=config.l2)
+  feed = feed_lib.DeviceFeed(step, ds.train, mesh)
+  n_max = feed_lib.steps_per_call(config)
+  t = time.perf_counter()
+  for n in {min(n_max, spe), spe % n_max or min(n_max, spe)}:
+    feed.compile(state, train_rng, n, config.batch_size)
+  compile_s, train_s = time.perf_counter() - t, 0.0
+  evaluate = jax.jit(train.eval_step)
+  for epoch in range(config.num_epochs):
+    rows = feed_lib.epoch_rows(config.seed, epoch, ds.train_shards, (0,),
+                               config.batch_size)
+    t = time.perf_counter()
+    for index in range(0, spe, n_max):
+      state, _ = feed.run(state, rows[index:index + n_max], train_rng)
+    jax.block_until_ready(state)
+    train_s += time.perf_counter() - t
+    val = train.evaluate(evaluate, state, ds.val, config.eval_batch_size,
+                         mesh)
+  return {'train_seconds': train_s, 'compile_seconds': compile_s,
+          'wall_seconds': time.perf_counter() - t0,
+          'final_val_accuracy': val['accuracy']}
 
 
-def time_sequential(config, ds, values, batches) -> dict:
-  """The same members trained one after another with the plain train step."""
-  compile_s = train_s = 0.0
-  losses = []
-  for v in values:
-    member = sweep.member_config(config, v)
-    model = models.create_model(member, ds.spec.num_classes)
-    tx = optim.create_optimizer(member, len(batches))
-    init_rng, train_rng = jax.random.split(jax.random.key(member.seed))
-    state = train.create_train_state(init_rng, model, tx, ds.spec.image_shape)
-    t0 = time.perf_counter()
-    step = jax.jit(train.train_step, donate_argnums=0).lower(
-        state, batches[0], train_rng).compile()
-    compile_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for batch in batches:
-      state, metrics = step(state, batch, train_rng)
-    jax.block_until_ready((state, metrics))
-    train_s += time.perf_counter() - t0
-    losses.append(float(metrics['loss'] / metrics['count']))
-  return {'compile_seconds': compile_s, 'train_seconds': train_s,
-          'final_loss': losses}
+def time_sequential(config, ds, values) -> dict:
+  """The members trained one after another as single runs."""
+  runs = [single_run(sweep.member_config(config, v), ds) for v in values]
+  out = {k: sum(r[k] for r in runs)
+         for k in ('train_seconds', 'compile_seconds', 'wall_seconds')}
+  out['final_val_accuracy'] = [r['final_val_accuracy'] for r in runs]
+  return out
 
 
-def main():
+def measure(config, ds, values, mode: str = 'auto') -> dict:
+  """Both sides on ``ds``; the JSON-able result with the four totals."""
+  mode = population.resolve_mode(mode)
+  # Warm-up of the shared pieces (XLA's CPU runtime, the eval step) off the
+  # clock, with one member and one epoch.
+  warm = sweep.member_config(config, {})
+  warm.num_epochs = 1
+  single_run(warm, ds)
+  pop = time_population(config, ds, values, mode)
+  seq = time_sequential(config, ds, values)
+  return {
+      'members': len(values), 'mode': mode, 'epochs': config.num_epochs,
+      'steps_per_epoch': len(ds.train) // config.batch_size,
+      'batch_size': config.batch_size,
+      'device': jax.devices()[0].device_kind, 'cpu_count': os.cpu_count(),
+      'load_average': os.getloadavg(),
+      'population_train_seconds': pop['train_seconds'],
+      'sequential_train_seconds': seq['train_seconds'],
+      'population_wall_seconds': pop['wall_seconds'],
+      'sequential_wall_seconds': seq['wall_seconds'],
+      'train_ratio': pop['train_seconds'] / seq['train_seconds'],
+      'wall_ratio': pop['wall_seconds'] / seq['wall_seconds'],
+      'population': pop, 'sequential': seq}
+
+
+def table(r: dict) -> str:
+  """The printed summary: seconds per side and population / sequential."""
+  rows = [('training', 'train_seconds'), ('compile', 'compile_seconds'),
+          ('wall (all)', 'wall_seconds')]
+  head = (f"{r['members']} members x {r['epochs']} epochs x "
+          f"{r['steps_per_epoch']} steps of batch {r['batch_size']} on "
+          f"{r['device']} ({r['cpu_count']} CPUs, load average "
+          f"{r['load_average'][0]:.1f})\n"
+          f"| | population ({r['mode']}) | {r['members']} sequential runs "
+          f"| population / sequential |\n|---|---:|---:|---:|")
+  lines = [f"| {name} | {r['population'][key]:.2f} s | "
+           f"{r['sequential'][key]:.2f} s | "
+           f"{r['population'][key] / r['sequential'][key]:.2f}x |"
+           for name, key in rows]
+  return '\n'.join([head, *lines])
+
+
+def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--members', type=int, default=8)
-  parser.add_argument('--steps', type=int, default=40)
+  parser.add_argument('--epochs', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=50, help='per epoch')
   parser.add_argument('--batch_size', type=int, default=64)
-  parser.add_argument('--out', default='', help='write the numbers as JSON')
-  args = parser.parse_args()
-  config = sweep_exp.get_config()
-  config.batch_size = args.batch_size
-  config = sweep.member_config(config, {})
-  examples = args.steps * args.batch_size
-  ds = data.load(config.dataset, train_examples=examples)
-  order = data.epoch_permutation(config.seed, 0, len(ds.train))
-  batches = [jax.device_put(data.train_batch(ds.train, order, i,
-                                             args.batch_size))
-             for i in range(args.steps)]
-  values = member_values(args.members)
-  # Warm-up of the shared pieces (dataset, XLA's CPU runtime) off the clock.
-  time_sequential(config, ds, values[:1], batches[:2])
-  population = time_population(config, ds, values, batches)
-  sequential = time_sequential(config, ds, values, batches)
-  ratio = sequential['train_seconds'] / population['train_seconds']
-  result = {'members': args.members, 'steps': args.steps,
-            'batch_size': args.batch_size,
-            'device': jax.devices()[0].device_kind,
-            'cpu_count': os.cpu_count(), 'population': population,
-            'sequential': sequential, 'speedup': ratio}
-  print(f"{args.members} members x {args.steps} steps of batch "
-        f"{args.batch_size} on {result['device']} ({os.cpu_count()} CPUs)")
-  for name, r in (('vmapped population', population),
-                  ('sequential runs', sequential)):
-    print(f"  {name:20s} train {r['train_seconds']:7.2f}s  "
-          f"({args.members * args.steps * args.batch_size / r['train_seconds']:,.0f} "
-          f"member-images/s)  compile {r['compile_seconds']:6.2f}s")
-  print(f'  speed-up (sequential / vmapped training time): {ratio:.2f}x')
-  if args.out:
-    with open(args.out, 'w') as f:
+  parser.add_argument('--mode', default='auto', choices=population.MODES)
+  parser.add_argument('--json', default='', help='write the numbers here')
+  args = parser.parse_args(argv)
+  config = sweep.member_config(sweep_exp.get_config(), {})
+  config.batch_size, config.num_epochs = args.batch_size, args.epochs
+  config.train_examples = args.steps * args.batch_size
+  ds = data.load(config.dataset, config.data_dir, config.validation_percent,
+                 config.train_examples)
+  result = measure(config, ds, member_values(args.members), args.mode)
+  print(table(result))
+  if args.json:
+    with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)
+  return result
 
 
 if __name__ == '__main__':

@@ -131,6 +131,69 @@ def plot_misclassified(images, labels, probs, names: list[str], count: int,
   return titles
 
 
+def plot_sweep(records: list, swept: dict, path: str) -> None:
+  """A sweep's ``sweep.png`` (``jaxcls.sweep.run_sweep`` records).
+
+  Left: best validation accuracy against the swept values (a heat map of the
+  two fields with most values, averaged over the others; or a curve for one
+  field). Right: every member's validation accuracy per epoch.
+  """
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  axes_fields = sorted(swept, key=lambda f: -len(swept[f]))[:2]
+  others = [f for f in swept if f not in axes_fields]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+  label = lambda v: f'{v:g}' if isinstance(v, float) else str(v)
+
+  def mean_acc(**fixed):
+    accs = [r['best_val_accuracy'] for r in records
+            if all(r['values'][k] == v for k, v in fixed.items())]
+    return np.mean(accs) if accs else np.nan
+
+  suffix = f' (mean over {", ".join(others)})' if others else ''
+  if len(axes_fields) == 2:
+    fy, fx = axes_fields
+    grid = np.array([[mean_acc(**{fy: y, fx: x}) for x in swept[fx]]
+                     for y in swept[fy]])
+    image = left.imshow(grid, cmap='viridis', aspect='auto', origin='lower')
+    for (i, j), v in np.ndenumerate(grid):
+      if v == v:
+        left.text(j, i, f'{v:.3f}', ha='center', va='center',
+                  color='white' if v < np.nanmean(grid) else 'black')
+    left.set_xticks(range(len(swept[fx])), [label(x) for x in swept[fx]])
+    left.set_yticks(range(len(swept[fy])), [label(y) for y in swept[fy]])
+    left.set_xlabel(fx)
+    left.set_ylabel(fy)
+    fig.colorbar(image, ax=left, label='best validation accuracy')
+  else:
+    (fx,) = axes_fields
+    left.plot(range(len(swept[fx])), [mean_acc(**{fx: x}) for x in swept[fx]],
+              'o-')
+    left.set_xticks(range(len(swept[fx])), [label(x) for x in swept[fx]])
+    left.set_xlabel(fx)
+    left.set_ylabel('best validation accuracy')
+    left.grid(alpha=0.3)
+  left.set_title('Validation accuracy vs swept values' + suffix)
+  ranked = sorted(records, key=lambda r: -r['best_val_accuracy'])
+  for rank, r in enumerate(ranked):
+    curve = [np.nan if v is None else v for v in r['val_accuracy']]
+    name = ', '.join(f'{k}={label(v)}' for k, v in sorted(r['values'].items()))
+    right.plot(range(1, len(curve) + 1), curve, marker='.',
+               lw=2.5 if rank == 0 else 1, alpha=1 if rank < 5 else 0.35,
+               label=name if rank < 5 else None)
+  right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  right.set_xlabel('epoch')
+  right.set_ylabel('validation accuracy')
+  right.set_title('Per member, best 5 labelled (thick: selected)')
+  right.legend(fontsize=7, loc='lower right')
+  right.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
 def report(workdir: str, num_misclassified: int = 25) -> dict:
   """Writes the three PNGs and prints the summary; returns what it found."""
   import matplotlib
