@@ -66,8 +66,8 @@ def single_run(config, ds) -> dict:
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = train.create_train_state(init_rng, model, tx, ds.spec.image_shape)
   mesh = parallel.make_mesh()
-  step = functools.partial(train.train_step, augment=ds.spec.augment,
-                           l1=config.l1, l2=config.l2)
+  step = functools.partial(train.train_step,
+                           **train.step_options(config, ds.spec))
   feed = feed_lib.DeviceFeed(step, ds.train, mesh)
   n_max = feed_lib.steps_per_call(config)
   t = time.perf_counter()

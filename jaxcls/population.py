@@ -109,11 +109,12 @@ def set_member_hyperparams(opt_state, learning_rate, weight_decay):
   return optax.tree_utils.tree_set(opt_state, **values)
 
 
-def init_member(seed, learning_rate, weight_decay, *, model, tx, image_shape):
+def init_member(seed, learning_rate, weight_decay, *, model, tx, image_shape,
+                ema: bool = False):
   """``(state, train_rng)`` of one member, its keys split from ``key(seed)``
   as ``train.train_loop`` splits them."""
   init_rng, train_rng = jax.random.split(jax.random.key(seed))
-  state = train.create_train_state(init_rng, model, tx, image_shape)
+  state = train.create_train_state(init_rng, model, tx, image_shape, ema)
   state = state.replace(opt_state=set_member_hyperparams(
       state.opt_state, learning_rate, weight_decay))
   return state, train_rng
@@ -131,11 +132,11 @@ def members(states) -> list:
   return [take_member(states, i) for i in range(len(states.step))]
 
 
-def member_params(states, index: int):
-  """Member ``index``'s parameters, in either layout."""
+def member(states, index: int):
+  """Member ``index``'s state, in either layout."""
   if isinstance(states, (list, tuple)):
-    return states[index].params
-  return take_member(states.params, index)
+    return states[index]
+  return take_member(states, index)
 
 
 def _where(keep, new, old):
@@ -228,9 +229,10 @@ def make_population_steps(config, ds: data.Data, mode: str = 'auto'
   model = models.create_model(config, ds.spec.num_classes)
   tx = population_optimizer(config, steps_per_epoch)
   one = functools.partial(init_member, model=model, tx=tx,
-                          image_shape=ds.spec.image_shape)
-  step = functools.partial(train.train_step, augment=ds.spec.augment,
-                           l1=config.l1, l2=config.l2)
+                          image_shape=ds.spec.image_shape,
+                          ema=config.ema_decay > 0)
+  step = functools.partial(train.train_step,
+                           **train.step_options(config, ds.spec))
   mesh = parallel.make_mesh()
   if mode == 'vmap':
     init = jax.jit(jax.vmap(one))
@@ -276,7 +278,7 @@ class PopulationResult:
   best_epoch: np.ndarray  # (K,), 0 if never evaluated finite
   epochs_trained: np.ndarray  # (K,)
   diverged: np.ndarray  # (K,) bool: the training loss became non-finite
-  best_params: list  # K parameter trees, the best epoch's
+  best_states: list  # K TrainStates, each the member's best epoch's
   final_states: list  # K TrainStates
   best_step: np.ndarray  # (K,) optimizer step of the best snapshot
   compile_seconds: float = 0.0
@@ -287,7 +289,7 @@ class PopulationResult:
     copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)
     return cls(np.full((k, epochs), np.nan), np.full((k, epochs), np.nan),
                np.full(k, -1.0), np.zeros(k, int), np.zeros(k, int),
-               np.zeros(k, bool), [copy(m.params) for m in members(states)],
+               np.zeros(k, bool), [copy(m) for m in members(states)],
                [], np.zeros(k, int))
 
 
@@ -324,8 +326,7 @@ def end_of_epoch(result: PopulationResult, states, epoch: int, step: int,
   result.best_epoch[improved] = epoch
   result.best_step[improved] = step
   for i in np.flatnonzero(improved):  # Copies: the next call donates states.
-    result.best_params[i] = jax.tree_util.tree_map(jnp.copy,
-                                                   member_params(states, i))
+    result.best_states[i] = jax.tree_util.tree_map(jnp.copy, member(states, i))
   still = running.copy()
   if config.patience:
     still &= (epoch - result.best_epoch) < config.patience

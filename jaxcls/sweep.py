@@ -156,7 +156,8 @@ def member_bytes(config, ds: data.Data, mode: str = 'auto') -> int:
   batch = {'image': jax.ShapeDtypeStruct(
       (config.batch_size, *ds.spec.image_shape), jnp.uint8),
            'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
-  step = functools.partial(train.train_step, l1=config.l1, l2=config.l2)
+  step = functools.partial(train.train_step,
+                           **train.step_options(config, ds.spec))
   stats = jax.jit(population.vmapped(step)).lower(
       states, batch, (keys, jnp.ones(1, bool))).compile().memory_analysis()
   if stats is None:  # Some backends do not report; count the state instead.
@@ -224,19 +225,18 @@ def member_records(grid: list, populations: list) -> list:
   return records
 
 
-def single_run_state(state: train.TrainState, member: train.TrainState,
-                     params=None, step=None) -> train.TrainState:
+def single_run_state(state: train.TrainState, member: train.TrainState
+                     ) -> train.TrainState:
   """``state`` (a single run's, from ``train.setup``) holding the member's
-  parameters (or ``params``) and step.
+  parameters, statistics, weight average and step.
 
   The population's optimizer state is laid out by ``inject_hyperparams``; it
   is carried over when, unwrapped, it has the single run's layout (e.g.
   adamw with a constant rate), so that training can resume; otherwise the
   single run's optimizer starts fresh there.
   """
-  state = state.replace(
-      params=member.params if params is None else params,
-      step=jnp.asarray(member.step if step is None else step))
+  state = state.replace(params=member.params, step=jnp.asarray(member.step),
+                        batch_stats=member.batch_stats, ema=member.ema)
   inner = getattr(member.opt_state, 'inner_state', None)
   if (isinstance(member.opt_state, optax.InjectStatefulHyperparamsState) and
       jax.tree_util.tree_structure(inner) ==
@@ -256,8 +256,7 @@ def save_best_member(workdir: str, member_cfg, ds: data.Data,
       best_epoch=int(result.best_epoch[row]),
       train_seconds=result.train_seconds,  # the whole population's
       images_trained=int(final.step) * member_cfg.batch_size)
-  best = single_run_state(run.state, final, result.best_params[row],
-                          int(result.best_step[row]))
+  best = single_run_state(run.state, result.best_states[row])
   latest = single_run_state(run.state, final)
   run.save(run.best, best, progress.best_epoch, progress)
   run.save(run.latest, latest, epochs, progress)

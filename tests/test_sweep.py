@@ -138,8 +138,9 @@ def test_best_params_are_the_best_epoch_snapshot(population_run):
     assert result.best_epoch[row] == int(np.nanargmax(accs)) + 1
   # Where the last epoch was the best, the snapshot is the final state.
   for row in [r for r in range(3) if result.best_epoch[r] == 2]:
-    assert _max_diff(result.best_params[row],
+    assert _max_diff(result.best_states[row].params,
                      result.final_states[row].params) == 0
+    assert int(result.best_states[row].step) == result.best_step[row]
 
 
 @pytest.mark.slow
@@ -151,7 +152,8 @@ def test_modes_agree(population_run, mode):
   for row in range(3):
     assert _max_diff(result.final_states[row].params,
                      loop.final_states[row].params) < 1e-3
-    assert _max_diff(result.best_params[row], loop.best_params[row]) < 1e-3
+    assert _max_diff(result.best_states[row].params,
+                     loop.best_states[row].params) < 1e-3
   np.testing.assert_allclose(result.train_loss, loop.train_loss, rtol=1e-4)
   np.testing.assert_allclose(result.val_accuracy, loop.val_accuracy,
                              atol=1 / 64)  # at most one example flips
