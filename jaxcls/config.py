@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.b1 = 0.9
   c.b2 = 0.999
   c.momentum = 0.9
-  c.weight_decay = 1e-4  # decoupled, adamw only; biases are never decayed
+  c.weight_decay = 1e-4  # adamw and nesterov only; never biases or BN scales
   c.grad_clip_norm = 0.0  # 0: no clipping
   c.lr_schedule = 'constant'  # or 'warmup_cosine'
   c.warmup_epochs = 1.0

@@ -1,8 +1,10 @@
 """The optimizer: one optax chain built from the config, and penalty terms.
 
-The chain is ``[clip] -> {sgd | momentum | adam | adamw} -> schedule``, built
-from optax's own transforms. ``adamw`` decays weights directly (decoupled, as
-Loshchilov & Hutter), masked so that biases are never decayed.
+The chain is ``[clip] -> {sgd | momentum | nesterov | adam | adamw} ->
+schedule``, built from optax's own transforms. ``adamw`` decays weights
+directly (decoupled, as Loshchilov & Hutter); ``nesterov`` adds the decay to
+the gradient before momentum (the ResNet recipe). Both are masked so that
+biases and BatchNorm scales are never decayed.
 
 The article's L1 and L2 regularization are *loss terms* (``l1_penalty``,
 ``l2_penalty``): added to the cross-entropy, they flow through the gradient
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'warmup_cosine', 'onecycle')
 
 
@@ -56,6 +58,12 @@ def create_optimizer(config, steps_per_epoch: int
     opt = optax.sgd(lr)
   elif name == 'momentum':
     opt = optax.sgd(lr, momentum=config.momentum, nesterov=False)
+  elif name == 'nesterov':
+    # The ResNet recipe (He et al. 2016; PyTorch's SGD(weight_decay=...)):
+    # the decay is added to the gradient before momentum, kernels only.
+    opt = optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(lr, momentum=config.momentum, nesterov=True))
   elif name == 'adam':
     opt = optax.adam(lr, b1=config.b1, b2=config.b2)
   elif name == 'adamw':
