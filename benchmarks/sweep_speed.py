@@ -27,14 +27,12 @@ import json
 import os
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments import sweep as sweep_exp  # noqa: E402
-from jaxcls import data, feed as feed_lib, models, optim, parallel  # noqa: E402
-from jaxcls import population, sweep, train  # noqa: E402
+from experiments import sweep as sweep_exp
+from jaxcls import data, models, optim, parallel, population, sweep, train
+from jaxcls import feed as feed_lib
 
 
 def member_values(k: int) -> list:
@@ -150,6 +148,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--mode', default='auto', choices=population.MODES)
   parser.add_argument('--json', default='', help='write the numbers here')
   args = parser.parse_args(argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before TFDS loads.
   config = sweep.member_config(sweep_exp.get_config(), {})
   config.batch_size, config.num_epochs = args.batch_size, args.epochs
   config.train_examples = args.steps * args.batch_size

@@ -18,8 +18,9 @@ chosen by ``config.population_mode``:
 * ``'vmap'``: ``jax.vmap`` of the step over a leading member axis; one wide
   step keeps an accelerator busy where one small CNN cannot;
 * ``'unrolled'``: the members as a Python loop inside one jit;
-* ``'loop'``: one compiled member step, called for each member in turn
-  (frozen members are skipped, so early stopping saves their time);
+* ``'loop'``: one compiled member step (the single run's), each member run
+  over the whole epoch in turn (frozen members are skipped, so early
+  stopping saves their time);
 * ``'auto'``: ``'loop'`` on XLA:CPU, ``'vmap'`` elsewhere.
 
 Why ``'loop'`` on CPU (benchmarks/NOTES.md, sweep_speed): XLA:CPU turns vmap
@@ -47,8 +48,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcls import data, feed as feed_lib, guards, models, optim, parallel
-from jaxcls import train
+from jaxcls import data, guards, models, optim, parallel, train
+from jaxcls import feed as feed_lib
 
 MODES = ('auto', 'vmap', 'unrolled', 'loop')
 
@@ -142,8 +143,8 @@ def member(states, index: int):
 def _where(keep, new, old):
   """``new`` where ``keep`` (one bool per leading member) else ``old``."""
   def pick(n, o):
-    return jnp.where(jnp.reshape(keep, keep.shape + (1,) * (n.ndim - keep.ndim)),
-                     n, o)
+    shape = keep.shape + (1,) * (n.ndim - keep.ndim)
+    return jnp.where(jnp.reshape(keep, shape), n, o)
   return jax.tree_util.tree_map(pick, new, old)
 
 
@@ -177,33 +178,44 @@ def _stack_members(metrics):
   return jax.tree_util.tree_map(lambda *m: jnp.stack(m, -1), *metrics)
 
 
-class MemberFeed:
-  """Mode 'loop': ``feed.DeviceFeed`` of the one-member step, called for
-  each active member. Same interface as DeviceFeed; metrics ``(n, K)``."""
+@jax.jit
+def _concat_calls(metrics):
+  return jax.tree_util.tree_map(lambda *m: jnp.concatenate(m), *metrics)
 
-  def __init__(self, step, train_split: data.Split, mesh):
+
+class MemberFeed:
+  """Mode 'loop': ``feed.DeviceFeed`` of the one-member step (``member_n``
+  steps per compiled call, as the single run), run for each active member
+  in turn over all the rows it is given. Rows of a whole epoch keep one
+  member's weights hot in the caches for the epoch; the members' order does
+  not change their arithmetic. Metrics ``(steps, K)``, frozen members 0."""
+
+  def __init__(self, step, train_split: data.Split, mesh, member_n: int):
     self._feed = feed_lib.DeviceFeed(step, train_split, mesh)
-    self._zeros = {}
+    self._n = member_n
 
   @property
   def input_seconds(self) -> float:
     return self._feed.input_seconds
 
   def compile(self, states, keys_active, n: int, batch_size: int):
-    return self._feed.compile(states[0], keys_active[0][0], n, batch_size)
+    for calls in {min(self._n, n), n % self._n or min(self._n, n)}:
+      self._feed.compile(states[0], keys_active[0][0], calls, batch_size)
 
   def run(self, states, rows: np.ndarray, keys_active):
     keys, active = keys_active
     states, metrics = list(states), [None] * len(states)
     for i in np.flatnonzero(active):
-      states[i], metrics[i] = self._feed.run(states[i], rows, keys[i])
-    if not all(m is not None for m in metrics):  # Frozen: zeros, never read.
-      shape = len(rows)
-      if shape not in self._zeros:
-        self._zeros[shape] = jax.tree_util.tree_map(
-            jnp.zeros_like, next(m for m in metrics if m is not None))
-      metrics = [self._zeros[shape] if m is None else m for m in metrics]
-    return tuple(states), _stack_members(metrics)
+      calls = []
+      for start in range(0, len(rows), self._n):
+        states[i], m = self._feed.run(states[i], rows[start:start + self._n],
+                                      keys[i])
+        calls.append(m)
+      metrics[i] = _concat_calls(calls)
+    zeros = jax.tree_util.tree_map(
+        jnp.zeros_like, next(m for m in metrics if m is not None))
+    return tuple(states), _stack_members(
+        [zeros if m is None else m for m in metrics])
 
 
 @dataclasses.dataclass
@@ -251,7 +263,8 @@ def make_population_steps(config, ds: data.Data, mode: str = 'auto'
       evaluate = jax.jit(lambda states, batch: _stack_members(
           [train.eval_step(s, batch) for s in states]))
     else:
-      make_feed = lambda: MemberFeed(step, ds.train, mesh)
+      make_feed = lambda: MemberFeed(step, ds.train, mesh,
+                                     feed_lib.steps_per_call(config))
       evaluate = lambda states, batch: _stack_members(
           [eval_one(s, batch) for s in states])
   return PopulationSteps(mode, init, make_feed, evaluate, steps_per_epoch)
@@ -358,7 +371,8 @@ def train_population(config, values: list, ds: data.Data, *,
   if k not in steps.feeds:
     steps.feeds[k] = steps.make_feed()
   feed = steps.feeds[k]
-  n_max = feed_lib.steps_per_call(config)
+  # A call of 'loop' runs every member over a whole epoch (MemberFeed).
+  n_max = spe if steps.mode == 'loop' else feed_lib.steps_per_call(config)
   t0 = time.perf_counter()  # Ahead of time, so it is timed on its own.
   for n in {min(n_max, spe), spe % n_max or min(n_max, spe)}:
     feed.compile(states, (keys, active), n, config.batch_size)

@@ -28,8 +28,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcls import checkpoint, config as config_lib, data, models
-from jaxcls import population, train, workdir as workdir_lib
+from jaxcls import checkpoint, data, models, population, train
+from jaxcls import config as config_lib
+from jaxcls import workdir as workdir_lib
 
 TRACED_FIELDS = ('seed', 'learning_rate', 'weight_decay')
 SWEEP_PREFIX = 'sweep_'
@@ -62,7 +63,7 @@ def parse_values(name: str, text, default):
 def swept_values(config) -> dict:
   """``{field: [values]}`` for every non-empty ``sweep_<field>`` of config."""
   swept = {}
-  for key in config.keys():
+  for key in config.keys():  # noqa: SIM118 (a ConfigDict)
     if not key.startswith(SWEEP_PREFIX) or key in SWEEP_CONTROL_FIELDS:
       continue
     field = key[len(SWEEP_PREFIX):]
@@ -199,7 +200,8 @@ def format_table(members: list, swept: list) -> str:
                  f"{m['best_val_accuracy']:.4f}", str(m['best_epoch']),
                  str(m['epochs_trained']), m['status']])
   widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-  line = lambda r: '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'
+  line = lambda r: '| ' + ' | '.join(c.ljust(w)
+                                     for c, w in zip(r, widths)) + ' |'
   rule = '|' + '|'.join('-' * (w + 2) for w in widths) + '|'
   return '\n'.join([line(head), rule, *map(line, rows)])
 

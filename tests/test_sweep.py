@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from benchmarks import sweep_speed
-from experiments import fashion_mnist, sweep as sweep_exp
-from jaxcls import config as config_lib, data, models, optim, population
-from jaxcls import sweep, train
+from experiments import fashion_mnist
+from experiments import sweep as sweep_exp
+from jaxcls import config as config_lib
+from jaxcls import data, models, optim, population, sweep, train
 
 
 def _learnable_split(n: int, seed: int) -> data.Split:
@@ -237,7 +238,8 @@ def test_run_sweep_selects_argmax_and_saves_a_normal_run(tmp_path,
                         dropout_rate=0.0)  # 2 chunks of 3, one compilation
   workdir = str(tmp_path)
   summary = sweep_exp.main(config, workdir, log=_quiet)
-  saved = json.load(open(os.path.join(workdir, 'sweep.json')))
+  with open(os.path.join(workdir, 'sweep.json')) as f:
+    saved = json.load(f)
   accs = [m['best_val_accuracy'] for m in saved['members']]
   assert len(accs) == 4  # the padding copy in the second chunk is dropped
   assert saved['best_member'] == int(np.argmax(accs))
