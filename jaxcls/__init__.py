@@ -5,8 +5,11 @@ The pieces, each a small pure function or Flax linen module:
 * ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
 * ``jaxcls.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, ``RecurrentClassifier``:
   scanned recurrent cells and a row-by-row image classifier;
+* ``jaxcls.ResNet``: the small ResNet of He et al. (2016), with BatchNorm;
 * ``jaxcls.create_train_state``, ``jaxcls.train_step``, ``jaxcls.eval_step``:
-  initialisation and the pure, jittable steps;
+  initialisation and the pure, jittable steps (BatchNorm statistics and an
+  EMA of the weights ride in the state);
+* ``jaxcls.techniques``: label smoothing, mixup/cutmix, EMA, flip TTA;
 * ``jaxcls.create_optimizer``: the optax chain built from a config;
 * ``jaxcls.load_data``: TFDS splits into host memory;
 * ``jaxcls.check_batch``: the one-line errors for a batch the steps reject;
@@ -19,18 +22,19 @@ The pieces, each a small pure function or Flax linen module:
 # (setuptools parses it without importing jax).
 __version__ = '0.2.0'
 
-from jaxcls import activations, inspection, metrics
+from jaxcls import activations, inspection, metrics, techniques
 from jaxcls.config import get_config
 from jaxcls.data import load as load_data, normalize, random_crop_flip
 from jaxcls.models import CNN, create_model
+from jaxcls.resnet import ResNet
 from jaxcls.optim import create_optimizer
 from jaxcls import recurrent  # Registers 'rnn', 'lstm', 'gru' in models.MODELS.
 from jaxcls.recurrent import (Bidirectional, GRUCell, LSTMCell, Recurrent,
                               RecurrentClassifier, RecurrentStack,
                               SimpleRNNCell)
 from jaxcls.train import (TrainState, check_batch, create_train_state,
-                          cross_entropy, eval_step, params_sha256,
-                          train_and_evaluate, train_step)
+                          cross_entropy, eval_step, model_variables,
+                          params_sha256, train_and_evaluate, train_step)
 
 __all__ = [
     'activations', 'inspection', 'metrics', 'check_batch', 'get_config', 'load_data', 'normalize', 'random_crop_flip',
@@ -38,5 +42,5 @@ __all__ = [
     'create_train_state', 'cross_entropy', 'eval_step', 'params_sha256',
     'train_and_evaluate', 'train_step', 'recurrent', 'SimpleRNNCell',
     'LSTMCell', 'GRUCell', 'Recurrent', 'Bidirectional', 'RecurrentStack',
-    'RecurrentClassifier',
+    'RecurrentClassifier', 'ResNet', 'techniques', 'model_variables',
 ]

@@ -92,8 +92,8 @@ def _cnn(config, num_classes: int) -> nn.Module:
       activation=config.activation,
       pooling=config.pooling,
       dropout_rate=config.dropout_rate,
-      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
-      batchnorm=config.get('batchnorm', False),
+      dtype=jnp.dtype(config.compute_dtype),
+      batchnorm=config.batchnorm,
       batchnorm_axis_name=resnet.batchnorm_axis_name(config),
   )
 

@@ -135,18 +135,18 @@ def batchnorm_axis_name(config) -> str | None:
   """The axis BatchNorm averages its statistics over: the pmap axis when
   ``config.parallel == 'pmap'``, else none (under jit, XLA computes them over
   the global batch by itself, and there is no named axis to reduce over)."""
-  return PMAP_AXIS if config.get('parallel', 'jit') == 'pmap' else None
+  return PMAP_AXIS if config.parallel == 'pmap' else None
 
 
 def build_resnet(config, num_classes: int) -> ResNet:
-  """``models.MODELS['resnet']``: fields missing from ``config`` default to
-  ResNet-20 of He et al. with option-A shortcuts."""
+  """``models.MODELS['resnet']``, from the config's ``resnet_*`` fields
+  (defaults: ResNet-20 of He et al. with option-A shortcuts)."""
   return ResNet(
       num_classes=num_classes,
-      depth=config.get('resnet_depth', 20),
-      width=config.get('resnet_width', 1.0),
-      shortcut=config.get('resnet_shortcut', 'pad'),
-      zero_init_residual=config.get('resnet_zero_init_residual', False),
-      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+      depth=config.resnet_depth,
+      width=config.resnet_width,
+      shortcut=config.resnet_shortcut,
+      zero_init_residual=config.resnet_zero_init_residual,
+      dtype=jnp.dtype(config.compute_dtype),
       axis_name=batchnorm_axis_name(config),
   )
