@@ -82,10 +82,7 @@ def _parse_args(argv):
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--steps_per_call', type=int, default=0,
                  help='jaxcls fast path: steps per compiled call (0: per '
-                 'backend, jaxcls.fast.steps_per_call)')
-  p.add_argument('--scan', choices=('auto', 'yes', 'no'), default='auto',
-                 help='jaxcls fast path: lax.scan the steps of a call, or '
-                 'unroll them (auto: per backend)')
+                 'backend, jaxcls.feed.default_steps_per_call)')
   p.add_argument('--compilation_cache', default=None,
                  help='directory for JAX\'s persistent compilation cache')
   p.add_argument('--out', default='benchmarks/results/train_speed.json')
@@ -116,13 +113,13 @@ class JaxRunner:
   """jaxcls's model and ``train.train_step``, on the fast path or per step."""
 
   def __init__(self, model_name, image_shape, arrays, batch_size, seed,
-               fast=True, steps_per_call=0, scan='auto', dtype='float32'):
+               fast=True, steps_per_call=0, dtype='float32'):
     import jax
     import jaxcls  # Registers the recurrent models, when they exist.
-    from jaxcls import config as config_lib, data, fast as fast_lib
-    from jaxcls import models, optim, train
+    from jaxcls import config as config_lib, data, feed, models, optim
+    from jaxcls import parallel, train
     del jaxcls
-    self.jax, self.data, self.fast_lib, self.train = jax, data, fast_lib, train
+    self.jax, self.data, self.train = jax, data, train
     config = config_lib.get_config()
     config.model = model_name
     config.compute_dtype = dtype
@@ -136,16 +133,15 @@ class JaxRunner:
     step = functools.partial(train.train_step, augment=False)
     order = np.arange(len(self.labels))
     start = time.perf_counter()
-    if fast:
-      k, use_scan = fast_lib.steps_per_call()
-      self.k = steps_per_call or k
-      self.scan = use_scan if scan == 'auto' else scan == 'yes'
-      self.device_data = fast_lib.put_split(self.images, self.labels)
-      rows = fast_lib.epoch_rows(order, batch_size, self.k)
-      self.step_fn = fast_lib.jit_multi_step(step, self.k, self.scan).lower(
-          self.state, self.device_data, rows[0], self.rng).compile()
+    if fast:  # What the training loop runs: jaxcls.feed.DeviceFeed.
+      self.k = steps_per_call or feed.default_steps_per_call()
+      self.feed = feed.DeviceFeed(step, data.Split(self.images, self.labels),
+                                  parallel.make_mesh(jax.devices()[:1]))
+      steps = len(order) // batch_size
+      for n in {min(self.k, steps), steps % self.k or min(self.k, steps)}:
+        self.feed.compile(self.state, self.rng, n, batch_size)
     else:
-      self.k, self.scan = 1, False
+      self.k = 1
       batch = data.train_batch(data.Split(self.images, self.labels), order, 0,
                                batch_size)
       self.step_fn = jax.jit(step, donate_argnums=0).lower(
@@ -157,9 +153,16 @@ class JaxRunner:
     jax = self.jax
     start = time.perf_counter()
     if self.fast:
-      rows = self.fast_lib.epoch_rows(order, self.batch_size, self.k)
-      self.state, totals = self.fast_lib.train_epoch(
-          self.step_fn, self.state, self.device_data, rows, self.rng)
+      steps = len(order) // self.batch_size
+      rows = np.asarray(order[:steps * self.batch_size], np.int32).reshape(
+          steps, self.batch_size)
+      totals = []
+      for i in range(0, steps, self.k):
+        self.state, metrics = self.feed.run(self.state, rows[i:i + self.k],
+                                            self.rng)
+        totals.append(metrics)
+      totals = jax.tree_util.tree_map(lambda *m: sum(x.sum() for x in m),
+                                      *totals)
     else:
       split, totals = self.data.Split(self.images, self.labels), []
       for i in range(len(order) // self.batch_size):
@@ -230,7 +233,6 @@ def make_runner(name, model_name, arrays, args):
     return JaxRunner(
         model_name, image_shape, arrays, args.batch_size, args.seed,
         fast=name != 'jaxcls_step', steps_per_call=args.steps_per_call,
-        scan=args.scan,
         dtype='bfloat16' if name == 'jaxcls_bf16' else 'float32')
   raise ValueError(f'unknown runner {name!r}')
 
@@ -347,7 +349,7 @@ def user_path(model_name, epochs, args, runner='user') -> dict:
       'target_epoch': epochs if reached else None,
       'epochs': epochs, 'final_test_accuracy': results['test_accuracy'],
       'peak_memory_bytes': peak, 'peak_memory_kind': 'process peak RSS (VmHWM)',
-      'wall_seconds': wall, 'steps_per_call': None, 'scan': None}
+      'wall_seconds': wall, 'steps_per_call': None}
 
 
 def benchmark_model(model_name, runner_names, arrays, args):
@@ -403,8 +405,7 @@ def benchmark_model(model_name, runner_names, arrays, args):
         'peak_memory_kind': ('device allocator peak' if device_peak else
                              'peak RSS of a process training '
                              f'{args.rss_steps} steps'),
-        'steps_per_call': getattr(runner, 'k', None),
-        'scan': getattr(runner, 'scan', None)})
+        'steps_per_call': getattr(runner, 'k', None)})
   del runners  # Free their memory before the user path runs.
   if 'user' in runner_names:
     epochs = max(len(log['epochs']) for log in logs.values()) if logs else (
@@ -475,10 +476,13 @@ def main(argv=None):
   args = _parse_args(argv)
   if args.rss_child:
     return _rss_child(args)
+  import jax
   import jaxcls
-  from jaxcls import fast, models
-  if args.compilation_cache:
-    fast.enable_compilation_cache(args.compilation_cache)
+  from jaxcls import models
+  if args.compilation_cache:  # Persisted programs: a rerun skips compiling.
+    jax.config.update('jax_compilation_cache_dir', args.compilation_cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   runner_names = [r for r in args.runners.split(',') if r]
   if any(r.startswith('torch') for r in runner_names):
     try:

@@ -241,7 +241,10 @@ def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
     ema_val = run.score(ema_as_state(state), run.ds.val)
     ema_note = f" (EMA {ema_val['accuracy']:.4f})"
     if ema_val['accuracy'] > val['accuracy']:
+      ema_note = f" (EMA {ema_val['accuracy']:.4f}, kept)"
+      live_accuracy = val['accuracy']
       val, candidate, weights = ema_val, ema_as_state(state), 'ema'
+      val['live_accuracy'] = live_accuracy
   if val['accuracy'] > progress.best_val_accuracy:
     progress.best_val_accuracy, progress.best_epoch = val['accuracy'], epoch
     run.save(run.best, candidate, epoch, progress, weights=weights)
@@ -249,7 +252,8 @@ def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
   _log(f"[epoch {epoch}] training accuracy: "
        f"{totals['correct'] / totals['count']:.3f}  "
        f"loss {totals['loss'] / totals['count']:.4f}  "
-       f"val accuracy {val['accuracy']:.4f}{ema_note}  "
+       f"val accuracy {val.get('live_accuracy', val['accuracy']):.4f}"
+       f"{ema_note}  "
        f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
   learning_rate = optim.learning_rate_schedule(run.config, run.steps_per_epoch)
   writer.write_scalars(step, metrics_lib.epoch_scalars(
