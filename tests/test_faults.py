@@ -180,7 +180,7 @@ def test_skip_policy_leaves_params_unchanged_on_a_nan_gradient():
     ('--config.learning_rate=0', 'learning_rate must be > 0'),
     ('--config.batch_size=-4', 'batch_size must be > 0'),
     ('--config.dataset=imagenet', "unknown dataset 'imagenet'"),
-    ('--config.model=resnet', "unknown model 'resnet'"),
+    ('--config.model=vgg', "unknown model 'vgg'"),
     ('--config.optimizer=lion', "unknown optimizer 'lion'"),
 ])
 def test_bad_config_is_one_line_before_anything_is_touched(tmp_path, flag,
