@@ -21,6 +21,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # 8 devices in a subprocess: the full tier.
 
 DEVICES = 8
 BATCH = 32  # 4 rows per device

@@ -18,6 +18,7 @@ from jaxcls import data, local_data
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,shape', [('mnist', (28, 28, 1)),
                                         ('cifar10', (32, 32, 3))])
 def test_tfds_path_on_mock_data(name, shape, allow_download, tmp_path):
@@ -35,6 +36,7 @@ def _example_hashes(images, labels):
                 for im, lb in zip(images, labels))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not local_data.files_present(),
                     reason='needs dataset-fashion-mnist (see .ci/run)')
 def test_offline_fashion_mnist_from_the_real_files():
@@ -70,6 +72,7 @@ def test_corrupt_idx_file_is_named(tmp_path):
     local_data.read_idx(str(path))
 
 
+@pytest.mark.slow
 def test_missing_dataset_fails_fast_with_one_clear_line(tmp_path):
   start = time.monotonic()
   proc = subprocess.run(

@@ -24,6 +24,8 @@ from jaxcls import config as config_lib
 from jaxcls import data, export, inspection, models, optim, train
 from trained_workdir import trained_workdir
 
+pytestmark = pytest.mark.slow  # Trains models: the full tier.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPE = (28, 28, 1)
 # Batch sizes other than the 3 the export checks itself with.

@@ -14,9 +14,10 @@ import pytest
 from conftest import tiny_config
 from jaxcls import local_data, models, optim, train
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow,  # Trains models: the full tier.
+              pytest.mark.skipif(
     not local_data.files_present(),
-    reason='needs dataset-fashion-mnist (see .ci/run)')
+    reason='needs dataset-fashion-mnist (see .ci/run)')]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

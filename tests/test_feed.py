@@ -76,6 +76,7 @@ def test_epoch_rows_match_the_host_batches_of_every_shard():
     np.testing.assert_array_equal(joined.labels[rows[i]], expected['label'])
 
 
+@pytest.mark.slow
 def test_k_steps_per_call_and_both_feeds_train_the_same_bits(tmp_path):
   from conftest import tiny_config
   hashes = set()

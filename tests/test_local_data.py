@@ -17,6 +17,8 @@ from PIL import Image
 from conftest import tiny_config
 from jaxcls import data, image_folder, inspection, local_data, train
 
+pytestmark = pytest.mark.slow  # Trains models: the full tier.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDX_NAMES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
              'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}

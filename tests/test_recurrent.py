@@ -279,6 +279,7 @@ def test_registry_and_config_validation():
       config_lib.validate(broken)
 
 
+@pytest.mark.slow
 def test_short_training_on_fashion_mnist_rows(tmp_path):
   """The real loop on real data: 2 epochs of 4000 Fashion-MNIST images."""
   config = sequential_mnist.get_config()

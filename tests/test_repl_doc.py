@@ -4,7 +4,11 @@ import doctest
 import os
 import re
 
+import pytest
+
 from trained_workdir import trained_workdir
+
+pytestmark = pytest.mark.slow  # Trains models: the full tier.
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    'docs', 'REPL.md')

@@ -12,6 +12,8 @@ from experiments import report
 from jaxcls import data, inspection
 from trained_workdir import trained_workdir
 
+pytestmark = pytest.mark.slow  # Trains models: the full tier.
+
 
 @pytest.fixture(scope='module')
 def reported():

@@ -2,11 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from jaxcls import models, resnet
+from jaxcls import config as config_lib, models, resnet
 
 
 def resnet_param_count(depth, width=1, in_channels=3, num_classes=10):
@@ -91,9 +90,8 @@ def test_batch_stats_update_in_training(name):
   """The stem's running mean after one step is 0.9 * 0 + 0.1 * (the mean of
   the stem convolution's output over batch, height and width), with that
   output recomputed here by lax.conv."""
-  config = ml_collections.ConfigDict({
-      'model': name, 'resnet_depth': 8, 'batchnorm': True,
-      'activation': 'relu', 'pooling': 'max', 'dropout_rate': 0.0})
+  config = config_lib.get_config()
+  config.update({'model': name, 'resnet_depth': 8, 'batchnorm': True})
   model = models.create_model(config, 10)
   x = images(1) + 0.5
   variables = model.init(jax.random.key(0), x)
@@ -164,11 +162,12 @@ def test_bfloat16_keeps_statistics_and_logits_in_float32():
 
 
 def test_registry_reads_config_fields_with_defaults():
-  config = ml_collections.ConfigDict({'model': 'resnet'})
+  config = config_lib.get_config()
+  config.model = 'resnet'
   model = models.create_model(config, 10)
   assert (model.depth, model.width, model.shortcut, model.axis_name) == (
       20, 1.0, 'pad', None)
-  config = ml_collections.ConfigDict({
+  config.update({
       'model': 'resnet', 'resnet_depth': 32, 'resnet_width': 0.5,
       'resnet_shortcut': 'projection', 'resnet_zero_init_residual': True,
       'parallel': 'pmap'})

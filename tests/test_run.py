@@ -8,9 +8,10 @@ import pytest
 from conftest import tiny_config
 from jaxcls import checkpoint, local_data, train
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow,  # Trains models: the full tier.
+              pytest.mark.skipif(
     not local_data.files_present(),
-    reason='needs dataset-fashion-mnist (see .ci/run)')
+    reason='needs dataset-fashion-mnist (see .ci/run)')]
 
 SHORT = dict(train_examples=6000, num_epochs=2)
 

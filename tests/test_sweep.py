@@ -15,6 +15,8 @@ from experiments import sweep as sweep_exp
 from jaxcls import config as config_lib
 from jaxcls import data, models, optim, population, sweep, train
 
+pytestmark = pytest.mark.slow  # Trains models: the full tier.
+
 
 def _learnable_split(n: int, seed: int) -> data.Split:
   """Images whose brightness encodes the label, plus noise: learnable fast."""

@@ -15,6 +15,8 @@ from conftest import tiny_config
 from jaxcls import checkpoint, cli, config as config_lib, data, inspection
 from jaxcls import train, workdir as workdir_lib
 
+pytestmark = pytest.mark.slow  # Trains models: the full tier.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_EPOCHS = dict(train_examples=1024, num_epochs=2, dropout_rate=0.3)
 
