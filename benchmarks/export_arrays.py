@@ -20,11 +20,19 @@ def main(argv=None):
   p.add_argument('--out', required=True)
   args = p.parse_args(argv)
   from jaxcls import data
+
   ds = data.load(args.dataset)
-  np.savez(args.out, train_images=ds.train.images, train_labels=ds.train.labels,
-           test_images=ds.test.images, test_labels=ds.test.labels)
-  print(f'wrote {args.out}: {len(ds.train)} train, {len(ds.test)} test '
-        f'{ds.spec.image_shape} images from {ds.source}')
+  np.savez(
+    args.out,
+    train_images=ds.train.images,
+    train_labels=ds.train.labels,
+    test_images=ds.test.images,
+    test_labels=ds.test.labels,
+  )
+  print(
+    f'wrote {args.out}: {len(ds.train)} train, {len(ds.test)} test '
+    f'{ds.spec.image_shape} images from {ds.source}'
+  )
 
 
 if __name__ == '__main__':

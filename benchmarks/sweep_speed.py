@@ -39,20 +39,25 @@ def member_values(k: int) -> list:
   """K (learning rate, weight decay) pairs spread over a log grid."""
   lrs = np.geomspace(3e-4, 1e-2, k)
   wds = [(0.0, 1e-2, 1e-1)[i % 3] for i in range(k)]
-  return [{'learning_rate': float(lr), 'weight_decay': float(wd)}
-          for lr, wd in zip(lrs, wds)]
+  return [
+    {'learning_rate': float(lr), 'weight_decay': float(wd)}
+    for lr, wd in zip(lrs, wds)
+  ]
 
 
 def time_population(config, ds, values, mode: str) -> dict:
   """The population, as the sweep trains it."""
   t0 = time.perf_counter()
-  result = population.train_population(config, values, ds, mode=mode,
-                                       log=lambda *a: None)
+  result = population.train_population(
+    config, values, ds, mode=mode, log=lambda *a: None
+  )
   jax.block_until_ready(result.final_states)
-  return {'train_seconds': result.train_seconds,
-          'compile_seconds': result.compile_seconds,
-          'wall_seconds': time.perf_counter() - t0,
-          'final_val_accuracy': result.val_accuracy[:, -1].tolist()}
+  return {
+    'train_seconds': result.train_seconds,
+    'compile_seconds': result.compile_seconds,
+    'wall_seconds': time.perf_counter() - t0,
+    'final_val_accuracy': result.val_accuracy[:, -1].tolist(),
+  }
 
 
 def single_run(config, ds) -> dict:
@@ -64,8 +69,9 @@ def single_run(config, ds) -> dict:
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = train.create_train_state(init_rng, model, tx, ds.spec.image_shape)
   mesh = parallel.make_mesh()
-  step = functools.partial(train.train_step,
-                           **train.step_options(config, ds.spec))
+  step = functools.partial(
+    train.train_step, **train.step_options(config, ds.spec)
+  )
   feed = feed_lib.DeviceFeed(step, ds.train, mesh)
   n_max = feed_lib.steps_per_call(config)
   t = time.perf_counter()
@@ -74,25 +80,30 @@ def single_run(config, ds) -> dict:
   compile_s, train_s = time.perf_counter() - t, 0.0
   evaluate = jax.jit(train.eval_step)
   for epoch in range(config.num_epochs):
-    rows = feed_lib.epoch_rows(config.seed, epoch, ds.train_shards, (0,),
-                               config.batch_size)
+    rows = feed_lib.epoch_rows(
+      config.seed, epoch, ds.train_shards, (0,), config.batch_size
+    )
     t = time.perf_counter()
     for index in range(0, spe, n_max):
-      state, _ = feed.run(state, rows[index:index + n_max], train_rng)
+      state, _ = feed.run(state, rows[index : index + n_max], train_rng)
     jax.block_until_ready(state)
     train_s += time.perf_counter() - t
-    val = train.evaluate(evaluate, state, ds.val, config.eval_batch_size,
-                         mesh)
-  return {'train_seconds': train_s, 'compile_seconds': compile_s,
-          'wall_seconds': time.perf_counter() - t0,
-          'final_val_accuracy': val['accuracy']}
+    val = train.evaluate(evaluate, state, ds.val, config.eval_batch_size, mesh)
+  return {
+    'train_seconds': train_s,
+    'compile_seconds': compile_s,
+    'wall_seconds': time.perf_counter() - t0,
+    'final_val_accuracy': val['accuracy'],
+  }
 
 
 def time_sequential(config, ds, values) -> dict:
   """The members trained one after another as single runs."""
   runs = [single_run(sweep.member_config(config, v), ds) for v in values]
-  out = {k: sum(r[k] for r in runs)
-         for k in ('train_seconds', 'compile_seconds', 'wall_seconds')}
+  out = {
+    k: sum(r[k] for r in runs)
+    for k in ('train_seconds', 'compile_seconds', 'wall_seconds')
+  }
   out['final_val_accuracy'] = [r['final_val_accuracy'] for r in runs]
   return out
 
@@ -108,34 +119,46 @@ def measure(config, ds, values, mode: str = 'auto') -> dict:
   pop = time_population(config, ds, values, mode)
   seq = time_sequential(config, ds, values)
   return {
-      'members': len(values), 'mode': mode, 'epochs': config.num_epochs,
-      'steps_per_epoch': len(ds.train) // config.batch_size,
-      'batch_size': config.batch_size,
-      'device': jax.devices()[0].device_kind, 'cpu_count': os.cpu_count(),
-      'load_average': os.getloadavg(),
-      'population_train_seconds': pop['train_seconds'],
-      'sequential_train_seconds': seq['train_seconds'],
-      'population_wall_seconds': pop['wall_seconds'],
-      'sequential_wall_seconds': seq['wall_seconds'],
-      'train_ratio': pop['train_seconds'] / seq['train_seconds'],
-      'wall_ratio': pop['wall_seconds'] / seq['wall_seconds'],
-      'population': pop, 'sequential': seq}
+    'members': len(values),
+    'mode': mode,
+    'epochs': config.num_epochs,
+    'steps_per_epoch': len(ds.train) // config.batch_size,
+    'batch_size': config.batch_size,
+    'device': jax.devices()[0].device_kind,
+    'cpu_count': os.cpu_count(),
+    'load_average': os.getloadavg(),
+    'population_train_seconds': pop['train_seconds'],
+    'sequential_train_seconds': seq['train_seconds'],
+    'population_wall_seconds': pop['wall_seconds'],
+    'sequential_wall_seconds': seq['wall_seconds'],
+    'train_ratio': pop['train_seconds'] / seq['train_seconds'],
+    'wall_ratio': pop['wall_seconds'] / seq['wall_seconds'],
+    'population': pop,
+    'sequential': seq,
+  }
 
 
 def table(r: dict) -> str:
   """The printed summary: seconds per side and population / sequential."""
-  rows = [('training', 'train_seconds'), ('compile', 'compile_seconds'),
-          ('wall (all)', 'wall_seconds')]
-  head = (f"{r['members']} members x {r['epochs']} epochs x "
-          f"{r['steps_per_epoch']} steps of batch {r['batch_size']} on "
-          f"{r['device']} ({r['cpu_count']} CPUs, load average "
-          f"{r['load_average'][0]:.1f})\n"
-          f"| | population ({r['mode']}) | {r['members']} sequential runs "
-          f"| population / sequential |\n|---|---:|---:|---:|")
-  lines = [f"| {name} | {r['population'][key]:.2f} s | "
-           f"{r['sequential'][key]:.2f} s | "
-           f"{r['population'][key] / r['sequential'][key]:.2f}x |"
-           for name, key in rows]
+  rows = [
+    ('training', 'train_seconds'),
+    ('compile', 'compile_seconds'),
+    ('wall (all)', 'wall_seconds'),
+  ]
+  head = (
+    f'{r["members"]} members x {r["epochs"]} epochs x '
+    f'{r["steps_per_epoch"]} steps of batch {r["batch_size"]} on '
+    f'{r["device"]} ({r["cpu_count"]} CPUs, load average '
+    f'{r["load_average"][0]:.1f})\n'
+    f'| | population ({r["mode"]}) | {r["members"]} sequential runs '
+    f'| population / sequential |\n|---|---:|---:|---:|'
+  )
+  lines = [
+    f'| {name} | {r["population"][key]:.2f} s | '
+    f'{r["sequential"][key]:.2f} s | '
+    f'{r["population"][key] / r["sequential"][key]:.2f}x |'
+    for name, key in rows
+  ]
   return '\n'.join([head, *lines])
 
 
@@ -152,8 +175,12 @@ def main(argv=None) -> dict:
   config = sweep.member_config(sweep_exp.get_config(), {})
   config.batch_size, config.num_epochs = args.batch_size, args.epochs
   config.train_examples = args.steps * args.batch_size
-  ds = data.load(config.dataset, config.data_dir, config.validation_percent,
-                 config.train_examples)
+  ds = data.load(
+    config.dataset,
+    config.data_dir,
+    config.validation_percent,
+    config.train_examples,
+  )
   result = measure(config, ds, member_values(args.members), args.mode)
   print(table(result))
   if args.json:

@@ -27,8 +27,9 @@ from torch import nn
 class ArticleCNN(nn.Module):
   """The article's CNN; ``fc1`` takes 32 * 7 * 7 features for 28x28 input."""
 
-  def __init__(self, in_channels: int = 1, size: int = 28,
-               num_classes: int = 10):
+  def __init__(
+    self, in_channels: int = 1, size: int = 28, num_classes: int = 10
+  ):
     super().__init__()
     self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1)
     self.relu1 = nn.ReLU()
@@ -53,8 +54,9 @@ class ArticleCNN(nn.Module):
 class RowRNN(nn.Module):
   """``nn.LSTM``/``nn.GRU`` over the rows of an image; last state -> Linear."""
 
-  def __init__(self, kind: str, width: int = 28, hidden: int = 128,
-               num_classes: int = 10):
+  def __init__(
+    self, kind: str, width: int = 28, hidden: int = 128, num_classes: int = 10
+  ):
     super().__init__()
     rnn = {'lstm': nn.LSTM, 'gru': nn.GRU}[kind]
     self.rnn = rnn(width, hidden, batch_first=True)
@@ -85,8 +87,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 class Trainer:
   """The article's loop: one ``train_epoch`` per epoch, timed by the caller."""
 
-  def __init__(self, model_name: str, image_shape, seed: int = 0,
-               device: str = 'cpu'):
+  def __init__(
+    self, model_name: str, image_shape, seed: int = 0, device: str = 'cpu'
+  ):
     torch.manual_seed(seed)
     self.device = torch.device(device)
     self.model = build(model_name, image_shape).to(self.device)
@@ -97,8 +100,13 @@ class Trainer:
     if self.device.type == 'cuda':
       torch.cuda.synchronize()
 
-  def train_epoch(self, images: np.ndarray, labels: np.ndarray,
-                  order: np.ndarray, batch_size: int) -> dict:
+  def train_epoch(
+    self,
+    images: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+  ) -> dict:
     """Trains one epoch in ``order``; returns seconds and training accuracy.
 
     Batches are sliced from the host arrays and normalised per batch, as the
@@ -110,7 +118,7 @@ class Trainer:
     self._sync()
     start = time.perf_counter()
     for i in range(len(order) // batch_size):
-      rows = order[i * batch_size:(i + 1) * batch_size]
+      rows = order[i * batch_size : (i + 1) * batch_size]
       inputs = to_tensor(images[rows]).to(self.device)
       targets = torch.from_numpy(labels[rows].astype(np.int64)).to(self.device)
       self.optimizer.zero_grad()
@@ -123,17 +131,21 @@ class Trainer:
       total += targets.size(0)
       correct += (predicted == targets).sum().item()
     self._sync()
-    return {'seconds': time.perf_counter() - start, 'images': total,
-            'accuracy': correct / max(total, 1)}
+    return {
+      'seconds': time.perf_counter() - start,
+      'images': total,
+      'accuracy': correct / max(total, 1),
+    }
 
   @torch.no_grad()
-  def accuracy(self, images: np.ndarray, labels: np.ndarray,
-               batch_size: int = 1000) -> float:
+  def accuracy(
+    self, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000
+  ) -> float:
     self.model.eval()
     correct = 0
     for start in range(0, len(labels), batch_size):
-      x = to_tensor(images[start:start + batch_size]).to(self.device)
-      y = torch.from_numpy(labels[start:start + batch_size].astype(np.int64))
+      x = to_tensor(images[start : start + batch_size]).to(self.device)
+      y = torch.from_numpy(labels[start : start + batch_size].astype(np.int64))
       correct += (self.model(x).argmax(1).cpu() == y).sum().item()
     return correct / len(labels)
 
@@ -164,19 +176,25 @@ class LeanTrainer(Trainer):
       self._cache = (images, x, y)
     return self._cache[1:]
 
-  def train_epoch(self, images: np.ndarray, labels: np.ndarray,
-                  order: np.ndarray, batch_size: int) -> dict:
+  def train_epoch(
+    self,
+    images: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+  ) -> dict:
     x, y = self._split(images, labels)  # Once per run, outside the timing.
     self.model.train()
     steps = len(order) // batch_size
-    rows = torch.from_numpy(np.asarray(order[:steps * batch_size],
-                                       np.int64)).to(self.device)
+    rows = torch.from_numpy(
+      np.asarray(order[: steps * batch_size], np.int64)
+    ).to(self.device)
     loss_sum = torch.zeros((), device=self.device)
     correct = torch.zeros((), dtype=torch.int64, device=self.device)
     self._sync()
     start = time.perf_counter()
     for i in range(steps):
-      index = rows[i * batch_size:(i + 1) * batch_size]
+      index = rows[i * batch_size : (i + 1) * batch_size]
       inputs, targets = x[index], y[index]
       self.optimizer.zero_grad(set_to_none=True)
       outputs = self.model(inputs)
@@ -188,10 +206,16 @@ class LeanTrainer(Trainer):
     total = steps * batch_size
     accuracy = correct.item() / max(total, 1)  # The one sync of the epoch.
     self._sync()
-    return {'seconds': time.perf_counter() - start, 'images': total,
-            'accuracy': accuracy, 'loss': loss_sum.item() / max(steps, 1)}
+    return {
+      'seconds': time.perf_counter() - start,
+      'images': total,
+      'accuracy': accuracy,
+      'loss': loss_sum.item() / max(steps, 1),
+    }
 
 
 def threads() -> dict:
-  return {'intra_op': torch.get_num_threads(),
-          'inter_op': torch.get_num_interop_threads()}
+  return {
+    'intra_op': torch.get_num_threads(),
+    'inter_op': torch.get_num_interop_threads(),
+  }

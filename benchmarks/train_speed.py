@@ -53,38 +53,79 @@ import numpy as np
 
 def _parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--models', default='cnn,lstm,gru',
-                 help='comma-separated: cnn, lstm, gru')
-  p.add_argument('--runners', default='jaxcls,jaxcls_step,torch,torch_lean',
-                 help='comma-separated: jaxcls, jaxcls_bf16, jaxcls_step, '
-                 'torch, torch_lean, torch_1thread, torch_lean_1thread, user, '
-                 'user_fast '
-                 '(see the module docstring)')
-  p.add_argument('--user_flags', default='',
-                 help='extra flags for the user runner\'s experiment')
-  p.add_argument('--rss_steps', type=int, default=100,
-                 help='steps trained by each peak-RSS process (0: skip)')
+  p.add_argument(
+    '--models', default='cnn,lstm,gru', help='comma-separated: cnn, lstm, gru'
+  )
+  p.add_argument(
+    '--runners',
+    default='jaxcls,jaxcls_step,torch,torch_lean',
+    help='comma-separated: jaxcls, jaxcls_bf16, jaxcls_step, '
+    'torch, torch_lean, torch_1thread, torch_lean_1thread, user, '
+    'user_fast '
+    '(see the module docstring)',
+  )
+  p.add_argument(
+    '--user_flags',
+    default='',
+    help="extra flags for the user runner's experiment",
+  )
+  p.add_argument(
+    '--rss_steps',
+    type=int,
+    default=100,
+    help='steps trained by each peak-RSS process (0: skip)',
+  )
   p.add_argument('--rss_child', default=None, help=argparse.SUPPRESS)
   p.add_argument('--dataset', default='fashion_mnist')
-  p.add_argument('--data_npz', default=None,
-                 help='arrays from benchmarks.export_arrays (no TFDS needed)')
-  p.add_argument('--target', type=float, default=0.91,
-                 help='test accuracy for the time-to-target column')
-  p.add_argument('--max_epochs', type=int, default=8,
-                 help='CNN: train until --target or this many epochs')
-  p.add_argument('--rnn_epochs', type=int, default=3,
-                 help='LSTM/GRU: epochs trained (speed only by default)')
-  p.add_argument('--min_epochs', type=int, default=3,
-                 help='epochs trained at least, for the images/s median')
-  p.add_argument('--train_examples', type=int, default=-1,
-                 help='cap on training examples (-1: all)')
+  p.add_argument(
+    '--data_npz',
+    default=None,
+    help='arrays from benchmarks.export_arrays (no TFDS needed)',
+  )
+  p.add_argument(
+    '--target',
+    type=float,
+    default=0.91,
+    help='test accuracy for the time-to-target column',
+  )
+  p.add_argument(
+    '--max_epochs',
+    type=int,
+    default=8,
+    help='CNN: train until --target or this many epochs',
+  )
+  p.add_argument(
+    '--rnn_epochs',
+    type=int,
+    default=3,
+    help='LSTM/GRU: epochs trained (speed only by default)',
+  )
+  p.add_argument(
+    '--min_epochs',
+    type=int,
+    default=3,
+    help='epochs trained at least, for the images/s median',
+  )
+  p.add_argument(
+    '--train_examples',
+    type=int,
+    default=-1,
+    help='cap on training examples (-1: all)',
+  )
   p.add_argument('--batch_size', type=int, default=64)
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--steps_per_call', type=int, default=0,
-                 help='jaxcls fast path: steps per compiled call (0: per '
-                 'backend, jaxcls.feed.default_steps_per_call)')
-  p.add_argument('--compilation_cache', default=None,
-                 help='directory for JAX\'s persistent compilation cache')
+  p.add_argument(
+    '--steps_per_call',
+    type=int,
+    default=0,
+    help='jaxcls fast path: steps per compiled call (0: per '
+    'backend, jaxcls.feed.default_steps_per_call)',
+  )
+  p.add_argument(
+    '--compilation_cache',
+    default=None,
+    help="directory for JAX's persistent compilation cache",
+  )
   p.add_argument('--out', default='benchmarks/results/train_speed.json')
   return p.parse_args(argv)
 
@@ -93,18 +134,25 @@ def load_arrays(args) -> dict:
   """train/test uint8 images and int32 labels, from an npz file or TFDS."""
   if args.data_npz:
     with np.load(args.data_npz) as f:
-      arrays = {k: f[k] for k in ('train_images', 'train_labels',
-                                  'test_images', 'test_labels')}
+      arrays = {
+        k: f[k]
+        for k in ('train_images', 'train_labels', 'test_images', 'test_labels')
+      }
     source = args.data_npz
   else:
     from jaxcls import data
+
     ds = data.load(args.dataset)
-    arrays = {'train_images': ds.train.images, 'train_labels': ds.train.labels,
-              'test_images': ds.test.images, 'test_labels': ds.test.labels}
+    arrays = {
+      'train_images': ds.train.images,
+      'train_labels': ds.train.labels,
+      'test_images': ds.test.images,
+      'test_labels': ds.test.labels,
+    }
     source = ds.source
   if args.train_examples > 0:
     for k in ('train_images', 'train_labels'):
-      arrays[k] = arrays[k][:args.train_examples]
+      arrays[k] = arrays[k][: args.train_examples]
   arrays['source'] = source
   return arrays
 
@@ -112,12 +160,23 @@ def load_arrays(args) -> dict:
 class JaxRunner:
   """jaxcls's model and ``train.train_step``, on the fast path or per step."""
 
-  def __init__(self, model_name, image_shape, arrays, batch_size, seed,
-               fast=True, steps_per_call=0, dtype='float32'):
+  def __init__(
+    self,
+    model_name,
+    image_shape,
+    arrays,
+    batch_size,
+    seed,
+    fast=True,
+    steps_per_call=0,
+    dtype='float32',
+  ):
     import jax
+
     import jaxcls  # Registers the recurrent models, when they exist.
-    from jaxcls import config as config_lib, data, feed, models, optim
-    from jaxcls import parallel, train
+    from jaxcls import config as config_lib
+    from jaxcls import data, feed, models, optim, parallel, train
+
     del jaxcls
     self.jax, self.data, self.train = jax, data, train
     config = config_lib.get_config()
@@ -135,17 +194,24 @@ class JaxRunner:
     start = time.perf_counter()
     if fast:  # What the training loop runs: jaxcls.feed.DeviceFeed.
       self.k = steps_per_call or feed.default_steps_per_call()
-      self.feed = feed.DeviceFeed(step, data.Split(self.images, self.labels),
-                                  parallel.make_mesh(jax.devices()[:1]))
+      self.feed = feed.DeviceFeed(
+        step,
+        data.Split(self.images, self.labels),
+        parallel.make_mesh(jax.devices()[:1]),
+      )
       steps = len(order) // batch_size
       for n in {min(self.k, steps), steps % self.k or min(self.k, steps)}:
         self.feed.compile(self.state, self.rng, n, batch_size)
     else:
       self.k = 1
-      batch = data.train_batch(data.Split(self.images, self.labels), order, 0,
-                               batch_size)
-      self.step_fn = jax.jit(step, donate_argnums=0).lower(
-          self.state, batch, self.rng).compile()
+      batch = data.train_batch(
+        data.Split(self.images, self.labels), order, 0, batch_size
+      )
+      self.step_fn = (
+        jax.jit(step, donate_argnums=0)
+        .lower(self.state, batch, self.rng)
+        .compile()
+      )
     self.compile_seconds = time.perf_counter() - start
     self.eval_fn = jax.jit(train.eval_step)
 
@@ -154,15 +220,18 @@ class JaxRunner:
     start = time.perf_counter()
     if self.fast:
       steps = len(order) // self.batch_size
-      rows = np.asarray(order[:steps * self.batch_size], np.int32).reshape(
-          steps, self.batch_size)
+      rows = np.asarray(order[: steps * self.batch_size], np.int32).reshape(
+        steps, self.batch_size
+      )
       totals = []
       for i in range(0, steps, self.k):
-        self.state, metrics = self.feed.run(self.state, rows[i:i + self.k],
-                                            self.rng)
+        self.state, metrics = self.feed.run(
+          self.state, rows[i : i + self.k], self.rng
+        )
         totals.append(metrics)
-      totals = jax.tree_util.tree_map(lambda *m: sum(x.sum() for x in m),
-                                      *totals)
+      totals = jax.tree_util.tree_map(
+        lambda *m: sum(x.sum() for x in m), *totals
+      )
     else:
       split, totals = self.data.Split(self.images, self.labels), []
       for i in range(len(order) // self.batch_size):
@@ -172,8 +241,11 @@ class JaxRunner:
       totals = jax.tree_util.tree_map(lambda *m: sum(m), *totals)
     totals = jax.device_get(totals)  # The one host sync of the epoch.
     seconds = time.perf_counter() - start
-    return {'seconds': seconds, 'images': int(totals['count']),
-            'accuracy': float(totals['correct'] / totals['count'])}
+    return {
+      'seconds': seconds,
+      'images': int(totals['count']),
+      'accuracy': float(totals['correct'] / totals['count']),
+    }
 
   def accuracy(self):
     correct = count = 0.0
@@ -190,10 +262,20 @@ class JaxRunner:
 class TorchRunner:
   """The article's PyTorch loop (benchmarks/torch_reference.py)."""
 
-  def __init__(self, model_name, image_shape, arrays, batch_size, seed,
-               threads=0, lean=False):
-    from benchmarks import torch_reference
+  def __init__(
+    self,
+    model_name,
+    image_shape,
+    arrays,
+    batch_size,
+    seed,
+    threads=0,
+    lean=False,
+  ):
     import torch
+
+    from benchmarks import torch_reference
+
     self.torch, self.threads = torch, threads
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     trainer = torch_reference.LeanTrainer if lean else torch_reference.Trainer
@@ -208,15 +290,19 @@ class TorchRunner:
     if self.threads:
       self.torch.set_num_threads(self.threads)
     try:
-      return self.trainer.train_epoch(self.arrays['train_images'],
-                                      self.arrays['train_labels'], order,
-                                      self.batch_size)
+      return self.trainer.train_epoch(
+        self.arrays['train_images'],
+        self.arrays['train_labels'],
+        order,
+        self.batch_size,
+      )
     finally:
       self.torch.set_num_threads(default)
 
   def accuracy(self):
-    return self.trainer.accuracy(self.arrays['test_images'],
-                                 self.arrays['test_labels'])
+    return self.trainer.accuracy(
+      self.arrays['test_images'], self.arrays['test_labels']
+    )
 
   def peak_memory_bytes(self):
     return self.trainer.peak_memory_bytes()
@@ -226,14 +312,26 @@ def make_runner(name, model_name, arrays, args):
   """The interleaved runner called ``name`` for ``model_name``."""
   image_shape = arrays['train_images'].shape[1:]
   if name.startswith('torch'):
-    return TorchRunner(model_name, image_shape, arrays, args.batch_size,
-                       args.seed, threads=1 if name.endswith('_1thread') else 0,
-                       lean=name.startswith('torch_lean'))
+    return TorchRunner(
+      model_name,
+      image_shape,
+      arrays,
+      args.batch_size,
+      args.seed,
+      threads=1 if name.endswith('_1thread') else 0,
+      lean=name.startswith('torch_lean'),
+    )
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(
-        model_name, image_shape, arrays, args.batch_size, args.seed,
-        fast=name != 'jaxcls_step', steps_per_call=args.steps_per_call,
-        dtype='bfloat16' if name == 'jaxcls_bf16' else 'float32')
+      model_name,
+      image_shape,
+      arrays,
+      args.batch_size,
+      args.seed,
+      fast=name != 'jaxcls_step',
+      steps_per_call=args.steps_per_call,
+      dtype='bfloat16' if name == 'jaxcls_bf16' else 'float32',
+    )
   raise ValueError(f'unknown runner {name!r}')
 
 
@@ -245,10 +343,23 @@ def child_peak_rss(model_name, runner_name, args) -> int | None:
   steps of batch ``args.batch_size``: what a run of that runner holds at its
   peak, without the other runners' memory.
   """
-  argv = [sys.executable, '-m', 'benchmarks.train_speed',
-          '--rss_child', runner_name, '--models', model_name,
-          '--dataset', args.dataset, '--batch_size', str(args.batch_size),
-          '--rss_steps', str(args.rss_steps), '--data_npz', args.rss_npz]
+  argv = [
+    sys.executable,
+    '-m',
+    'benchmarks.train_speed',
+    '--rss_child',
+    runner_name,
+    '--models',
+    model_name,
+    '--dataset',
+    args.dataset,
+    '--batch_size',
+    str(args.batch_size),
+    '--rss_steps',
+    str(args.rss_steps),
+    '--data_npz',
+    args.rss_npz,
+  ]
   done = subprocess.run(argv, capture_output=True, text=True, check=False)
   for line in done.stdout.splitlines()[::-1]:
     if line.startswith('{"peak_rss_bytes"'):
@@ -285,8 +396,9 @@ def _vm_hwm(pid='self') -> int | None:
 
 def _run_watching_rss(argv) -> tuple[subprocess.CompletedProcess, int | None]:
   """Runs ``argv``, reading its VmHWM every 0.2 s; returns (result, peak)."""
-  with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                        text=True) as proc:
+  with subprocess.Popen(
+    argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  ) as proc:
     peak = None
     while True:
       try:
@@ -297,9 +409,11 @@ def _run_watching_rss(argv) -> tuple[subprocess.CompletedProcess, int | None]:
   return subprocess.CompletedProcess(argv, proc.returncode, out, err), peak
 
 
-USER_EXPERIMENTS = {'cnn': ('fashion_mnist', []),
-                    'lstm': ('sequential_mnist', ['--config.model=lstm']),
-                    'gru': ('sequential_mnist', ['--config.model=gru'])}
+USER_EXPERIMENTS = {
+  'cnn': ('fashion_mnist', []),
+  'lstm': ('sequential_mnist', ['--config.model=lstm']),
+  'gru': ('sequential_mnist', ['--config.model=gru']),
+}
 
 
 def user_path(model_name, epochs, args, runner='user') -> dict:
@@ -318,9 +432,15 @@ def user_path(model_name, epochs, args, runner='user') -> dict:
     experiment, flags = 'fashion_mnist_fast', []
   epoch_flags = [] if epochs is None else [f'--config.num_epochs={epochs}']
   with tempfile.TemporaryDirectory() as workdir:
-    argv = [sys.executable, '-m', f'experiments.{experiment}',
-            f'--workdir={workdir}', *epoch_flags, *flags,
-            *args.user_flags.split()]
+    argv = [
+      sys.executable,
+      '-m',
+      f'experiments.{experiment}',
+      f'--workdir={workdir}',
+      *epoch_flags,
+      *flags,
+      *args.user_flags.split(),
+    ]
     if args.train_examples > 0:
       argv.append(f'--config.train_examples={args.train_examples}')
     start = time.perf_counter()
@@ -334,56 +454,85 @@ def user_path(model_name, epochs, args, runner='user') -> dict:
   reached = None
   if runner == 'user_fast' and results['test_accuracy'] >= args.target:
     reached = results['train_seconds'] + (results.get('compile_seconds') or 0)
-  print(f"  {model_name} {runner:11s} {epochs} epochs: "
-        f"{results['train_images_per_second']:8,.0f} images/s  "
-        f"test accuracy {results['test_accuracy']:.4f}  ({wall:.0f} s wall)",
-        flush=True)
+  print(
+    f'  {model_name} {runner:11s} {epochs} epochs: '
+    f'{results["train_images_per_second"]:8,.0f} images/s  '
+    f'test accuracy {results["test_accuracy"]:.4f}  ({wall:.0f} s wall)',
+    flush=True,
+  )
   return {
-      'model': model_name, 'runner': runner,
-      'command': ' '.join(['python', '-m', f'experiments.{experiment}',
-                           *argv[4:]]),
-      'images_per_second': results['train_images_per_second'],
-      'epoch_images_per_second': None,
-      'compile_seconds': results.get('compile_seconds'),
-      'target': args.target, 'target_seconds': reached,
-      'target_epoch': epochs if reached else None,
-      'epochs': epochs, 'final_test_accuracy': results['test_accuracy'],
-      'peak_memory_bytes': peak, 'peak_memory_kind': 'process peak RSS (VmHWM)',
-      'wall_seconds': wall, 'steps_per_call': None}
+    'model': model_name,
+    'runner': runner,
+    'command': ' '.join(
+      ['python', '-m', f'experiments.{experiment}', *argv[4:]]
+    ),
+    'images_per_second': results['train_images_per_second'],
+    'epoch_images_per_second': None,
+    'compile_seconds': results.get('compile_seconds'),
+    'target': args.target,
+    'target_seconds': reached,
+    'target_epoch': epochs if reached else None,
+    'epochs': epochs,
+    'final_test_accuracy': results['test_accuracy'],
+    'peak_memory_bytes': peak,
+    'peak_memory_kind': 'process peak RSS (VmHWM)',
+    'wall_seconds': wall,
+    'steps_per_call': None,
+  }
 
 
 def benchmark_model(model_name, runner_names, arrays, args):
   """Trains ``model_name`` with every runner, an epoch each in turn."""
   max_epochs = args.max_epochs if model_name == 'cnn' else args.rnn_epochs
-  runners = {name: make_runner(name, model_name, arrays, args)
-             for name in runner_names if not name.startswith('user')}
-  logs = {name: {'epochs': [], 'train_seconds': 0.0, 'target_seconds': None,
-                 'target_epoch': None}
-          for name in runners}
+  runners = {
+    name: make_runner(name, model_name, arrays, args)
+    for name in runner_names
+    if not name.startswith('user')
+  }
+  logs = {
+    name: {
+      'epochs': [],
+      'train_seconds': 0.0,
+      'target_seconds': None,
+      'target_epoch': None,
+    }
+    for name in runners
+  }
   for epoch in range(max_epochs):
     order = np.random.default_rng([args.seed, epoch]).permutation(
-        len(arrays['train_labels']))
+      len(arrays['train_labels'])
+    )
     names = list(runners)
     if epoch % 2:  # Alternate who goes first, so neither always warms caches.
       names.reverse()
     for name in names:
       log = logs[name]
       if log['target_seconds'] is not None and len(log['epochs']) >= max(
-          args.min_epochs, 1):
+        args.min_epochs, 1
+      ):
         continue
       result = runners[name].train_epoch(order)
       result['test_accuracy'] = runners[name].accuracy()
       log['train_seconds'] += result['seconds']
-      if (log['target_seconds'] is None
-          and result['test_accuracy'] >= args.target):
-        log['target_seconds'], log['target_epoch'] = (log['train_seconds'],
-                                                      epoch + 1)
+      if (
+        log['target_seconds'] is None and result['test_accuracy'] >= args.target
+      ):
+        log['target_seconds'], log['target_epoch'] = (
+          log['train_seconds'],
+          epoch + 1,
+        )
       log['epochs'].append(result)
-      print(f'  {model_name} {name:11s} epoch {epoch + 1}: '
-            f"{result['images'] / result['seconds']:8,.0f} images/s  "
-            f"test accuracy {result['test_accuracy']:.4f}", flush=True)
-    if all(log['target_seconds'] is not None
-           and len(log['epochs']) >= args.min_epochs for log in logs.values()):
+      print(
+        f'  {model_name} {name:11s} epoch {epoch + 1}: '
+        f'{result["images"] / result["seconds"]:8,.0f} images/s  '
+        f'test accuracy {result["test_accuracy"]:.4f}',
+        flush=True,
+      )
+    if all(
+      log['target_seconds'] is not None
+      and len(log['epochs']) >= args.min_epochs
+      for log in logs.values()
+    ):
       break
   rows = []
   for name, runner in runners.items():
@@ -393,23 +542,32 @@ def benchmark_model(model_name, runner_names, arrays, args):
     rss = None
     if device_peak is None and args.rss_steps > 0:
       rss = child_peak_rss(model_name, name, args)
-    rows.append({
-        'model': model_name, 'runner': name,
+    rows.append(
+      {
+        'model': model_name,
+        'runner': name,
         'images_per_second': statistics.median(speeds),
         'epoch_images_per_second': speeds,
         'compile_seconds': runner.compile_seconds,
-        'target': args.target, 'target_seconds': log['target_seconds'],
-        'target_epoch': log['target_epoch'], 'epochs': len(log['epochs']),
+        'target': args.target,
+        'target_seconds': log['target_seconds'],
+        'target_epoch': log['target_epoch'],
+        'epochs': len(log['epochs']),
         'final_test_accuracy': log['epochs'][-1]['test_accuracy'],
         'peak_memory_bytes': device_peak or rss,
-        'peak_memory_kind': ('device allocator peak' if device_peak else
-                             'peak RSS of a process training '
-                             f'{args.rss_steps} steps'),
-        'steps_per_call': getattr(runner, 'k', None)})
+        'peak_memory_kind': (
+          'device allocator peak'
+          if device_peak
+          else f'peak RSS of a process training {args.rss_steps} steps'
+        ),
+        'steps_per_call': getattr(runner, 'k', None),
+      }
+    )
   del runners  # Free their memory before the user path runs.
   if 'user' in runner_names:
-    epochs = max(len(log['epochs']) for log in logs.values()) if logs else (
-        max_epochs)
+    epochs = (
+      max(len(log['epochs']) for log in logs.values()) if logs else (max_epochs)
+    )
     rows.append(user_path(model_name, epochs, args))
   if 'user_fast' in runner_names and model_name == 'cnn':
     rows.append(user_path(model_name, None, args, runner='user_fast'))
@@ -418,16 +576,27 @@ def benchmark_model(model_name, runner_names, arrays, args):
 
 def machine_info() -> dict:
   import jax
-  info = {'platform': platform.platform(), 'python': platform.python_version(),
-          'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-          'jax_backend': jax.default_backend(),
-          'jax_devices': [str(d) for d in jax.devices()],
-          'load_average': os.getloadavg(), 'command': ' '.join(sys.argv)}
+
+  info = {
+    'platform': platform.platform(),
+    'python': platform.python_version(),
+    'cpu_count': os.cpu_count(),
+    'jax': jax.__version__,
+    'jax_backend': jax.default_backend(),
+    'jax_devices': [str(d) for d in jax.devices()],
+    'load_average': os.getloadavg(),
+    'command': ' '.join(sys.argv),
+  }
   try:
-    from benchmarks import torch_reference
     import torch
-    info.update(torch=torch.__version__, torch_threads=torch_reference.threads(),
-                torch_cuda=torch.cuda.is_available())
+
+    from benchmarks import torch_reference
+
+    info.update(
+      torch=torch.__version__,
+      torch_threads=torch_reference.threads(),
+      torch_cuda=torch.cuda.is_available(),
+    )
   except ImportError:
     info['torch'] = None
   return info
@@ -439,35 +608,46 @@ def _fmt(value, spec):
 
 def format_table(rows, target) -> str:
   """A markdown table of the rows, then every jaxcls / torch ratio."""
-  lines = [f'| model | runner | images/s | compile s | s to {target:.0%} test '
-           '(epoch) | final test acc | peak RSS MiB |',
-           '|---|---|---:|---:|---:|---:|---:|']
+  lines = [
+    f'| model | runner | images/s | compile s | s to {target:.0%} test '
+    '(epoch) | final test acc | peak RSS MiB |',
+    '|---|---|---:|---:|---:|---:|---:|',
+  ]
   for r in rows:
     if r['target_seconds'] is not None:
-      reached = f"{r['target_seconds']:.1f} ({r['target_epoch']})"
+      reached = f'{r["target_seconds"]:.1f} ({r["target_epoch"]})'
     elif r['runner'] == 'user':
       reached = '-'
     elif r['runner'] == 'user_fast':
-      reached = f"test {r['final_test_accuracy']:.4f} after {r['epochs']}"
+      reached = f'test {r["final_test_accuracy"]:.4f} after {r["epochs"]}'
     else:
-      reached = f"not reached in {r['epochs']}"
+      reached = f'not reached in {r["epochs"]}'
     memory = r['peak_memory_bytes']
-    lines.append(f"| {r['model']} | {r['runner']} | "
-                 f"{r['images_per_second']:,.0f} | "
-                 f"{_fmt(r['compile_seconds'], '.2f')} | {reached} | "
-                 f"{r['final_test_accuracy']:.4f} | "
-                 f"{_fmt(memory and memory / 2**20, ',.0f')} |")
+    lines.append(
+      f'| {r["model"]} | {r["runner"]} | '
+      f'{r["images_per_second"]:,.0f} | '
+      f'{_fmt(r["compile_seconds"], ".2f")} | {reached} | '
+      f'{r["final_test_accuracy"]:.4f} | '
+      f'{_fmt(memory and memory / 2**20, ",.0f")} |'
+    )
   lines.append('')
   for r in rows:
     for ref in rows:
-      if (ref['model'] != r['model'] or r['runner'].startswith('torch')
-          or not ref['runner'].startswith('torch')):
+      if (
+        ref['model'] != r['model']
+        or r['runner'].startswith('torch')
+        or not ref['runner'].startswith('torch')
+      ):
         continue
-      line = (f"{r['model']} {r['runner']}/{ref['runner']}: images/s "
-              f"{r['images_per_second'] / ref['images_per_second']:.2f}x")
+      line = (
+        f'{r["model"]} {r["runner"]}/{ref["runner"]}: images/s '
+        f'{r["images_per_second"] / ref["images_per_second"]:.2f}x'
+      )
       if r['target_seconds'] and ref['target_seconds']:
-        line += (f", time to {target:.0%} "
-                 f"{r['target_seconds'] / ref['target_seconds']:.2f}x")
+        line += (
+          f', time to {target:.0%} '
+          f'{r["target_seconds"] / ref["target_seconds"]:.2f}x'
+        )
       lines.append(line)
   return '\n'.join(lines)
 
@@ -477,8 +657,10 @@ def main(argv=None):
   if args.rss_child:
     return _rss_child(args)
   import jax
+
   import jaxcls
   from jaxcls import models
+
   if args.compilation_cache:  # Persisted programs: a rerun skips compiling.
     jax.config.update('jax_compilation_cache_dir', args.compilation_cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -488,15 +670,16 @@ def main(argv=None):
     try:
       import torch  # noqa: F401
     except ImportError:
-      print('torch is not installed: skipping the PyTorch reference '
-            '(pip install -r benchmarks/requirements-torch.txt)')
+      print(
+        'torch is not installed: skipping the PyTorch reference '
+        '(pip install -r benchmarks/requirements-torch.txt)'
+      )
       runner_names = [r for r in runner_names if not r.startswith('torch')]
   arrays = load_arrays(args)
   rss_dir = tempfile.TemporaryDirectory()
   args.rss_npz = os.path.join(rss_dir.name, 'arrays.npz')
   if args.rss_steps > 0:  # The arrays as loaded, for the peak-RSS processes.
-    np.savez(args.rss_npz, **{k: v for k, v in arrays.items()
-                              if k != 'source'})
+    np.savez(args.rss_npz, **{k: v for k, v in arrays.items() if k != 'source'})
   info = machine_info()
   info['data'] = arrays['source']
   info['train_examples'] = len(arrays['train_labels'])
@@ -510,12 +693,17 @@ def main(argv=None):
   info['load_average_end'] = os.getloadavg()
   table = format_table(rows, args.target)
   print(table)
-  print(f"load average: {info['load_average']} at the start, "
-        f"{info['load_average_end']} at the end")
+  print(
+    f'load average: {info["load_average"]} at the start, '
+    f'{info["load_average_end"]} at the end'
+  )
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   with open(args.out, 'w') as f:
-    json.dump({'machine': info, 'args': vars(args), 'rows': rows,
-               'table': table}, f, indent=2)
+    json.dump(
+      {'machine': info, 'args': vars(args), 'rows': rows, 'table': table},
+      f,
+      indent=2,
+    )
   print(f'wrote {args.out}')
   rss_dir.cleanup()
   del jaxcls

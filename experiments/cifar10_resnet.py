@@ -1,6 +1,7 @@
 """ResNet-20 with BatchNorm on CIFAR-10, He et al. (2016)'s recipe.
 
-Run:  python -m experiments.cifar10_resnet --config.manual_dir=DIR   # or a prepared TFDS cifar10
+Run:  python -m experiments.cifar10_resnet --config.manual_dir=DIR
+      (or with a prepared TFDS cifar10 in --config.data_dir)
 
 Not measured here: CIFAR-10 cannot be had on this machine. He et al. report
 91.25% test accuracy for ResNet-20 with this recipe (SGD momentum 0.9, batch
@@ -11,8 +12,8 @@ at roughly 91-92%; expect a few hours on a GPU-less laptop and minutes on one
 GPU.
 """
 
-from jaxcls import cli
 from experiments import cifar10
+from jaxcls import cli
 
 
 def get_config():

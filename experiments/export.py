@@ -29,18 +29,25 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('workdir', None,
-                      'The training workdir (its best checkpoint is exported).')
-  flags.DEFINE_enum('format', 'all', ['all', 'jax', 'saved_model'],
-                    'Which artifacts to write.')
+  flags.DEFINE_string(
+    'workdir', None, 'The training workdir (its best checkpoint is exported).'
+  )
+  flags.DEFINE_enum(
+    'format', 'all', ['all', 'jax', 'saved_model'], 'Which artifacts to write.'
+  )
 
 
 def main(argv):
   if len(argv) > 1 or not FLAGS.workdir:
-    problem = (f'unexpected arguments {argv[1:]}' if len(argv) > 1
-               else '--workdir is required')
-    cli.fail(f'{problem}; use --workdir=W (the folder training wrote to) '
-             '[--format=all|jax|saved_model]')
+    problem = (
+      f'unexpected arguments {argv[1:]}'
+      if len(argv) > 1
+      else '--workdir is required'
+    )
+    cli.fail(
+      f'{problem}; use --workdir=W (the folder training wrote to) '
+      '[--format=all|jax|saved_model]'
+    )
   from jaxcls import export
 
   formats = export.FORMATS if FLAGS.format == 'all' else (FLAGS.format,)
@@ -48,13 +55,17 @@ def main(argv):
   shape = ', '.join(map(str, meta['input']['shape'][1:]))
   for fmt, entry in meta['files'].items():
     suffix = '/' if fmt == 'saved_model' else ''
-    print(f'wrote {folder}/{entry["path"]}{suffix} ({fmt}: uint8 (batch, '
-          f'{shape}) -> probabilities, logits; platforms '
-          f'{", ".join(entry["platforms"])})')
+    print(
+      f'wrote {folder}/{entry["path"]}{suffix} ({fmt}: uint8 (batch, '
+      f'{shape}) -> probabilities, logits; platforms '
+      f'{", ".join(entry["platforms"])})'
+    )
   accuracy = meta.get('test_accuracy')
-  print(f'wrote {folder}/export.json ({meta["dataset"]} {meta["model"]}, '
-        f'checkpoint step {meta["checkpoint_step"]}, test accuracy '
-        f'{"unknown" if accuracy is None else f"{accuracy:.4f}"})')
+  print(
+    f'wrote {folder}/export.json ({meta["dataset"]} {meta["model"]}, '
+    f'checkpoint step {meta["checkpoint_step"]}, test accuracy '
+    f'{"unknown" if accuracy is None else f"{accuracy:.4f}"})'
+  )
 
 
 if __name__ == '__main__':

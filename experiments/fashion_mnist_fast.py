@@ -19,8 +19,8 @@ test is scored once). The README's speed section gives the measured time
 and accuracy, with the command that produced them.
 """
 
-from jaxcls import cli
 from experiments import fashion_mnist
+from jaxcls import cli
 
 
 def get_config():

@@ -20,8 +20,8 @@ augmentation for validation and test. The README gives the measured
 accuracy and time, with the command that produced them.
 """
 
-from jaxcls import cli
 from experiments import fashion_mnist
+from jaxcls import cli
 
 
 def get_config():

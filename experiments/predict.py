@@ -38,15 +38,20 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   # Defined only when run as a program, so that tests can import this module
   # next to other tools that define a --workdir flag too.
-  flags.DEFINE_string('workdir', None,
-                      'The training workdir (its best checkpoint is used).')
-  flags.DEFINE_string('exported', None,
-                      'An export instead of a workdir: the folder '
-                      'experiments.export wrote, its serving.jax or its '
-                      'saved_model folder.')
+  flags.DEFINE_string(
+    'workdir', None, 'The training workdir (its best checkpoint is used).'
+  )
+  flags.DEFINE_string(
+    'exported',
+    None,
+    'An export instead of a workdir: the folder '
+    'experiments.export wrote, its serving.jax or its '
+    'saved_model folder.',
+  )
   flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.')
-  flags.DEFINE_bool('invert', False,
-                    'Invert the pixels (dark objects on a light background).')
+  flags.DEFINE_bool(
+    'invert', False, 'Invert the pixels (dark objects on a light background).'
+  )
 
 
 class BadImageError(ValueError):
@@ -71,7 +76,8 @@ def _eight_bit(image):
     return image
   pixels = np.asarray(image).astype(np.float64)
   return Image.fromarray(
-      np.rint(np.clip(pixels, 0, 65535) / 257).astype(np.uint8), 'L')
+    np.rint(np.clip(pixels, 0, 65535) / 257).astype(np.uint8), 'L'
+  )
 
 
 def _flatten_alpha(image, invert: bool):
@@ -90,8 +96,11 @@ def _flatten_alpha(image, invert: bool):
   rgba = np.asarray(image.convert('RGBA')).astype(np.float64)
   colour, alpha = rgba[..., :3], rgba[..., 3:] / 255
   visible = colour[alpha[..., 0] > 0]
-  if (len(visible) and np.ptp(alpha) > 0
-      and np.ptp(visible, axis=0).max() <= _FLAT_COLOUR_LEVELS):
+  if (
+    len(visible)
+    and np.ptp(alpha) > 0
+    and np.ptp(visible, axis=0).max() <= _FLAT_COLOUR_LEVELS
+  ):
     ink = alpha * 255  # Opaque = object = light, as MNIST's ink.
     out = np.repeat(255 - ink if invert else ink, 3, axis=-1)
   else:
@@ -100,8 +109,9 @@ def _flatten_alpha(image, invert: bool):
   return Image.fromarray(np.rint(out).astype(np.uint8), 'RGB')
 
 
-def load_image(path: str, image_shape: tuple[int, int, int],
-               invert: bool = False):
+def load_image(
+  path: str, image_shape: tuple[int, int, int], invert: bool = False
+):
   """The file at ``path`` as uint8 (H, W, C) for a model of ``image_shape``.
 
   Raises BadImageError naming the file and what is wrong with it.
@@ -130,13 +140,16 @@ def load_image(path: str, image_shape: tuple[int, int, int],
   except IsADirectoryError:
     raise BadImageError(f'{path}: is a directory, not an image') from None
   except UnidentifiedImageError:
-    raise BadImageError(f'{path}: not an image PIL can read (expected PNG or '
-                        'JPEG)') from None
+    raise BadImageError(
+      f'{path}: not an image PIL can read (expected PNG or JPEG)'
+    ) from None
   except Image.DecompressionBombError as e:  # Before a single pixel decodes.
     size = re.search(r'\((\d+) pixels\)', str(e))
     size = f'{int(size.group(1)):,} pixels' if size else 'too many pixels'
-    raise BadImageError(f'{path}: {size}, more than the {MAX_PIXELS:,} '
-                        'predict decodes; scale the image down first') from None
+    raise BadImageError(
+      f'{path}: {size}, more than the {MAX_PIXELS:,} '
+      'predict decodes; scale the image down first'
+    ) from None
   except (OSError, SyntaxError, ValueError) as e:  # Truncated or corrupt.
     raise BadImageError(f'{path}: corrupt or truncated image ({e})') from None
   image = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
@@ -154,8 +167,9 @@ def top_k(probs, names: list[str], k: int) -> list[tuple[str, float]]:
   return [(names[i], float(probs[i])) for i in order]
 
 
-def predict(workdir: str, paths: list[str], k: int = 3,
-            invert: bool = False) -> list[list[tuple[str, float]]]:
+def predict(
+  workdir: str, paths: list[str], k: int = 3, invert: bool = False
+) -> list[list[tuple[str, float]]]:
   """Top-``k`` predictions for every file in ``paths``, in order."""
   import numpy as np
 
@@ -174,8 +188,9 @@ def predict(workdir: str, paths: list[str], k: int = 3,
   return [top_k(p, names, k) for p in probs]
 
 
-def predict_exported(path: str, paths: list[str], k: int = 3,
-                     invert: bool = False) -> list[list[tuple[str, float]]]:
+def predict_exported(
+  path: str, paths: list[str], k: int = 3, invert: bool = False
+) -> list[list[tuple[str, float]]]:
   """Like :func:`predict`, from an export (no model is built or restored).
 
   ``path`` is what ``experiments.export`` wrote: the export folder, its
@@ -190,25 +205,30 @@ def predict_exported(path: str, paths: list[str], k: int = 3,
   served = export.load(path)
   num_classes = len(served.class_names) if served.class_names else None
   if k < 1 or (num_classes and k > num_classes):
-    raise ValueError(f'--top_k must be in 1..{num_classes or "classes"}, '
-                     f'got {k}')
-  images = np.stack([load_image(p, served.image_shape, invert)
-                     for p in paths])
+    raise ValueError(
+      f'--top_k must be in 1..{num_classes or "classes"}, got {k}'
+    )
+  images = np.stack([load_image(p, served.image_shape, invert) for p in paths])
   probs = served.predict(images)
   names = served.class_names or [str(i) for i in range(probs.shape[-1])]
   if len(names) != probs.shape[-1] or k > len(names):
-    raise ValueError(f'{served.path}: gives {probs.shape[-1]} classes, '
-                     f'export.json names {len(names)}; export again')
+    raise ValueError(
+      f'{served.path}: gives {probs.shape[-1]} classes, '
+      f'export.json names {len(names)}; export again'
+    )
   return [top_k(p, names, k) for p in probs]
 
 
 def main(argv):
   if bool(FLAGS.workdir) == bool(FLAGS.exported):
-    cli.fail('pass --workdir (the folder training wrote to) or --exported '
-             '(what experiments.export wrote), one of them')
+    cli.fail(
+      'pass --workdir (the folder training wrote to) or --exported '
+      '(what experiments.export wrote), one of them'
+    )
   if FLAGS.exported:
-    results = predict_exported(FLAGS.exported, argv[1:], FLAGS.top_k,
-                               FLAGS.invert)
+    results = predict_exported(
+      FLAGS.exported, argv[1:], FLAGS.top_k, FLAGS.invert
+    )
   else:
     results = predict(FLAGS.workdir, argv[1:], FLAGS.top_k, FLAGS.invert)
   for path, best in zip(argv[1:], results):

@@ -29,19 +29,22 @@ def define_flags() -> None:
   # Defined only when run as a program, so that tests can import this module
   # next to other tools that define a --workdir flag too.
   flags.DEFINE_string('workdir', None, 'The training workdir to report on.')
-  flags.DEFINE_integer('num_misclassified', 25,
-                       'How many misclassified test images to show.')
+  flags.DEFINE_integer(
+    'num_misclassified', 25, 'How many misclassified test images to show.'
+  )
 
 
 def plot_curves(records: list[dict], path: str) -> None:
   """Loss and accuracy per epoch, train and validation, side by side."""
   import matplotlib.pyplot as plt
+
   from jaxcls import metrics
 
   epochs = metrics.epoch_records(records)
   if not epochs:
-    raise ValueError('metrics.jsonl has no completed epoch yet; train for at '
-                     'least one epoch')
+    raise ValueError(
+      'metrics.jsonl has no completed epoch yet; train for at least one epoch'
+    )
   steps = [r for r in records if 'train_loss_recent' in r]
   if steps:  # Drop the few short (noisy) windows cut by an epoch start.
     full = max(r.get('window_steps', 1) for r in steps)
@@ -49,17 +52,42 @@ def plot_curves(records: list[dict], path: str) -> None:
   x = [r['epoch'] for r in epochs]
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
   if steps:
-    ax_loss.plot([r['epoch_progress'] for r in steps],
-                 [r['train_loss_recent'] for r in steps], color='tab:blue',
-                 alpha=0.3, lw=1, label='train (recent steps)')
-  ax_loss.plot(x, [r['train_loss'] for r in epochs], 'o-', color='tab:blue',
-               label='train (epoch mean)')
-  ax_loss.plot(x, [r['val_loss'] for r in epochs], 's-', color='tab:orange',
-               label='validation')
-  ax_acc.plot(x, [r['train_accuracy'] for r in epochs], 'o-',
-              color='tab:blue', label='train (epoch mean)')
-  ax_acc.plot(x, [r['val_accuracy'] for r in epochs], 's-',
-              color='tab:orange', label='validation')
+    ax_loss.plot(
+      [r['epoch_progress'] for r in steps],
+      [r['train_loss_recent'] for r in steps],
+      color='tab:blue',
+      alpha=0.3,
+      lw=1,
+      label='train (recent steps)',
+    )
+  ax_loss.plot(
+    x,
+    [r['train_loss'] for r in epochs],
+    'o-',
+    color='tab:blue',
+    label='train (epoch mean)',
+  )
+  ax_loss.plot(
+    x,
+    [r['val_loss'] for r in epochs],
+    's-',
+    color='tab:orange',
+    label='validation',
+  )
+  ax_acc.plot(
+    x,
+    [r['train_accuracy'] for r in epochs],
+    'o-',
+    color='tab:blue',
+    label='train (epoch mean)',
+  )
+  ax_acc.plot(
+    x,
+    [r['val_accuracy'] for r in epochs],
+    's-',
+    color='tab:orange',
+    label='validation',
+  )
   for ax, name in ((ax_loss, 'cross-entropy loss'), (ax_acc, 'accuracy')):
     ax.set_xlabel('epoch')
     ax.set_ylabel(name)
@@ -85,36 +113,48 @@ def plot_confusion(matrix, names: list[str], title: str, path: str) -> None:
   threshold = matrix.max() / 2
   for i in range(n):
     for j in range(n):
-      ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
-              color='white' if matrix[i, j] > threshold else 'black')
+      ax.text(
+        j,
+        i,
+        str(matrix[i, j]),
+        ha='center',
+        va='center',
+        fontsize=8,
+        color='white' if matrix[i, j] > threshold else 'black',
+      )
   fig.colorbar(im, ax=ax, fraction=0.046)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def misclassified_titles(labels, probs, names: list[str],
-                         count: int) -> dict[int, str]:
+def misclassified_titles(
+  labels, probs, names: list[str], count: int
+) -> dict[int, str]:
   """``{test index: 'true ... pred ...'}`` for the first ``count`` errors."""
   import numpy as np
 
   predicted = probs.argmax(-1)
   wrong = np.flatnonzero(predicted != labels)[:count]
-  return {int(i): f'#{i} true: {names[labels[i]]}\n'
-                  f'pred: {names[predicted[i]]} ({probs[i, predicted[i]]:.0%})'
-          for i in wrong}
+  return {
+    int(i): f'#{i} true: {names[labels[i]]}\n'
+    f'pred: {names[predicted[i]]} ({probs[i, predicted[i]]:.0%})'
+    for i in wrong
+  }
 
 
-def plot_misclassified(images, labels, probs, names: list[str], count: int,
-                       path: str) -> dict[int, str]:
+def plot_misclassified(
+  images, labels, probs, names: list[str], count: int, path: str
+) -> dict[int, str]:
   """A grid of the first ``count`` misclassified images; returns the titles."""
   import matplotlib.pyplot as plt
 
   titles = misclassified_titles(labels, probs, names, count)
   cols = 5
   rows = max(1, -(-len(titles) // cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False
+  )
   for ax in axes.flat:
     ax.axis('off')
   for ax, (i, title) in zip(axes.flat, titles.items()):
@@ -139,6 +179,7 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
   field). Right: every member's validation accuracy per epoch.
   """
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   import numpy as np
@@ -149,20 +190,30 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
   label = lambda v: f'{v:g}' if isinstance(v, float) else str(v)
 
   def mean_acc(**fixed):
-    accs = [r['best_val_accuracy'] for r in records
-            if all(r['values'][k] == v for k, v in fixed.items())]
+    accs = [
+      r['best_val_accuracy']
+      for r in records
+      if all(r['values'][k] == v for k, v in fixed.items())
+    ]
     return np.mean(accs) if accs else np.nan
 
   suffix = f' (mean over {", ".join(others)})' if others else ''
   if len(axes_fields) == 2:
     fy, fx = axes_fields
-    grid = np.array([[mean_acc(**{fy: y, fx: x}) for x in swept[fx]]
-                     for y in swept[fy]])
+    grid = np.array(
+      [[mean_acc(**{fy: y, fx: x}) for x in swept[fx]] for y in swept[fy]]
+    )
     image = left.imshow(grid, cmap='viridis', aspect='auto', origin='lower')
     for (i, j), v in np.ndenumerate(grid):
       if v == v:
-        left.text(j, i, f'{v:.3f}', ha='center', va='center',
-                  color='white' if v < np.nanmean(grid) else 'black')
+        left.text(
+          j,
+          i,
+          f'{v:.3f}',
+          ha='center',
+          va='center',
+          color='white' if v < np.nanmean(grid) else 'black',
+        )
     left.set_xticks(range(len(swept[fx])), [label(x) for x in swept[fx]])
     left.set_yticks(range(len(swept[fy])), [label(y) for y in swept[fy]])
     left.set_xlabel(fx)
@@ -170,8 +221,9 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
     fig.colorbar(image, ax=left, label='best validation accuracy')
   else:
     (fx,) = axes_fields
-    left.plot(range(len(swept[fx])), [mean_acc(**{fx: x}) for x in swept[fx]],
-              'o-')
+    left.plot(
+      range(len(swept[fx])), [mean_acc(**{fx: x}) for x in swept[fx]], 'o-'
+    )
     left.set_xticks(range(len(swept[fx])), [label(x) for x in swept[fx]])
     left.set_xlabel(fx)
     left.set_ylabel('best validation accuracy')
@@ -181,9 +233,14 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
   for rank, r in enumerate(ranked):
     curve = [np.nan if v is None else v for v in r['val_accuracy']]
     name = ', '.join(f'{k}={label(v)}' for k, v in sorted(r['values'].items()))
-    right.plot(range(1, len(curve) + 1), curve, marker='.',
-               lw=2.5 if rank == 0 else 1, alpha=1 if rank < 5 else 0.35,
-               label=name if rank < 5 else None)
+    right.plot(
+      range(1, len(curve) + 1),
+      curve,
+      marker='.',
+      lw=2.5 if rank == 0 else 1,
+      alpha=1 if rank < 5 else 0.35,
+      label=name if rank < 5 else None,
+    )
   right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   right.set_xlabel('epoch')
   right.set_ylabel('validation accuracy')
@@ -194,11 +251,14 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
+
 def report(workdir: str, num_misclassified: int = 25) -> dict:
   """Writes the three PNGs and prints the summary; returns what it found."""
   import matplotlib
+
   matplotlib.use('Agg')  # Files only, no display needed.
   import numpy as np
+
   from jaxcls import data, inspection, metrics, models
 
   config, state = inspection.load_best(workdir)
@@ -211,8 +271,9 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
   print(inspection.model_summary(model, spec.image_shape))
   n_params = inspection.parameter_count(state.params)
   flops = inspection.flops_per_example(state, spec.image_shape)
-  print(f'Parameters: {n_params:,}   FLOPs per example (XLA, forward): '
-        f'{flops:,.0f}')
+  print(
+    f'Parameters: {n_params:,}   FLOPs per example (XLA, forward): {flops:,.0f}'
+  )
 
   paths = {}
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
@@ -225,24 +286,40 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
   test = data.read_split(data.builder_for(config), 'test')
   probs = inspection.predict_all(state, test.images, config.eval_batch_size)
   predicted = probs.argmax(-1)
-  matrix = inspection.confusion_matrix(test.labels, predicted,
-                                       spec.num_classes)
+  matrix = inspection.confusion_matrix(test.labels, predicted, spec.num_classes)
   accuracy = float(np.trace(matrix) / matrix.sum())
   paths['confusion_matrix'] = os.path.join(out, 'confusion_matrix.png')
-  plot_confusion(matrix, names, f'{config.model} on {config.dataset} test '
-                 f'(best checkpoint): accuracy {accuracy:.4f}',
-                 paths['confusion_matrix'])
+  plot_confusion(
+    matrix,
+    names,
+    f'{config.model} on {config.dataset} test '
+    f'(best checkpoint): accuracy {accuracy:.4f}',
+    paths['confusion_matrix'],
+  )
   paths['misclassified'] = os.path.join(out, 'misclassified.png')
-  shown = plot_misclassified(test.images, test.labels, probs, names,
-                             num_misclassified, paths['misclassified'])
-  print(f'Test accuracy (best checkpoint): {accuracy:.4f} on '
-        f'{int(matrix.sum())} images; {len(shown)} misclassified shown')
+  shown = plot_misclassified(
+    test.images,
+    test.labels,
+    probs,
+    names,
+    num_misclassified,
+    paths['misclassified'],
+  )
+  print(
+    f'Test accuracy (best checkpoint): {accuracy:.4f} on '
+    f'{int(matrix.sum())} images; {len(shown)} misclassified shown'
+  )
   for path in paths.values():
     print(f'wrote {path}')
-  return {'paths': paths, 'confusion_matrix': matrix,
-          'test_accuracy': accuracy, 'parameters': n_params,
-          'flops_per_example': flops, 'class_names': names,
-          'misclassified': shown}
+  return {
+    'paths': paths,
+    'confusion_matrix': matrix,
+    'test_accuracy': accuracy,
+    'parameters': n_params,
+    'flops_per_example': flops,
+    'class_names': names,
+    'misclassified': shown,
+  }
 
 
 def main(argv):

@@ -44,10 +44,15 @@ def get_config():
 
 def main(config, workdir: str, log=print) -> dict:
   from jaxcls import sweep  # After the flags are checked: it imports Orbax.
-  return sweep.run_sweep(config, workdir,
-                         base_config=fashion_mnist.get_config(),
-                         command='python -m experiments.fashion_mnist',
-                         plot=report.plot_sweep, log=log)
+
+  return sweep.run_sweep(
+    config,
+    workdir,
+    base_config=fashion_mnist.get_config(),
+    command='python -m experiments.fashion_mnist',
+    plot=report.plot_sweep,
+    log=log,
+  )
 
 
 if __name__ == '__main__':

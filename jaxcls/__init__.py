@@ -22,25 +22,68 @@ The pieces, each a small pure function or Flax linen module:
 # (setuptools parses it without importing jax).
 __version__ = '0.2.0'
 
-from jaxcls import activations, inspection, metrics, techniques
+from jaxcls import (
+  activations,
+  inspection,
+  metrics,
+  recurrent,  # Registers 'rnn', 'lstm', 'gru' in models.MODELS.
+  techniques,
+)
 from jaxcls.config import get_config
-from jaxcls.data import load as load_data, normalize, random_crop_flip
+from jaxcls.data import load as load_data
+from jaxcls.data import normalize, random_crop_flip
 from jaxcls.models import CNN, create_model
-from jaxcls.resnet import ResNet
 from jaxcls.optim import create_optimizer
-from jaxcls import recurrent  # Registers 'rnn', 'lstm', 'gru' in models.MODELS.
-from jaxcls.recurrent import (Bidirectional, GRUCell, LSTMCell, Recurrent,
-                              RecurrentClassifier, RecurrentStack,
-                              SimpleRNNCell)
-from jaxcls.train import (TrainState, check_batch, create_train_state,
-                          cross_entropy, eval_step, model_variables,
-                          params_sha256, train_and_evaluate, train_step)
+from jaxcls.recurrent import (
+  Bidirectional,
+  GRUCell,
+  LSTMCell,
+  Recurrent,
+  RecurrentClassifier,
+  RecurrentStack,
+  SimpleRNNCell,
+)
+from jaxcls.resnet import ResNet
+from jaxcls.train import (
+  TrainState,
+  check_batch,
+  create_train_state,
+  cross_entropy,
+  eval_step,
+  model_variables,
+  params_sha256,
+  train_and_evaluate,
+  train_step,
+)
 
 __all__ = [
-    'activations', 'inspection', 'metrics', 'check_batch', 'get_config', 'load_data', 'normalize', 'random_crop_flip',
-    'CNN', 'create_model', 'create_optimizer', 'TrainState',
-    'create_train_state', 'cross_entropy', 'eval_step', 'params_sha256',
-    'train_and_evaluate', 'train_step', 'recurrent', 'SimpleRNNCell',
-    'LSTMCell', 'GRUCell', 'Recurrent', 'Bidirectional', 'RecurrentStack',
-    'RecurrentClassifier', 'ResNet', 'techniques', 'model_variables',
+  'activations',
+  'inspection',
+  'metrics',
+  'check_batch',
+  'get_config',
+  'load_data',
+  'normalize',
+  'random_crop_flip',
+  'CNN',
+  'create_model',
+  'create_optimizer',
+  'TrainState',
+  'create_train_state',
+  'cross_entropy',
+  'eval_step',
+  'params_sha256',
+  'train_and_evaluate',
+  'train_step',
+  'recurrent',
+  'SimpleRNNCell',
+  'LSTMCell',
+  'GRUCell',
+  'Recurrent',
+  'Bidirectional',
+  'RecurrentStack',
+  'RecurrentClassifier',
+  'ResNet',
+  'techniques',
+  'model_variables',
 ]

@@ -17,7 +17,7 @@ implements the textbook definitions and these docstrings say where it differs:
 All functions are thin aliases of ``jax.nn`` so they stay jittable and fast.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -72,11 +72,11 @@ def softmax(z: jax.Array, axis: int = -1) -> jax.Array:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    'relu': relu,
-    'sigmoid': sigmoid,
-    'tanh': tanh,
-    'leaky_relu': leaky_relu,
-    'elu': elu,
+  'relu': relu,
+  'sigmoid': sigmoid,
+  'tanh': tanh,
+  'leaky_relu': leaky_relu,
+  'elu': elu,
 }
 
 
@@ -86,5 +86,5 @@ def get_activation(name: str) -> Activation:
     return ACTIVATIONS[name]
   except KeyError:
     raise ValueError(
-        f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}'
+      f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}'
     ) from None

@@ -23,7 +23,6 @@ import orbax.checkpoint as ocp
 
 from jaxcls import config as config_lib
 
-
 # The TrainState fields that are saved; the optional ones only when set, so a
 # model without BatchNorm or EMA has the layout of earlier jaxcls versions.
 _FIELDS = ('step', 'params', 'opt_state', 'batch_stats', 'ema')
@@ -33,16 +32,18 @@ def _saved_fields(state):
   """A TrainState as the dict of its array fields that hold something."""
   if not all(hasattr(state, f) for f in _FIELDS[:3]):
     return state  # Any other pytree is saved as it is.
-  return {f: getattr(state, f) for f in _FIELDS
-          if getattr(state, f, None) is not None}
+  return {
+    f: getattr(state, f) for f in _FIELDS if getattr(state, f, None) is not None
+  }
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be used: corrupt, or from a different config."""
 
 
-def make_manager(workdir: str, name: str,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(
+  workdir: str, name: str, read_only: bool = False
+) -> ocp.CheckpointManager:
   """The manager of ``workdir/checkpoints/<name>``, keeping the newest one.
 
   ``read_only=True`` is for readers of a workdir that another process may be
@@ -53,17 +54,25 @@ def make_manager(workdir: str, name: str,
   path = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
   if read_only:
     return ocp.CheckpointManager(
-        path, options=ocp.CheckpointManagerOptions(
-            read_only=True, create=False, save_interval_steps=0),
-        item_names=('state', 'meta'))
+      path,
+      options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, save_interval_steps=0
+      ),
+      item_names=('state', 'meta'),
+    )
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True, cleanup_tmp_directories=True,
-      # 'latest' and 'best' may save the same step; with several processes
-      # their barriers need distinct names.
-      multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix=name))
-  return ocp.CheckpointManager(path, options=options,
-                               item_names=('state', 'meta'))
+    max_to_keep=1,
+    create=True,
+    cleanup_tmp_directories=True,
+    # 'latest' and 'best' may save the same step; with several processes
+    # their barriers need distinct names.
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=name
+    ),
+  )
+  return ocp.CheckpointManager(
+    path, options=options, item_names=('state', 'meta')
+  )
 
 
 def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
@@ -72,10 +81,14 @@ def save(manager: ocp.CheckpointManager, state, meta: dict) -> None:
   if manager.latest_step() == step:
     return  # This very state is saved already (e.g. a signal right after).
   try:
-    manager.save(step, args=ocp.args.Composite(
+    manager.save(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(_saved_fields(state)),
-        meta=ocp.args.JsonSave(meta)),
-        force=True)
+        meta=ocp.args.JsonSave(meta),
+      ),
+      force=True,
+    )
   except Exception as e:  # Includes the failure of the previous async save.
     raise _save_error(manager, e) from None
 
@@ -91,14 +104,20 @@ def wait(manager: ocp.CheckpointManager) -> None:
 def _save_error(manager, error: Exception) -> CheckpointError:
   first_line = (str(error).strip().splitlines() or [''])[0][:200]
   return CheckpointError(
-      f'could not save a checkpoint in {manager.directory} '
-      f'({type(error).__name__}: {first_line}); free disk space or fix the '
-      'folder\'s permissions, then run the same command to resume from the '
-      'last saved checkpoint')
+    f'could not save a checkpoint in {manager.directory} '
+    f'({type(error).__name__}: {first_line}); free disk space or fix the '
+    "folder's permissions, then run the same command to resume from the "
+    'last saved checkpoint'
+  )
 
 
-def restore(manager: ocp.CheckpointManager, target, fingerprint: str,
-            step: int | None = None, config=None):
+def restore(
+  manager: ocp.CheckpointManager,
+  target,
+  fingerprint: str,
+  step: int | None = None,
+  config=None,
+):
   """Restores ``(state, meta)`` from ``step`` (default: the newest).
 
   ``target`` is a state of the right structure, shapes and shardings (a
@@ -111,27 +130,34 @@ def restore(manager: ocp.CheckpointManager, target, fingerprint: str,
   step = manager.latest_step() if step is None else step
   folder = os.path.join(str(manager.directory), str(step))
   try:
-    meta = manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
+    meta = manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )['meta']
   except Exception as e:  # Orbax raises many types for a damaged folder.
     raise CheckpointError(
-        f'checkpoint {folder} is unreadable ({type(e).__name__}); delete it '
-        'or use another --workdir') from None
+      f'checkpoint {folder} is unreadable ({type(e).__name__}); delete it '
+      'or use another --workdir'
+    ) from None
   if meta.get('fingerprint') != fingerprint and not (
-      config is not None and config_lib.matches(config, meta)):
+    config is not None and config_lib.matches(config, meta)
+  ):
     raise CheckpointError(
-        f'{folder} was saved by a different model or config (fingerprint '
-        f"{meta.get('fingerprint')} != {fingerprint}); use another --workdir "
-        'or the same config')
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                    _saved_fields(target))
+      f'{folder} was saved by a different model or config (fingerprint '
+      f'{meta.get("fingerprint")} != {fingerprint}); use another --workdir '
+      'or the same config'
+    )
+  abstract = jax.tree_util.tree_map(
+    ocp.utils.to_shape_dtype_struct, _saved_fields(target)
+  )
   try:
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))['state']
+    state = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    )['state']
     state = target.replace(**state) if hasattr(target, 'replace') else state
   except Exception as e:
     raise CheckpointError(
-        f'checkpoint {folder} is corrupt or truncated ({type(e).__name__}: '
-        f'{str(e).splitlines()[0][:200] if str(e) else ""}); delete it or use '
-        'another --workdir') from None
+      f'checkpoint {folder} is corrupt or truncated ({type(e).__name__}: '
+      f'{str(e).splitlines()[0][:200] if str(e) else ""}); delete it or use '
+      'another --workdir'
+    ) from None
   return state, meta

@@ -49,9 +49,12 @@ def call(fn, *args, **kwargs):
   except EXPECTED_ERRORS as e:
     fail(e)
   except KeyboardInterrupt:
-    print('error: interrupted (Ctrl-C) before training started or after it '
-          'ended; no checkpoint was changed. Run the same command to start '
-          'again or resume.', file=sys.stderr)
+    print(
+      'error: interrupted (Ctrl-C) before training started or after it '
+      'ended; no checkpoint was changed. Run the same command to start '
+      'again or resume.',
+      file=sys.stderr,
+    )
     sys.exit(130)
 
 
@@ -86,7 +89,7 @@ def _silence_stderr() -> None:
   sys.stderr.flush()
   devnull = os.open(os.devnull, os.O_WRONLY)
   os.dup2(devnull, 2)
-  sys.stderr = open(os.devnull, 'w')
+  sys.stderr = open(os.devnull, 'w')  # noqa: SIM115 (kept to the end)
 
 
 def unknown_override(config, argv) -> str | None:
@@ -94,27 +97,32 @@ def unknown_override(config, argv) -> str | None:
   for arg in argv[1:]:
     if not arg.startswith('--config.'):
       continue
-    path = arg[len('--config.'):].split('=', 1)[0]
+    path = arg[len('--config.') :].split('=', 1)[0]
     node, keys = config, path.split('.')
     for i, key in enumerate(keys):
       if not hasattr(node, 'keys') or key not in node:
         known = list(node.keys()) if hasattr(node, 'keys') else []
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ''
-        return (f"error: unknown config key '{'.'.join(keys[:i + 1])}'"
-                f'{hint} (known keys: {", ".join(sorted(known))})')
+        return (
+          f"error: unknown config key '{'.'.join(keys[: i + 1])}'"
+          f'{hint} (known keys: {", ".join(sorted(known))})'
+        )
       node = node[key]
   return None
 
 
 def train(config, workdir: str, eval_only: bool = False) -> dict:
   """The default action: validate, find the data, train (or score)."""
-  from jaxcls import config as config_lib, data
+  from jaxcls import config as config_lib
+  from jaxcls import data
+
   # Fail fast, before the heavy imports: a bad value or a dataset that
   # cannot be had is reported within seconds.
   config_lib.validate(config)
   data.builder_for(config)
   from jaxcls import train as train_lib
+
   return train_lib.train_and_evaluate(config, workdir, eval_only=eval_only)
 
 
@@ -131,19 +139,25 @@ def run(get_config, name: str, main=None) -> None:
     print(error, file=sys.stderr)
     sys.exit(2)
   config_flags.DEFINE_config_dict('config', config)
-  flags.DEFINE_string('workdir', os.path.join('runs', name),
-                      'Checkpoints, results.json and logs go here.')
+  flags.DEFINE_string(
+    'workdir',
+    os.path.join('runs', name),
+    'Checkpoints, results.json and logs go here.',
+  )
   if main is None:
-    flags.DEFINE_bool('eval_only', False,
-                      'Restore the best checkpoint and score it on test.')
+    flags.DEFINE_bool(
+      'eval_only', False, 'Restore the best checkpoint and score it on test.'
+    )
 
   def absl_main(argv):
     if len(argv) > 1:
-      fail(f'unexpected arguments {argv[1:]}; use --config.x=... and '
-           '--workdir=...')
+      fail(
+        f'unexpected arguments {argv[1:]}; use --config.x=... and --workdir=...'
+      )
     if main is None:
-      train(flags.FLAGS.config, flags.FLAGS.workdir,
-            eval_only=flags.FLAGS.eval_only)
+      train(
+        flags.FLAGS.config, flags.FLAGS.workdir, eval_only=flags.FLAGS.eval_only
+      )
     else:
       main(flags.FLAGS.config, flags.FLAGS.workdir)
 

@@ -14,9 +14,18 @@ from jaxcls import activations, data, models, optim
 
 # Fields that do not change what is trained; two runs that differ only in
 # these may share a workdir (resume, evaluation).
-RUN_ONLY_FIELDS = ('num_epochs', 'data_dir', 'eval_batch_size',
-                   'checkpoint_every_steps', 'log_every_steps', 'parallel',
-                   'distributed', 'patience', 'steps_per_call', 'device_data')
+RUN_ONLY_FIELDS = (
+  'num_epochs',
+  'data_dir',
+  'eval_batch_size',
+  'checkpoint_every_steps',
+  'log_every_steps',
+  'parallel',
+  'distributed',
+  'patience',
+  'steps_per_call',
+  'device_data',
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -98,10 +107,14 @@ def fingerprint(config, keys=None) -> str:
 
   ``keys`` limits it to those fields (see :func:`matches`).
   """
-  items = {k: v for k, v in config.to_dict().items()
-           if k not in RUN_ONLY_FIELDS and (keys is None or k in keys)}
+  items = {
+    k: v
+    for k, v in config.to_dict().items()
+    if k not in RUN_ONLY_FIELDS and (keys is None or k in keys)
+  }
   return hashlib.sha256(
-      json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    json.dumps(items, sort_keys=True, default=str).encode()
+  ).hexdigest()[:16]
 
 
 def from_stored(text: str) -> ml_collections.ConfigDict:
@@ -129,9 +142,12 @@ def matches(config, meta: dict) -> bool:
   if not isinstance(stored, dict):
     return False
   base = get_config()
-  for key in config.keys():
-    if (key not in stored and key not in RUN_ONLY_FIELDS
-        and (key not in base or config[key] != base[key])):
+  for key in config:
+    if (
+      key not in stored
+      and key not in RUN_ONLY_FIELDS
+      and (key not in base or config[key] != base[key])
+    ):
       return False
   return meta.get('fingerprint') == fingerprint(config, keys=set(stored))
 
@@ -140,68 +156,96 @@ def _validate_image_folder(config) -> None:
   """The fields of dataset 'image_folder' (absent fields default)."""
   is_folder = config.dataset == data.IMAGE_FOLDER
   if is_folder and not config.get('manual_dir'):
-    raise ValueError("dataset 'image_folder' needs --config.manual_dir=PATH, "
-                     'a folder with one subfolder of images per class')
+    raise ValueError(
+      "dataset 'image_folder' needs --config.manual_dir=PATH, "
+      'a folder with one subfolder of images per class'
+    )
   if config.get('channels', 0) not in (0, 1, 3):
-    raise ValueError(f'channels must be 1, 3 or 0 (from the data), got '
-                     f'{config.channels!r}')
+    raise ValueError(
+      f'channels must be 1, 3 or 0 (from the data), got {config.channels!r}'
+    )
   if config.get('image_size', 0) < 0 or 0 < config.get('image_size', 0) < 4:
-    raise ValueError(f'image_size must be >= 4 or 0 (from the data), got '
-                     f'{config.image_size!r}')
-  if not is_folder and (config.get('image_size', 0) or
-                        config.get('channels', 0)):
-    raise ValueError(f'image_size and channels apply to dataset '
-                     f"'image_folder' only; {config.dataset} images are "
-                     f'{data.get_spec(config.dataset).image_shape}')
+    raise ValueError(
+      f'image_size must be >= 4 or 0 (from the data), got {config.image_size!r}'
+    )
+  if not is_folder and (
+    config.get('image_size', 0) or config.get('channels', 0)
+  ):
+    raise ValueError(
+      f'image_size and channels apply to dataset '
+      f"'image_folder' only; {config.dataset} images are "
+      f'{data.get_spec(config.dataset).image_shape}'
+    )
 
 
 # field -> the allowed values (a callable for registries filled on import).
 CHOICES = {
-    'dataset': lambda: sorted(data.DATASETS) + [data.IMAGE_FOLDER],
-    'model': lambda: sorted(models.MODELS),
-    'optimizer': lambda: list(optim.OPTIMIZERS),
-    'lr_schedule': lambda: list(optim.SCHEDULES),
-    'activation': lambda: sorted(activations.ACTIVATIONS),
-    'pooling': ('max', 'avg'),
-    'parallel': ('jit', 'pmap'),
-    'nonfinite_policy': ('stop', 'skip'),
-    'compute_dtype': ('float32', 'bfloat16'),
-    'readout': ('last', 'mean'),
-    'device_data': ('auto', 'on', 'off'),
-    'augment': ('auto', 'none', 'flip', 'crop_flip'),
-    'resnet_shortcut': ('pad', 'projection'),
+  'dataset': lambda: sorted(data.DATASETS) + [data.IMAGE_FOLDER],
+  'model': lambda: sorted(models.MODELS),
+  'optimizer': lambda: list(optim.OPTIMIZERS),
+  'lr_schedule': lambda: list(optim.SCHEDULES),
+  'activation': lambda: sorted(activations.ACTIVATIONS),
+  'pooling': ('max', 'avg'),
+  'parallel': ('jit', 'pmap'),
+  'nonfinite_policy': ('stop', 'skip'),
+  'compute_dtype': ('float32', 'bfloat16'),
+  'readout': ('last', 'mean'),
+  'device_data': ('auto', 'on', 'off'),
+  'augment': ('auto', 'none', 'flip', 'crop_flip'),
+  'resnet_shortcut': ('pad', 'projection'),
 }
 
 # Each rule: its wording in the error line, and the test (NaN fails all).
 _RULES = {
-    '> 0': lambda v: v > 0,
-    '>= 0': lambda v: v >= 0,
-    'in [0, 1)': lambda v: 0 <= v < 1,
-    'in 1..99': lambda v: 1 <= v <= 99,
-    '-1 (all) or > 0': lambda v: v == -1 or v > 0,
+  '> 0': lambda v: v > 0,
+  '>= 0': lambda v: v >= 0,
+  'in [0, 1)': lambda v: 0 <= v < 1,
+  'in 1..99': lambda v: 1 <= v <= 99,
+  '-1 (all) or > 0': lambda v: v == -1 or v > 0,
 }
 # field -> rule. Fields an experiment lacks are skipped.
 RANGES = {
-    'learning_rate': '> 0', 'batch_size': '> 0', 'eval_batch_size': '> 0',
-    'num_epochs': '> 0', 'hidden_size': '> 0', 'num_layers': '> 0',
-    'validation_percent': 'in 1..99', 'train_examples': '-1 (all) or > 0',
-    'dropout_rate': 'in [0, 1)', 'b1': 'in [0, 1)', 'b2': 'in [0, 1)',
-    'momentum': 'in [0, 1)',
-    'weight_decay': '>= 0', 'grad_clip_norm': '>= 0', 'l1': '>= 0',
-    'l2': '>= 0', 'warmup_epochs': '>= 0', 'checkpoint_every_steps': '>= 0',
-    'log_every_steps': '>= 0', 'patience': '>= 0', 'num_data_shards': '>= 0',
-    'max_nonfinite_steps': '>= 0', 'seed': '>= 0', 'forget_bias': '>= 0',
-    'steps_per_call': '>= 0', 'crop_padding': '>= 0',
-    'resnet_width': '> 0', 'label_smoothing': 'in [0, 1)',
-    'mixup_alpha': '>= 0', 'cutmix_alpha': '>= 0', 'ema_decay': 'in [0, 1)',
+  'learning_rate': '> 0',
+  'batch_size': '> 0',
+  'eval_batch_size': '> 0',
+  'num_epochs': '> 0',
+  'hidden_size': '> 0',
+  'num_layers': '> 0',
+  'validation_percent': 'in 1..99',
+  'train_examples': '-1 (all) or > 0',
+  'dropout_rate': 'in [0, 1)',
+  'b1': 'in [0, 1)',
+  'b2': 'in [0, 1)',
+  'momentum': 'in [0, 1)',
+  'weight_decay': '>= 0',
+  'grad_clip_norm': '>= 0',
+  'l1': '>= 0',
+  'l2': '>= 0',
+  'warmup_epochs': '>= 0',
+  'checkpoint_every_steps': '>= 0',
+  'log_every_steps': '>= 0',
+  'patience': '>= 0',
+  'num_data_shards': '>= 0',
+  'max_nonfinite_steps': '>= 0',
+  'seed': '>= 0',
+  'forget_bias': '>= 0',
+  'steps_per_call': '>= 0',
+  'crop_padding': '>= 0',
+  'resnet_width': '> 0',
+  'label_smoothing': 'in [0, 1)',
+  'mixup_alpha': '>= 0',
+  'cutmix_alpha': '>= 0',
+  'ema_decay': 'in [0, 1)',
 }
 
 
 def _validate_resnet_depth(config) -> None:
   if config.resnet_depth < 8 or (config.resnet_depth - 2) % 6:
-    raise ValueError(f'resnet_depth must be 6n + 2 (8, 14, 20, 32, 44, 56, '
-                     f'110, ...), got {config.resnet_depth!r}; set '
-                     '--config.resnet_depth=...')
+    raise ValueError(
+      f'resnet_depth must be 6n + 2 (8, 14, 20, 32, 44, 56, '
+      f'110, ...), got {config.resnet_depth!r}; set '
+      '--config.resnet_depth=...'
+    )
 
 
 def validate(config) -> None:
@@ -214,16 +258,23 @@ def validate(config) -> None:
     if name in config:
       allowed = allowed() if callable(allowed) else allowed
       if config[name] not in allowed:
-        raise ValueError(f'unknown {name} {config[name]!r}; choose one of '
-                         f'{list(allowed)} (--config.{name}=...)')
+        raise ValueError(
+          f'unknown {name} {config[name]!r}; choose one of '
+          f'{list(allowed)} (--config.{name}=...)'
+        )
   for name, rule in RANGES.items():
     if name not in config:
       continue
     value = config[name]
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-        or not math.isfinite(value) or not _RULES[rule](value)):
-      raise ValueError(f'{name} must be {rule}, got {value!r}; set '
-                       f'--config.{name}=...')
+    if (
+      isinstance(value, bool)
+      or not isinstance(value, (int, float))
+      or not math.isfinite(value)
+      or not _RULES[rule](value)
+    ):
+      raise ValueError(
+        f'{name} must be {rule}, got {value!r}; set --config.{name}=...'
+      )
   _validate_image_folder(config)
   if config.model == 'resnet':
     _validate_resnet_depth(config)

@@ -22,9 +22,9 @@ import numpy as np
 # Where each stock TFDS builder downloads from: probed (3 s timeout) before a
 # download is tried, because TFDS itself retries offline for minutes.
 _DOWNLOAD_HOSTS = {
-    'mnist': 'storage.googleapis.com',
-    'fashion_mnist': 'fashion-mnist.s3-website.eu-central-1.amazonaws.com',
-    'cifar10': 'www.cs.toronto.edu',
+  'mnist': 'storage.googleapis.com',
+  'fashion_mnist': 'fashion-mnist.s3-website.eu-central-1.amazonaws.com',
+  'cifar10': 'www.cs.toronto.edu',
 }
 
 
@@ -37,16 +37,43 @@ class DatasetSpec:
 
 
 DATASETS = {
-    'mnist': DatasetSpec((28, 28, 1), 10, augment=False,
-                         class_names=tuple(str(i) for i in range(10))),
-    'fashion_mnist': DatasetSpec(
-        (28, 28, 1), 10, augment=False,
-        class_names=('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-                     'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')),
-    'cifar10': DatasetSpec(
-        (32, 32, 3), 10, augment=True,
-        class_names=('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
-                     'frog', 'horse', 'ship', 'truck')),
+  'mnist': DatasetSpec(
+    (28, 28, 1), 10, augment=False, class_names=tuple(str(i) for i in range(10))
+  ),
+  'fashion_mnist': DatasetSpec(
+    (28, 28, 1),
+    10,
+    augment=False,
+    class_names=(
+      'T-shirt/top',
+      'Trouser',
+      'Pullover',
+      'Dress',
+      'Coat',
+      'Sandal',
+      'Shirt',
+      'Sneaker',
+      'Bag',
+      'Ankle boot',
+    ),
+  ),
+  'cifar10': DatasetSpec(
+    (32, 32, 3),
+    10,
+    augment=True,
+    class_names=(
+      'airplane',
+      'automobile',
+      'bird',
+      'cat',
+      'deer',
+      'dog',
+      'frog',
+      'horse',
+      'ship',
+      'truck',
+    ),
+  ),
 }
 # A folder of class folders (jaxcls/image_folder.py): its spec comes from the
 # prepared data, so it is not in the fixed table above.
@@ -60,6 +87,7 @@ class DatasetUnavailableError(RuntimeError):
 @dataclasses.dataclass
 class Split:
   """One split in host memory: uint8 images (N, H, W, C), int32 labels (N,)."""
+
   images: np.ndarray
   labels: np.ndarray
 
@@ -77,6 +105,7 @@ class Data:
   make the whole split, so the same global batches arise whether one process
   holds every shard or each of several processes holds its own.
   """
+
   train_shards: list[Split]
   val: Split
   test: Split
@@ -88,15 +117,19 @@ class Data:
     """All of this process's training examples, as one split."""
     if len(self.train_shards) == 1:
       return self.train_shards[0]
-    return Split(np.concatenate([s.images for s in self.train_shards]),
-                 np.concatenate([s.labels for s in self.train_shards]))
+    return Split(
+      np.concatenate([s.images for s in self.train_shards]),
+      np.concatenate([s.labels for s in self.train_shards]),
+    )
 
 
 def check_dataset_name(name: str) -> None:
   """Raises ValueError with the choices if ``name`` is not a dataset here."""
   if name != IMAGE_FOLDER and name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; choose one of '
-                     f'{sorted(DATASETS) + [IMAGE_FOLDER]}')
+    raise ValueError(
+      f'unknown dataset {name!r}; choose one of '
+      f'{sorted(DATASETS) + [IMAGE_FOLDER]}'
+    )
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -106,23 +139,28 @@ def get_spec(name: str) -> DatasetSpec:
   """
   check_dataset_name(name)
   if name == IMAGE_FOLDER:
-    raise ValueError(f'the spec of {IMAGE_FOLDER!r} comes from its files; '
-                     'use data.dataset_spec(config)')
+    raise ValueError(
+      f'the spec of {IMAGE_FOLDER!r} comes from its files; '
+      'use data.dataset_spec(config)'
+    )
   return DATASETS[name]
 
 
 def source_args(config) -> dict:
   """The config fields that say where a dataset's files are and how to shape
   them, as keyword arguments of :func:`get_builder` and :func:`load`."""
-  return {'manual_dir': config.get('manual_dir'),
-          'image_size': config.get('image_size', 0),
-          'channels': config.get('channels', 0)}
+  return {
+    'manual_dir': config.get('manual_dir'),
+    'image_size': config.get('image_size', 0),
+    'channels': config.get('channels', 0),
+  }
 
 
 def builder_for(config):
   """The prepared TFDS builder of ``config.dataset`` (see get_builder)."""
-  return get_builder(config.dataset, config.get('data_dir'),
-                     **source_args(config))
+  return get_builder(
+    config.dataset, config.get('data_dir'), **source_args(config)
+  )
 
 
 def dataset_spec(config) -> DatasetSpec:
@@ -131,6 +169,7 @@ def dataset_spec(config) -> DatasetSpec:
   if config.dataset != IMAGE_FOLDER:
     return get_spec(config.dataset)
   from jaxcls import image_folder  # Lazy: imports TFDS.
+
   return image_folder.spec(builder_for(config))
 
 
@@ -142,9 +181,14 @@ def _can_reach(host: str, timeout: float = 3.0) -> bool:
     return False
 
 
-def get_builder(name: str, data_dir: str | None = None, *,
-                manual_dir: str | None = None, image_size: int = 0,
-                channels: int = 0):
+def get_builder(
+  name: str,
+  data_dir: str | None = None,
+  *,
+  manual_dir: str | None = None,
+  image_size: int = 0,
+  channels: int = 0,
+):
   """Returns a prepared TFDS builder for ``name``, preparing it if possible.
 
   For mnist, fashion_mnist and cifar10, in order: a prepared stock TFDS
@@ -162,12 +206,13 @@ def get_builder(name: str, data_dir: str | None = None, *,
   check_dataset_name(name)
   if name == IMAGE_FOLDER:
     from jaxcls import image_folder
-    return image_folder.get_builder(manual_dir, data_dir, image_size,
-                                    channels)
+
+    return image_folder.get_builder(manual_dir, data_dir, image_size, channels)
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
   from jaxcls import local_data
+
   local = local_data.get_builder(name, data_dir, manual_dir)
   if local is not None:
     return local
@@ -215,19 +260,30 @@ def read_split(builder, split: str) -> Split:
   except Exception as e:  # TF raises DataLossError etc. for damaged files.
     first_line = (str(e).strip().splitlines() or [''])[0][:200]
     raise ValueError(
-        f'the prepared files of {builder.name} in {builder.data_dir} are '
-        f'corrupt ({type(e).__name__}: {first_line}); delete that folder so '
-        'that it is prepared again') from None
+      f'the prepared files of {builder.name} in {builder.data_dir} are '
+      f'corrupt ({type(e).__name__}: {first_line}); delete that folder so '
+      'that it is prepared again'
+    ) from None
   if not images:
     raise ValueError(f'split {split!r} of {builder.name} is empty')
-  return Split(np.concatenate(images).astype(np.uint8),
-               np.concatenate(labels).astype(np.int32))
+  return Split(
+    np.concatenate(images).astype(np.uint8),
+    np.concatenate(labels).astype(np.int32),
+  )
 
 
-def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
-         train_examples: int = -1, num_shards: int = 1,
-         shard_ids: tuple[int, ...] = (0,), *, manual_dir: str | None = None,
-         image_size: int = 0, channels: int = 0) -> Data:
+def load(
+  name: str,
+  data_dir: str | None = None,
+  validation_percent: int = 10,
+  train_examples: int = -1,
+  num_shards: int = 1,
+  shard_ids: tuple[int, ...] = (0,),
+  *,
+  manual_dir: str | None = None,
+  image_size: int = 0,
+  channels: int = 0,
+) -> Data:
   """Loads train / validation / test for ``name`` into host memory.
 
   The validation split is TFDS's ``validation`` split where the dataset has
@@ -241,10 +297,16 @@ def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
   """
   import tensorflow_datasets as tfds
 
-  builder = get_builder(name, data_dir, manual_dir=manual_dir,
-                        image_size=image_size, channels=channels)
+  builder = get_builder(
+    name,
+    data_dir,
+    manual_dir=manual_dir,
+    image_size=image_size,
+    channels=channels,
+  )
   if name == IMAGE_FOLDER:
     from jaxcls import image_folder
+
     spec = image_folder.spec(builder)
   else:
     spec = get_spec(name)
@@ -270,19 +332,26 @@ def load(name: str, data_dir: str | None = None, validation_percent: int = 10,
   test = read_split(builder, 'test')
   for split in (*shards, val, test):
     if split.images.shape[1:] != spec.image_shape:
-      raise ValueError(f'{builder.name} images have shape '
-                       f'{split.images.shape[1:]}, expected {spec.image_shape}')
-    if split.labels.size and not 0 <= split.labels.min() <= split.labels.max(
-    ) < spec.num_classes:
-      raise ValueError(f'{builder.name} has labels outside 0..'
-                       f'{spec.num_classes - 1}; its files are corrupt')
+      raise ValueError(
+        f'{builder.name} images have shape '
+        f'{split.images.shape[1:]}, expected {spec.image_shape}'
+      )
+    if (
+      split.labels.size
+      and not 0 <= split.labels.min() <= split.labels.max() < spec.num_classes
+    ):
+      raise ValueError(
+        f'{builder.name} has labels outside 0..'
+        f'{spec.num_classes - 1}; its files are corrupt'
+      )
   config_name = builder.builder_config.name if builder.builder_config else ''
   source = f'{builder.name}/{config_name}' if config_name else builder.name
   return Data(shards, val, test, spec, source=source)
 
 
-def epoch_permutation(seed: int, epoch: int, n: int,
-                      shard: int = 0) -> np.ndarray:
+def epoch_permutation(
+  seed: int, epoch: int, n: int, shard: int = 0
+) -> np.ndarray:
   """The order of a shard's ``n`` examples in ``epoch``: a function of
   (seed, epoch, shard) only, so a resumed run sees the same batches."""
   return np.random.default_rng([seed, epoch, shard]).permutation(n)
@@ -293,8 +362,9 @@ def normalize(images: jax.Array) -> jax.Array:
   return (images.astype(jnp.float32) / 255.0 - 0.5) / 0.5
 
 
-def random_crop_flip(rng: jax.Array, images: jax.Array,
-                     padding: int = 4) -> jax.Array:
+def random_crop_flip(
+  rng: jax.Array, images: jax.Array, padding: int = 4
+) -> jax.Array:
   """Random crop after zero-padding by ``padding``, and random h-flip.
 
   The same augmentation as torchvision's ``RandomCrop(32, padding=4)`` and
@@ -302,8 +372,9 @@ def random_crop_flip(rng: jax.Array, images: jax.Array,
   """
   b, h, w, c = images.shape
   crop_key, flip_key = jax.random.split(rng)
-  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding),
-                            (0, 0)))
+  padded = jnp.pad(
+    images, ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  )
   offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * padding + 1)
 
   def crop(image, offset):
@@ -314,15 +385,17 @@ def random_crop_flip(rng: jax.Array, images: jax.Array,
   return jnp.where(flip, cropped[:, :, ::-1, :], cropped)
 
 
-def train_batch(split: Split, order: np.ndarray, index: int,
-                batch_size: int) -> dict[str, np.ndarray]:
+def train_batch(
+  split: Split, order: np.ndarray, index: int, batch_size: int
+) -> dict[str, np.ndarray]:
   """Batch ``index`` of an epoch whose example order is ``order``."""
-  rows = order[index * batch_size:(index + 1) * batch_size]
+  rows = order[index * batch_size : (index + 1) * batch_size]
   return {'image': split.images[rows], 'label': split.labels[rows]}
 
 
-def sharded_train_batch(shards: list[Split], orders: list[np.ndarray],
-                        index: int, per_shard: int) -> dict[str, np.ndarray]:
+def sharded_train_batch(
+  shards: list[Split], orders: list[np.ndarray], index: int, per_shard: int
+) -> dict[str, np.ndarray]:
   """Batch ``index`` from each shard (in its own order), concatenated."""
   parts = [train_batch(s, o, index, per_shard) for s, o in zip(shards, orders)]
   if len(parts) == 1:
@@ -330,8 +403,9 @@ def sharded_train_batch(shards: list[Split], orders: list[np.ndarray],
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def eval_batches(split: Split, batch_size: int, process_index: int = 0,
-                 process_count: int = 1):
+def eval_batches(
+  split: Split, batch_size: int, process_index: int = 0, process_count: int = 1
+):
   """Yields this process's rows of each global batch, padded, with a mask.
 
   The last batch is padded to ``batch_size`` with copies of example 0 whose
@@ -343,8 +417,11 @@ def eval_batches(split: Split, batch_size: int, process_index: int = 0,
   n = len(split)
   for start in range(0, n, batch_size):
     rows = np.arange(start, start + batch_size)
-    rows = rows[process_index * local:(process_index + 1) * local]
+    rows = rows[process_index * local : (process_index + 1) * local]
     mask = rows < n
     rows = np.where(mask, rows, 0)
-    yield {'image': split.images[rows], 'label': split.labels[rows],
-           'mask': mask.astype(np.float32)}
+    yield {
+      'image': split.images[rows],
+      'label': split.labels[rows],
+      'mask': mask.astype(np.float32),
+    }

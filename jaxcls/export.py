@@ -69,8 +69,9 @@ def model_variables(state) -> dict:
   variables = {'params': state.params}
   for field in dataclasses.fields(state):
     value = getattr(state, field.name)
-    if (field.name not in _NOT_VARIABLES and isinstance(value, Mapping)
-        and value):
+    if (
+      field.name not in _NOT_VARIABLES and isinstance(value, Mapping) and value
+    ):
       variables[field.name] = value
   return variables
 
@@ -88,23 +89,25 @@ def serving_function(state) -> Callable[[jax.Array], dict]:
   def serve(images: jax.Array) -> dict:
     logits = apply_fn(variables, data.normalize(images), train=False)
     logits = logits.astype(jnp.float32)
-    return {'probabilities': jax.nn.softmax(logits, axis=-1),
-            'logits': logits}
+    return {'probabilities': jax.nn.softmax(logits, axis=-1), 'logits': logits}
 
   return serve
 
 
-def export_jax(state, image_shape: tuple[int, int, int],
-               platforms=PLATFORMS) -> jax.export.Exported:
+def export_jax(
+  state, image_shape: tuple[int, int, int], platforms=PLATFORMS
+) -> jax.export.Exported:
   """The serving function exported for ``platforms``, with a symbolic batch."""
-  batch, = jax.export.symbolic_shape('batch')
+  (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
-  return jax.export.export(jax.jit(serving_function(state)),
-                           platforms=platforms)(spec)
+  return jax.export.export(
+    jax.jit(serving_function(state)), platforms=platforms
+  )(spec)
 
 
-def save_saved_model(state, image_shape: tuple[int, int, int], folder: str,
-                     platforms=PLATFORMS) -> None:
+def save_saved_model(
+  state, image_shape: tuple[int, int, int], folder: str, platforms=PLATFORMS
+) -> None:
   """Writes the serving function as a TF SavedModel into ``folder``.
 
   jax2tf's native serialization puts the StableHLO of :func:`export_jax`
@@ -117,20 +120,27 @@ def save_saved_model(state, image_shape: tuple[int, int, int], folder: str,
 
   height, width, channels = image_shape
   converted = jax2tf.convert(
-      serving_function(state),
-      polymorphic_shapes=[f'(batch, {height}, {width}, {channels})'],
-      native_serialization_platforms=platforms, with_gradient=False)
+    serving_function(state),
+    polymorphic_shapes=[f'(batch, {height}, {width}, {channels})'],
+    native_serialization_platforms=platforms,
+    with_gradient=False,
+  )
   module = tf.Module()
   module.serve = tf.function(
-      converted, autograph=False, input_signature=[
-          tf.TensorSpec((None, *image_shape), tf.uint8, name=INPUT_NAME)])
+    converted,
+    autograph=False,
+    input_signature=[
+      tf.TensorSpec((None, *image_shape), tf.uint8, name=INPUT_NAME)
+    ],
+  )
   try:
     signature = module.serve.get_concrete_function()
   except NotImplementedError as e:  # XlaCallModule version too new for TF.
     raise ExportError(
-        f'this TensorFlow {tf.__version__} cannot hold a JAX '
-        f'{jax.__version__} export ({str(e).splitlines()[0]}); install the '
-        'pair pinned in requirements.txt') from None
+      f'this TensorFlow {tf.__version__} cannot hold a JAX '
+      f'{jax.__version__} export ({str(e).splitlines()[0]}); install the '
+      'pair pinned in requirements.txt'
+    ) from None
   tf.saved_model.save(module, folder, signatures={SIGNATURE: signature})
 
 
@@ -163,18 +173,22 @@ def _run_results(workdir: str, checkpoint_meta: dict) -> dict:
   checkpoint: the same fingerprint (as training computed it) and best epoch.
   A run still training, or one stopped before its test, has none yet.
   """
-  found = {'config_fingerprint': checkpoint_meta.get('fingerprint'),
-           'best_epoch': checkpoint_meta.get('epoch'),
-           'best_val_accuracy': checkpoint_meta.get('best_val_accuracy'),
-           'weights': checkpoint_meta.get('weights', 'live')}
+  found = {
+    'config_fingerprint': checkpoint_meta.get('fingerprint'),
+    'best_epoch': checkpoint_meta.get('epoch'),
+    'best_val_accuracy': checkpoint_meta.get('best_val_accuracy'),
+    'weights': checkpoint_meta.get('weights', 'live'),
+  }
   try:
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
   except (OSError, ValueError):
     return found
-  if (isinstance(results, dict)
-      and results.get('config_fingerprint') == found['config_fingerprint']
-      and results.get('best_epoch') == found['best_epoch']):
+  if (
+    isinstance(results, dict)
+    and results.get('config_fingerprint') == found['config_fingerprint']
+    and results.get('best_epoch') == found['best_epoch']
+  ):
     found['test_accuracy'] = results.get('test_accuracy')
   return found
 
@@ -186,22 +200,34 @@ def check_outputs(call, serve, image_shape, what: str) -> None:
   both: the export is verified before it is reported written.
   """
   rng = np.random.default_rng(0)
-  images = np.stack([np.zeros(image_shape, np.uint8),
-                     np.full(image_shape, 255, np.uint8),
-                     rng.integers(0, 256, image_shape, dtype=np.uint8)])
+  images = np.stack(
+    [
+      np.zeros(image_shape, np.uint8),
+      np.full(image_shape, 255, np.uint8),
+      rng.integers(0, 256, image_shape, dtype=np.uint8),
+    ]
+  )
   expected = jax.device_get(serve(images))
   got = call(images)
   for name in OUTPUT_NAMES:
-    if not np.allclose(np.asarray(got[name]), expected[name],
-                       rtol=_TOLERANCE, atol=_TOLERANCE):
-      raise ExportError(f'{what}: its {name} differ from the model\'s; the '
-                        'installed JAX/TensorFlow pair may be incompatible '
-                        '(install the versions pinned in requirements.txt)')
+    if not np.allclose(
+      np.asarray(got[name]), expected[name], rtol=_TOLERANCE, atol=_TOLERANCE
+    ):
+      raise ExportError(
+        f"{what}: its {name} differ from the model's; the "
+        'installed JAX/TensorFlow pair may be incompatible '
+        '(install the versions pinned in requirements.txt)'
+      )
 
 
-def write(config, state, folder: str, formats=FORMATS,
-          class_names: list[str] | None = None,
-          run_results: dict | None = None) -> dict:
+def write(
+  config,
+  state,
+  folder: str,
+  formats=FORMATS,
+  class_names: list[str] | None = None,
+  run_results: dict | None = None,
+) -> dict:
   """Exports ``state`` (a model of ``config``) into ``folder``.
 
   The export is built in a temporary sibling folder, verified against the
@@ -211,8 +237,10 @@ def write(config, state, folder: str, formats=FORMATS,
   """
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
-    raise ExportError(f'unknown export format {unknown or formats}; choose '
-                      f'from {", ".join(FORMATS)} or all')
+    raise ExportError(
+      f'unknown export format {unknown or formats}; choose '
+      f'from {", ".join(FORMATS)} or all'
+    )
   spec = data.dataset_spec(config)
   image_shape = tuple(spec.image_shape)
   serve = jax.jit(serving_function(state))
@@ -221,24 +249,35 @@ def write(config, state, folder: str, formats=FORMATS,
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   meta = {
-      'format_version': FORMAT_VERSION,
-      'dataset': config.dataset,
-      'model': config.model,
-      'class_names': list(class_names or spec.class_names
-                          or map(str, range(spec.num_classes))),
-      'input': {'name': INPUT_NAME, 'shape': [None, *image_shape],
-                'dtype': 'uint8', 'layout': 'NHWC',
-                'pixels': '0..255, raw: normalised inside the function'},
-      'outputs': {name: {'shape': [None, spec.num_classes],
-                         'dtype': 'float32'} for name in OUTPUT_NAMES},
-      'config_fingerprint': config_lib.fingerprint(config),
-      'checkpoint_step': int(jax.device_get(state.step)),
-      'test_accuracy': None,
-      **(run_results or {}),  # The run's own fingerprint wins, if known.
-      'versions': {'jaxcls': _jaxcls_version(), 'jax': jax.__version__,
-                   'jaxlib': _version('jaxlib'), 'flax': _version('flax')},
-      'files': {},
-      'config': config.to_dict(),
+    'format_version': FORMAT_VERSION,
+    'dataset': config.dataset,
+    'model': config.model,
+    'class_names': list(
+      class_names or spec.class_names or map(str, range(spec.num_classes))
+    ),
+    'input': {
+      'name': INPUT_NAME,
+      'shape': [None, *image_shape],
+      'dtype': 'uint8',
+      'layout': 'NHWC',
+      'pixels': '0..255, raw: normalised inside the function',
+    },
+    'outputs': {
+      name: {'shape': [None, spec.num_classes], 'dtype': 'float32'}
+      for name in OUTPUT_NAMES
+    },
+    'config_fingerprint': config_lib.fingerprint(config),
+    'checkpoint_step': int(jax.device_get(state.step)),
+    'test_accuracy': None,
+    **(run_results or {}),  # The run's own fingerprint wins, if known.
+    'versions': {
+      'jaxcls': _jaxcls_version(),
+      'jax': jax.__version__,
+      'jaxlib': _version('jaxlib'),
+      'flax': _version('flax'),
+    },
+    'files': {},
+    'config': config.to_dict(),
   }
   try:
     if 'jax' in formats:
@@ -250,29 +289,37 @@ def write(config, state, folder: str, formats=FORMATS,
       reloaded = jax.export.deserialize(serialized)
       check_outputs(reloaded.call, serve, image_shape, SERVING_FILE)
       meta['files']['jax'] = {
-          'path': SERVING_FILE, 'sha256': _sha256(path),
-          'platforms': list(exported.platforms),
-          'calling_convention_version': exported.calling_convention_version,
-          'load': 'jax.export.deserialize(open(path, "rb").read())'
-                  '.call(images)'}
+        'path': SERVING_FILE,
+        'sha256': _sha256(path),
+        'platforms': list(exported.platforms),
+        'calling_convention_version': exported.calling_convention_version,
+        'load': 'jax.export.deserialize(open(path, "rb").read()).call(images)',
+      }
     if 'saved_model' in formats:
       import tensorflow as tf
 
       path = os.path.join(tmp, SAVED_MODEL_DIR)
       save_saved_model(state, image_shape, path)
       signature = tf.saved_model.load(path).signatures[SIGNATURE]
-      check_outputs(lambda x: signature(**{INPUT_NAME: tf.constant(x)}),
-                    serve, image_shape, SAVED_MODEL_DIR)
+      check_outputs(
+        lambda x: signature(**{INPUT_NAME: tf.constant(x)}),
+        serve,
+        image_shape,
+        SAVED_MODEL_DIR,
+      )
       meta['versions']['tensorflow'] = tf.__version__
       meta['files']['saved_model'] = {
-          'path': SAVED_MODEL_DIR,
-          'sha256': _sha256(os.path.join(path, 'saved_model.pb')),
-          'platforms': list(PLATFORMS), 'signature': SIGNATURE,
-          # A TensorFlow that loads it must run XlaCallModule this new.
-          'xla_call_module_version':
-              jax.config.jax_export_calling_convention_version,
-          'load': f'tf.saved_model.load(path).signatures["{SIGNATURE}"]'
-                  f'({INPUT_NAME}=images)'}
+        'path': SAVED_MODEL_DIR,
+        'sha256': _sha256(os.path.join(path, 'saved_model.pb')),
+        'platforms': list(PLATFORMS),
+        'signature': SIGNATURE,
+        # A TensorFlow that loads it must run XlaCallModule this new.
+        'xla_call_module_version': (
+          jax.config.jax_export_calling_convention_version
+        ),
+        'load': f'tf.saved_model.load(path).signatures["{SIGNATURE}"]'
+        f'({INPUT_NAME}=images)',
+      }
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
       json.dump(meta, f, indent=2)
       f.write('\n')
@@ -291,8 +338,9 @@ def _replace_folder(new: str, folder: str) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
-def export_workdir(workdir: str, formats=FORMATS,
-                   folder: str | None = None) -> tuple[str, dict]:
+def export_workdir(
+  workdir: str, formats=FORMATS, folder: str | None = None
+) -> tuple[str, dict]:
   """Exports the best checkpoint of ``workdir`` to ``folder`` (W/export).
 
   Returns ``(folder, metadata)``. The test accuracy comes from the run's
@@ -306,12 +354,19 @@ def export_workdir(workdir: str, formats=FORMATS,
     if inspection.best_meta(workdir) == before:
       break
   else:
-    raise ExportError(f'{workdir}: the best checkpoint kept changing while '
-                      'it was read; export when training has ended')
+    raise ExportError(
+      f'{workdir}: the best checkpoint kept changing while '
+      'it was read; export when training has ended'
+    )
   folder = folder or os.path.join(workdir, 'export')
-  meta = write(config, state, folder, formats,
-               class_names=inspection.class_names(config),
-               run_results=_run_results(workdir, before))
+  meta = write(
+    config,
+    state,
+    folder,
+    formats,
+    class_names=inspection.class_names(config),
+    run_results=_run_results(workdir, before),
+  )
   return folder, meta
 
 
@@ -322,6 +377,7 @@ class Served:
   ``image_shape`` comes from the artifact, ``class_names`` from
   ``export.json`` beside it (None without one: then classes are numbered).
   """
+
   predict: Callable[[np.ndarray], np.ndarray]
   image_shape: tuple[int, int, int]
   class_names: list[str] | None
@@ -339,16 +395,20 @@ def _find(path: str) -> tuple[str, str, str]:
   if os.path.isfile(path):
     return 'jax', path, os.path.dirname(path)
   if not os.path.isdir(path):
-    raise ExportError(f'{path}: no such file or folder; write an export '
-                      'with python -m experiments.export --workdir=W')
+    raise ExportError(
+      f'{path}: no such file or folder; write an export '
+      'with python -m experiments.export --workdir=W'
+    )
   if os.path.isfile(os.path.join(path, 'saved_model.pb')):
     return 'saved_model', path, os.path.dirname(path)
   if os.path.isfile(os.path.join(path, SERVING_FILE)):
     return 'jax', os.path.join(path, SERVING_FILE), path
   if os.path.isfile(os.path.join(path, SAVED_MODEL_DIR, 'saved_model.pb')):
     return 'saved_model', os.path.join(path, SAVED_MODEL_DIR), path
-  raise ExportError(f'{path}: holds no {SERVING_FILE} or SavedModel; pass '
-                    'the folder python -m experiments.export wrote (W/export)')
+  raise ExportError(
+    f'{path}: holds no {SERVING_FILE} or SavedModel; pass '
+    'the folder python -m experiments.export wrote (W/export)'
+  )
 
 
 def _read_metadata(folder: str, fmt: str, artifact: str) -> dict | None:
@@ -368,17 +428,22 @@ def _read_metadata(folder: str, fmt: str, artifact: str) -> dict | None:
     if len(shape) != 4 or not all(isinstance(n, str) for n in names):
       raise ValueError('bad input shape or class names')
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ExportError(f'{path}: not a jaxcls export.json ({type(e).__name__}'
-                      f': {e}); export again with python -m '
-                      'experiments.export') from None
+    raise ExportError(
+      f'{path}: not a jaxcls export.json ({type(e).__name__}'
+      f': {e}); export again with python -m '
+      'experiments.export'
+    ) from None
   if entry is None or os.path.basename(artifact) != entry.get('path'):
     return None  # Describes other files: use the artifact alone.
-  checked = (artifact if fmt == 'jax'
-             else os.path.join(artifact, 'saved_model.pb'))
+  checked = (
+    artifact if fmt == 'jax' else os.path.join(artifact, 'saved_model.pb')
+  )
   if _sha256(checked) != entry.get('sha256'):
-    raise ExportError(f'{checked}: damaged or replaced (its sha256 is not the '
-                      f'one in {path}); export again with python -m '
-                      'experiments.export')
+    raise ExportError(
+      f'{checked}: damaged or replaced (its sha256 is not the '
+      f'one in {path}); export again with python -m '
+      'experiments.export'
+    )
   return meta
 
 
@@ -390,23 +455,34 @@ def _load_jax(path: str):
   except OSError as e:
     raise ExportError(f'{path}: cannot be read ({e.strerror})') from None
   except Exception as e:  # flatbuffers raises struct.error, IndexError...
-    raise ExportError(f'{path}: not a jax.export serialization, or a damaged '
-                      f'one ({type(e).__name__}); export again with python '
-                      '-m experiments.export') from None
+    raise ExportError(
+      f'{path}: not a jax.export serialization, or a damaged '
+      f'one ({type(e).__name__}); export again with python '
+      '-m experiments.export'
+    ) from None
   avals = exported.in_avals
-  if (len(avals) != 1 or avals[0].dtype != np.uint8 or len(avals[0].shape) != 4
-      or not all(isinstance(d, int) for d in avals[0].shape[1:])):
-    raise ExportError(f'{path}: not a jaxcls serving export (it takes '
-                      f'{[str(a) for a in avals]}, not one uint8 image batch)')
+  if (
+    len(avals) != 1
+    or avals[0].dtype != np.uint8
+    or len(avals[0].shape) != 4
+    or not all(isinstance(d, int) for d in avals[0].shape[1:])
+  ):
+    raise ExportError(
+      f'{path}: not a jaxcls serving export (it takes '
+      f'{[str(a) for a in avals]}, not one uint8 image batch)'
+    )
   if exported.platforms and jax.default_backend() not in exported.platforms:
-    raise ExportError(f'{path}: exported for {", ".join(exported.platforms)}, '
-                      f'not for this {jax.default_backend()}')
+    raise ExportError(
+      f'{path}: exported for {", ".join(exported.platforms)}, '
+      f'not for this {jax.default_backend()}'
+    )
 
   def predict(images: np.ndarray) -> np.ndarray:
     out = exported.call(images)
     if not isinstance(out, dict) or 'probabilities' not in out:
-      raise ExportError(f'{path}: not a jaxcls serving export (its output '
-                        'has no probabilities)')
+      raise ExportError(
+        f'{path}: not a jaxcls serving export (its output has no probabilities)'
+      )
     return np.asarray(out['probabilities'])
 
   return predict, tuple(avals[0].shape[1:])
@@ -420,18 +496,26 @@ def _load_saved_model(path: str):
     loaded = tf.saved_model.load(path)
   except Exception as e:  # Damaged protobufs raise several types.
     reason = str(e).splitlines()[0][:200] if str(e) else ''
-    raise ExportError(f'{path}: not a readable SavedModel ({type(e).__name__}'
-                      f': {reason}); export again with python -m '
-                      'experiments.export') from None
+    raise ExportError(
+      f'{path}: not a readable SavedModel ({type(e).__name__}'
+      f': {reason}); export again with python -m '
+      'experiments.export'
+    ) from None
   signature = loaded.signatures.get(SIGNATURE)
   specs = signature.structured_input_signature[1] if signature else {}
   spec = specs.get(INPUT_NAME)
-  if (spec is None or spec.dtype != tf.uint8 or spec.shape.rank != 4
-      or None in spec.shape[1:]
-      or 'probabilities' not in signature.structured_outputs):
-    raise ExportError(f'{path}: has no jaxcls {SIGNATURE} signature '
-                      f'({INPUT_NAME}: uint8 (batch, H, W, C) -> '
-                      'probabilities)')
+  if (
+    spec is None
+    or spec.dtype != tf.uint8
+    or spec.shape.rank != 4
+    or None in spec.shape[1:]
+    or 'probabilities' not in signature.structured_outputs
+  ):
+    raise ExportError(
+      f'{path}: has no jaxcls {SIGNATURE} signature '
+      f'({INPUT_NAME}: uint8 (batch, H, W, C) -> '
+      'probabilities)'
+    )
 
   def predict(images: np.ndarray) -> np.ndarray:
     out = signature(**{INPUT_NAME: tf.constant(images)})
@@ -453,8 +537,10 @@ def load(path: str) -> Served:
   names = None
   if meta is not None:
     if tuple(meta['input']['shape'][1:]) != image_shape:
-      raise ExportError(f'{artifact}: takes images of shape {image_shape}, '
-                        f'but {os.path.join(folder, METADATA_FILE)} says '
-                        f'{tuple(meta["input"]["shape"][1:])}; export again')
+      raise ExportError(
+        f'{artifact}: takes images of shape {image_shape}, '
+        f'but {os.path.join(folder, METADATA_FILE)} says '
+        f'{tuple(meta["input"]["shape"][1:])}; export again'
+      )
     names = list(meta['class_names'])
   return Served(predict, image_shape, names, fmt, artifact)

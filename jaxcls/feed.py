@@ -14,10 +14,11 @@ Two ways to get a call's batches to the device, chosen by the config:
   device(s), one step per call. It is used with ``pmap`` and when several
   processes each hold only their own part of the data.
 
-``steps_per_call`` (``n``) is chosen per backend (:func:`default_steps_per_call`):
-on XLA:CPU one step per call measured fastest (benchmarks/NOTES.md: a scanned
-while loop makes the CNN's convolution gradients ~5x slower, unrolling adds
-compile time and no speed); on GPU and TPU many steps per call.
+``steps_per_call`` (``n``) is chosen per backend
+(:func:`default_steps_per_call`): on XLA:CPU one step per call measured
+fastest (benchmarks/NOTES.md: a scanned while loop makes the CNN's
+convolution gradients ~5x slower, unrolling adds compile time and no speed);
+on GPU and TPU many steps per call.
 
 Each step is ``train.train_step`` itself, with its key ``fold_in(rng,
 step)`` and its batch from the same ``(seed, epoch)`` order, so every feed
@@ -29,7 +30,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcls import data
 
@@ -58,8 +60,13 @@ def steps_per_call(config) -> int:
   return config.steps_per_call or default_steps_per_call()
 
 
-def epoch_rows(seed: int, epoch: int, shards: list[data.Split],
-               shard_ids: tuple[int, ...], per_shard: int) -> np.ndarray:
+def epoch_rows(
+  seed: int,
+  epoch: int,
+  shards: list[data.Split],
+  shard_ids: tuple[int, ...],
+  per_shard: int,
+) -> np.ndarray:
   """``(steps, local batch)`` int32 rows of ``epoch`` into the concatenated
   ``shards`` (this process's).
 
@@ -71,7 +78,7 @@ def epoch_rows(seed: int, epoch: int, shards: list[data.Split],
   offset, parts = 0, []
   for split, shard in zip(shards, shard_ids):
     order = data.epoch_permutation(seed, epoch, len(split), shard)
-    parts.append(offset + order[:steps * per_shard].reshape(steps, per_shard))
+    parts.append(offset + order[: steps * per_shard].reshape(steps, per_shard))
     offset += len(split)
   return np.concatenate(parts, axis=1).astype(np.int32)
 
@@ -105,8 +112,12 @@ class DeviceFeed:
     repl = NamedSharding(mesh, P())
     self._rows_sharding = NamedSharding(mesh, P(None, 'data'))
     self._data = jax.device_put(
-        {'image': np.asarray(train_split.images, np.uint8),
-         'label': np.asarray(train_split.labels, np.int32)}, repl)
+      {
+        'image': np.asarray(train_split.images, np.uint8),
+        'label': np.asarray(train_split.labels, np.int32),
+      },
+      repl,
+    )
     self._step_fn, self._repl = step_fn, repl
     self._compiled = {}
     self.input_seconds = 0.0  # host time spent feeding (here: the rows)
@@ -114,12 +125,15 @@ class DeviceFeed:
   def compile(self, state, rng, n: int, batch_size: int):
     """Compiles (once) the call of ``n`` steps; returns it."""
     if n not in self._compiled:
-      fn = jax.jit(multi_step(self._step_fn, n),
-                   in_shardings=(self._repl, self._repl, self._rows_sharding,
-                                 self._repl),
-                   out_shardings=(self._repl, self._repl), donate_argnums=0)
-      rows = jax.ShapeDtypeStruct((n, batch_size), jnp.int32,
-                                  sharding=self._rows_sharding)
+      fn = jax.jit(
+        multi_step(self._step_fn, n),
+        in_shardings=(self._repl, self._repl, self._rows_sharding, self._repl),
+        out_shardings=(self._repl, self._repl),
+        donate_argnums=0,
+      )
+      rows = jax.ShapeDtypeStruct(
+        (n, batch_size), jnp.int32, sharding=self._rows_sharding
+      )
       self._compiled[n] = fn.lower(state, self._data, rows, rng).compile()
     return self._compiled[n]
 
@@ -152,8 +166,12 @@ class HostFeed:
     return self._train
 
   def _batch(self, rows):
-    return self._steps.put_batch({'image': self._split.images[rows[0]],
-                                  'label': self._split.labels[rows[0]]})
+    return self._steps.put_batch(
+      {
+        'image': self._split.images[rows[0]],
+        'label': self._split.labels[rows[0]],
+      }
+    )
 
   def run(self, state, rows: np.ndarray, rng):
     t = time.perf_counter()
@@ -162,5 +180,12 @@ class HostFeed:
     return self._train(state, batch, rng)
 
 
-__all__ = ['default_steps_per_call', 'use_device_data', 'steps_per_call',
-           'epoch_rows', 'multi_step', 'DeviceFeed', 'HostFeed']
+__all__ = [
+  'default_steps_per_call',
+  'use_device_data',
+  'steps_per_call',
+  'epoch_rows',
+  'multi_step',
+  'DeviceFeed',
+  'HostFeed',
+]

@@ -38,8 +38,13 @@ class StopSignal:
       signal.signal(sig, handler)
 
 
-def check_finite(metrics: list, first_step: int, latest,
-                 policy: str = 'stop', max_in_a_row: int = 0) -> int:
+def check_finite(
+  metrics: list,
+  first_step: int,
+  latest,
+  policy: str = 'stop',
+  max_in_a_row: int = 0,
+) -> int:
   """Raises NonFiniteLossError as ``policy`` says; returns the skipped count.
 
   'stop': any non-finite loss stops the run. 'skip': the optimizer dropped
@@ -52,31 +57,39 @@ def check_finite(metrics: list, first_step: int, latest,
     return 0
   first_bad = first_step + int(np.flatnonzero(bad)[0]) + 1
   last = latest.latest_step()
-  kept = ((f'The last good checkpoint (step {last}) is kept; ' if last is not
-           None else 'No checkpoint had been saved yet; ') +
-          'lower --config.learning_rate or set --config.grad_clip_norm')
+  kept = (
+    f'The last good checkpoint (step {last}) is kept; '
+    if last is not None
+    else 'No checkpoint had been saved yet; '
+  ) + 'lower --config.learning_rate or set --config.grad_clip_norm'
   if policy != 'skip':
     raise NonFiniteLossError(
-        f'the training loss became non-finite at step {first_bad}; stopped. '
-        + kept)
+      f'the training loss became non-finite at step {first_bad}; stopped. '
+      + kept
+    )
   run = longest = 0
   for b in bad:
     run = run + 1 if b else 0
     longest = max(longest, run)
   if longest > max_in_a_row:
     raise NonFiniteLossError(
-        f'more than {max_in_a_row} non-finite steps in a row (first at step '
-        f'{first_bad}); stopped. ' + kept)
+      f'more than {max_in_a_row} non-finite steps in a row (first at step '
+      f'{first_bad}); stopped. ' + kept
+    )
   return int(bad.sum())
 
 
 def exit_on_signal(name: str, step: int, workdir: str, latest) -> None:
   """After the checkpoint at ``step`` is saved: say so, exit 128 + signal."""
   from jaxcls import checkpoint  # Not at the top: checkpoint imports Orbax.
+
   checkpoint.wait(latest)
   if jax.process_index() == 0:
-    print(f'{name}: saved a checkpoint at step {step} in {workdir}; run the '
-          'same command to resume.', flush=True)
+    print(
+      f'{name}: saved a checkpoint at step {step} in {workdir}; run the '
+      'same command to resume.',
+      flush=True,
+    )
   sys.exit(128 + signal.Signals[name].value)
 
 
@@ -84,12 +97,19 @@ def per_step(metrics: list) -> dict:
   """The calls' metrics (scalars, or ``(n,)`` for ``n`` steps per call) as
   host arrays with one entry per step. Fetching them is a host sync."""
   fetched = jax.device_get(metrics)
-  return {k: np.concatenate([np.atleast_1d(m[k]) for m in fetched])
-          for k in fetched[0]}
+  return {
+    k: np.concatenate([np.atleast_1d(m[k]) for m in fetched])
+    for k in fetched[0]
+  }
 
 
-def epoch_totals(metrics: list, first_step: int, latest, policy: str = 'stop',
-                 max_in_a_row: int = 0) -> dict:
+def epoch_totals(
+  metrics: list,
+  first_step: int,
+  latest,
+  policy: str = 'stop',
+  max_in_a_row: int = 0,
+) -> dict:
   """The epoch's summed metrics over the steps that were applied.
 
   Raises NonFiniteLossError as :func:`check_finite` does. With the 'skip'
@@ -100,8 +120,9 @@ def epoch_totals(metrics: list, first_step: int, latest, policy: str = 'stop',
   steps = per_step(metrics)
   kept = np.isfinite(steps['loss'])
   if skipped:
-    print(f'Skipped {skipped} steps with a non-finite loss this epoch.',
-          flush=True)
+    print(
+      f'Skipped {skipped} steps with a non-finite loss this epoch.', flush=True
+    )
     if not kept.any():
       kept[:1] = True
   return {k: v[kept].sum() for k, v in steps.items()}

@@ -54,16 +54,30 @@ import tensorflow_datasets as tfds
 from jaxcls import data
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg')
-SPLIT_FOLDERS = {'train': ('train',), 'validation': ('val', 'validation',
-                                                     'valid'),
-                 'test': ('test',)}
+SPLIT_FOLDERS = {
+  'train': ('train',),
+  'validation': ('val', 'validation', 'valid'),
+  'test': ('test',),
+}
 TEST_PERCENT = 10
 SEED = 0
 DEFAULT_SIZE_RANGE = (8, 64)
-_GRAY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N',
-               'F')
-_LAYOUT = ('a folder per class (ROOT/<class>/*.png|jpg|jpeg), or ROOT/train/'
-           '<class>/... with optional ROOT/val and ROOT/test')
+_GRAY_MODES = (
+  '1',
+  'L',
+  'LA',
+  'La',
+  'I',
+  'I;16',
+  'I;16B',
+  'I;16L',
+  'I;16N',
+  'F',
+)
+_LAYOUT = (
+  'a folder per class (ROOT/<class>/*.png|jpg|jpeg), or ROOT/train/'
+  '<class>/... with optional ROOT/val and ROOT/test'
+)
 
 
 class ImageFolderError(ValueError):
@@ -74,6 +88,7 @@ class ImageFolderError(ValueError):
 class Scan:
   """What preparing needs: files per split (paths relative to ``root``, with
   their labels), the class names, and the size and channels to convert to."""
+
   root: str
   files: dict[str, list[tuple[str, int]]]
   class_names: list[str]
@@ -82,9 +97,11 @@ class Scan:
 
 
 def _subfolders(folder: str) -> list[str]:
-  return sorted(n for n in os.listdir(folder)
-                if not n.startswith('.') and
-                os.path.isdir(os.path.join(folder, n)))
+  return sorted(
+    n
+    for n in os.listdir(folder)
+    if not n.startswith('.') and os.path.isdir(os.path.join(folder, n))
+  )
 
 
 def _images_in(folder: str) -> list[str]:
@@ -92,8 +109,11 @@ def _images_in(folder: str) -> list[str]:
   found = []
   for parent, dirs, files in os.walk(folder):
     dirs[:] = [d for d in dirs if not d.startswith('.')]
-    found += [os.path.join(parent, f) for f in files
-              if not f.startswith('.') and f.lower().endswith(EXTENSIONS)]
+    found += [
+      os.path.join(parent, f)
+      for f in files
+      if not f.startswith('.') and f.lower().endswith(EXTENSIONS)
+    ]
   return sorted(found)
 
 
@@ -113,13 +133,13 @@ def _split_folders(root: str) -> dict[str, str]:
   extra = [n for n in names if n not in known]
   if extra:
     raise ImageFolderError(
-        f'{os.path.join(root, extra[0])}: unexpected folder next to '
-        f'{root}/train; expected only train, val and test there')
+      f'{os.path.join(root, extra[0])}: unexpected folder next to '
+      f'{root}/train; expected only train, val and test there'
+    )
   return folders
 
 
-def list_files(root: str) -> tuple[dict[str, list[tuple[str, int]]],
-                                   list[str]]:
+def list_files(root: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
   """``(files per split, class names)`` of the folder ``root``.
 
   ``files[split]`` lists ``(absolute path, label)``; splits without a folder
@@ -134,23 +154,26 @@ def list_files(root: str) -> tuple[dict[str, list[tuple[str, int]]],
     raise ImageFolderError(f'{train} has no class folders; expected {_LAYOUT}')
   if len(class_names) == 1:
     raise ImageFolderError(
-        f'{train} has only one class folder ({class_names[0]}); a classifier '
-        'needs at least two, one folder per class')
+      f'{train} has only one class folder ({class_names[0]}); a classifier '
+      'needs at least two, one folder per class'
+    )
   files = {}
   for split, folder in folders.items():
     names = _subfolders(folder)
     unknown = [n for n in names if n not in class_names]
     if unknown:
       raise ImageFolderError(
-          f'{os.path.join(folder, unknown[0])}: class not in {train} (the '
-          'training classes are ' + ', '.join(class_names) + ')')
+        f'{os.path.join(folder, unknown[0])}: class not in {train} (the '
+        'training classes are ' + ', '.join(class_names) + ')'
+      )
     files[split] = []
     for name in names:
       images = _images_in(os.path.join(folder, name))
       if not images:
         raise ImageFolderError(
-            f'{os.path.join(folder, name)}: empty class folder (no '
-            f'{"/".join(EXTENSIONS)} images); add images or remove it')
+          f'{os.path.join(folder, name)}: empty class folder (no '
+          f'{"/".join(EXTENSIONS)} images); add images or remove it'
+        )
       files[split] += [(path, class_names.index(name)) for path in images]
   if 'test' not in files:
     files['train'], files['test'] = _carve(files['train'], len(class_names))
@@ -183,14 +206,17 @@ def _open(path: str):
   try:
     return Image.open(path)
   except UnidentifiedImageError:
-    raise ImageFolderError(f'{path}: not an image PIL can read (expected PNG '
-                           'or JPEG); delete or replace it') from None
+    raise ImageFolderError(
+      f'{path}: not an image PIL can read (expected PNG '
+      'or JPEG); delete or replace it'
+    ) from None
   except OSError as e:
     raise ImageFolderError(f'{path}: cannot read it ({_reason(e)})') from None
 
 
-def choose_defaults(paths: list[str], image_size: int = 0,
-                    channels: int = 0) -> tuple[int, int]:
+def choose_defaults(
+  paths: list[str], image_size: int = 0, channels: int = 0
+) -> tuple[int, int]:
   """``(image_size, channels)``, the zeros filled in from the images' headers
   (rules in the module docstring). Every file is opened, so an unreadable
   one is reported here, before anything is written."""
@@ -220,19 +246,23 @@ def load_image(path: str, image_size: int, channels: int) -> np.ndarray:
         if image.mode != 'F':
           pixels = pixels / 257.0
         image = Image.fromarray(
-            np.clip(np.round(pixels), 0, 255).astype(np.uint8), 'L')
+          np.clip(np.round(pixels), 0, 255).astype(np.uint8), 'L'
+        )
       if image.has_transparency_data:  # RGBA, LA, palette with transparency
         rgba = np.asarray(image.convert('RGBA'), np.float64)
-        image = Image.fromarray(np.rint(
-            rgba[..., :3] * rgba[..., 3:] / 255).astype(np.uint8), 'RGB')
+        image = Image.fromarray(
+          np.rint(rgba[..., :3] * rgba[..., 3:] / 255).astype(np.uint8), 'RGB'
+        )
       image = image.convert('L' if channels == 1 else 'RGB')
   except ImageFolderError:
     raise
   except (OSError, SyntaxError, ValueError) as e:  # Truncated or corrupt.
-    raise ImageFolderError(f'{path}: corrupt or truncated image '
-                           f'({_reason(e)}); delete or replace it') from None
-  image = ImageOps.fit(image, (image_size, image_size),
-                       Image.Resampling.LANCZOS)
+    raise ImageFolderError(
+      f'{path}: corrupt or truncated image ({_reason(e)}); delete or replace it'
+    ) from None
+  image = ImageOps.fit(
+    image, (image_size, image_size), Image.Resampling.LANCZOS
+  )
   return np.asarray(image, np.uint8).reshape(image_size, image_size, channels)
 
 
@@ -240,9 +270,12 @@ def scan(root: str, image_size: int = 0, channels: int = 0) -> Scan:
   """Lists, checks and sizes the folder ``root`` (no pixels decoded)."""
   files, class_names = list_files(root)
   image_size, channels = choose_defaults(
-      [p for split in files.values() for p, _ in split], image_size, channels)
-  relative = {split: [(os.path.relpath(p, root), label) for p, label in fs]
-              for split, fs in files.items()}
+    [p for split in files.values() for p, _ in split], image_size, channels
+  )
+  relative = {
+    split: [(os.path.relpath(p, root), label) for p, label in fs]
+    for split, fs in files.items()
+  }
   return Scan(root, relative, class_names, image_size, channels)
 
 
@@ -259,26 +292,32 @@ class ImageFolderData(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     s = self._scan
     return self.dataset_info_from_configs(
-        description=f'Images from {s.root}, as {s.image_size}x'
-                    f'{s.image_size}x{s.channels}.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(
-                shape=(s.image_size, s.image_size, s.channels)),
-            'label': tfds.features.ClassLabel(names=s.class_names),
-        }),
-        supervised_keys=('image', 'label'),
+      description=f'Images from {s.root}, as {s.image_size}x'
+      f'{s.image_size}x{s.channels}.',
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(
+            shape=(s.image_size, s.image_size, s.channels)
+          ),
+          'label': tfds.features.ClassLabel(names=s.class_names),
+        }
+      ),
+      supervised_keys=('image', 'label'),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The files are read in place.
-    return {split: self._generate_examples(files)
-            for split, files in self._scan.files.items()}
+    return {
+      split: self._generate_examples(files)
+      for split, files in self._scan.files.items()
+    }
 
   def _generate_examples(self, files):
     s = self._scan
     for relative, label in files:
-      image = load_image(os.path.join(s.root, relative), s.image_size,
-                         s.channels)
+      image = load_image(
+        os.path.join(s.root, relative), s.image_size, s.channels
+      )
       yield relative, {'image': image, 'label': label}
 
 
@@ -287,8 +326,12 @@ def _hash(*parts) -> str:
 
 
 def _config_prefix(root: str, image_size: int, channels: int) -> str:
-  base = ''.join(c if c.isalnum() else '_'
-                 for c in os.path.basename(root).lower())[:40] or 'root'
+  base = (
+    ''.join(c if c.isalnum() else '_' for c in os.path.basename(root).lower())[
+      :40
+    ]
+    or 'root'
+  )
   return f'{base}_{_hash(root, image_size, channels)}'
 
 
@@ -299,8 +342,13 @@ def _listing_hash(root: str) -> str:
     dirs.sort()
     for name in sorted(files):
       st = os.stat(os.path.join(parent, name))
-      entries.append((os.path.relpath(os.path.join(parent, name), root),
-                      st.st_size, st.st_mtime_ns))
+      entries.append(
+        (
+          os.path.relpath(os.path.join(parent, name), root),
+          st.st_size,
+          st.st_mtime_ns,
+        )
+      )
   return _hash(*entries)
 
 
@@ -308,24 +356,32 @@ def _prepared(path: str) -> bool:
   return os.path.exists(os.path.join(path, 'dataset_info.json'))
 
 
-def get_builder(manual_dir: str | None, data_dir: str | None = None,
-                image_size: int = 0, channels: int = 0):
+def get_builder(
+  manual_dir: str | None,
+  data_dir: str | None = None,
+  image_size: int = 0,
+  channels: int = 0,
+):
   """The prepared TFDS dataset of the folder ``manual_dir``; prepares it
   unless a copy of the folder as it is now was prepared before."""
   if not manual_dir:
     raise ImageFolderError(
-        f'dataset {data.IMAGE_FOLDER!r} needs --config.manual_dir=PATH, '
-        f'{_LAYOUT}')
+      f'dataset {data.IMAGE_FOLDER!r} needs --config.manual_dir=PATH, {_LAYOUT}'
+    )
   root = os.path.abspath(os.path.expanduser(manual_dir))
   data_root = os.path.expanduser(
-      data_dir or tfds.core.constants.get_default_data_dir())
+    data_dir or tfds.core.constants.get_default_data_dir()
+  )
   base = os.path.join(data_root, 'image_folder_data')
   prefix = _config_prefix(root, image_size, channels)
   version = str(ImageFolderData.VERSION)
   if not os.path.isdir(root):
     # Gone (e.g. predict on another machine): the newest prepared copy.
-    copies = [p for p in glob.glob(os.path.join(base, prefix + '_*', version))
-              if _prepared(p)]
+    copies = [
+      p
+      for p in glob.glob(os.path.join(base, prefix + '_*', version))
+      if _prepared(p)
+    ]
     if not copies:
       raise ImageFolderError(f'{root} is not a folder; expected {_LAYOUT}')
     return tfds.builder_from_directory(max(copies, key=os.path.getmtime))
@@ -334,8 +390,10 @@ def get_builder(manual_dir: str | None, data_dir: str | None = None,
   if _prepared(path):
     return tfds.builder_from_directory(path)
   builder = ImageFolderData(
-      folder_scan=scan(root, image_size, channels), data_dir=data_root,
-      config=tfds.core.BuilderConfig(name=name, description=f'{root}'))
+    folder_scan=scan(root, image_size, channels),
+    data_dir=data_root,
+    config=tfds.core.BuilderConfig(name=name, description=f'{root}'),
+  )
   data.prepare(builder)
   return tfds.builder_from_directory(path)
 
@@ -344,6 +402,8 @@ def spec(builder) -> data.DatasetSpec:
   """The DatasetSpec of a prepared image-folder builder (from its info)."""
   features = builder.info.features
   return data.DatasetSpec(
-      image_shape=tuple(features['image'].shape),
-      num_classes=features['label'].num_classes, augment=False,
-      class_names=tuple(features['label'].names))
+    image_shape=tuple(features['image'].shape),
+    num_classes=features['label'].num_classes,
+    augment=False,
+    class_names=tuple(features['label'].names),
+  )

@@ -8,7 +8,6 @@ the compiled forward pass. ``predict_probs`` is the jittable softmax of the
 model on uint8 images, normalised exactly as in training.
 """
 
-import json
 import os
 
 import flax.linen as nn
@@ -18,8 +17,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcls import checkpoint, config as config_lib, data, models, optim
-from jaxcls import train
+from jaxcls import checkpoint, data, models, optim, train
+from jaxcls import config as config_lib
 
 
 def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
@@ -28,25 +27,30 @@ def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
   folder = os.path.join(workdir, 'checkpoints', 'best')
   if not os.path.isdir(folder):
     raise checkpoint.CheckpointError(
-        f'no best checkpoint in {folder}; train first, e.g. '
-        f'python -m experiments.fashion_mnist --workdir={workdir}')
+      f'no best checkpoint in {folder}; train first, e.g. '
+      f'python -m experiments.fashion_mnist --workdir={workdir}'
+    )
   manager = checkpoint.make_manager(workdir, 'best', read_only=True)
   step = manager.latest_step()
   if step is None:
     raise checkpoint.CheckpointError(
-        f'no best checkpoint in {folder}; train first (or wait for the '
-        'first epoch to end)')
+      f'no best checkpoint in {folder}; train first (or wait for the '
+      'first epoch to end)'
+    )
   try:
-    meta = manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
+    meta = manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )['meta']
   except Exception as e:  # Orbax raises many types for a damaged folder.
     raise checkpoint.CheckpointError(
-        f'checkpoint {folder}/{step} is unreadable ({type(e).__name__}); '
-        'train again or use another --workdir') from None
+      f'checkpoint {folder}/{step} is unreadable ({type(e).__name__}); '
+      'train again or use another --workdir'
+    ) from None
   if 'config' not in meta:
     raise checkpoint.CheckpointError(
-        f'checkpoint {folder}/{step} has no config in its metadata (saved by '
-        'an older jaxcls); train again to use it here')
+      f'checkpoint {folder}/{step} has no config in its metadata (saved by '
+      'an older jaxcls); train again to use it here'
+    )
   return manager, meta
 
 
@@ -61,8 +65,9 @@ def best_meta(workdir: str) -> dict:
   return dict(_best_meta(workdir)[1])
 
 
-def load_best(workdir: str, attempts: int = 3
-              ) -> tuple[ml_collections.ConfigDict, train.TrainState]:
+def load_best(
+  workdir: str, attempts: int = 3
+) -> tuple[ml_collections.ConfigDict, train.TrainState]:
   """``(config, state)`` of the best checkpoint in ``workdir``.
 
   The model and optimizer are rebuilt from the config stored with the
@@ -78,13 +83,17 @@ def load_best(workdir: str, attempts: int = 3
     model = models.create_model(config, spec.num_classes)
     # The optimizer state's structure does not depend on steps_per_epoch.
     target = train.create_train_state(
-        jax.random.key(0), model, optim.create_optimizer(config, 1),
-        spec.image_shape, ema=config.ema_decay > 0)
+      jax.random.key(0),
+      model,
+      optim.create_optimizer(config, 1),
+      spec.image_shape,
+      ema=config.ema_decay > 0,
+    )
     step = manager.latest_step()
     try:
-      state, _ = checkpoint.restore(manager, target,
-                                    config_lib.fingerprint(config), step,
-                                    config=config)
+      state, _ = checkpoint.restore(
+        manager, target, config_lib.fingerprint(config), step, config=config
+      )
       return config, state
     except checkpoint.CheckpointError:
       manager.reload()
@@ -101,27 +110,33 @@ def class_names(config) -> list[str]:
 
 def predict_probs(state: train.TrainState, images: jax.Array) -> jax.Array:
   """Class probabilities (B, num_classes) for uint8 images (B, H, W, C)."""
-  logits = state.apply_fn(train.model_variables(state), data.normalize(images),
-                          train=False)
+  logits = state.apply_fn(
+    train.model_variables(state), data.normalize(images), train=False
+  )
   return jax.nn.softmax(logits, axis=-1)
 
 
-def predict_all(state: train.TrainState, images: np.ndarray,
-                batch_size: int = 1000) -> np.ndarray:
+def predict_all(
+  state: train.TrainState, images: np.ndarray, batch_size: int = 1000
+) -> np.ndarray:
   """``predict_probs`` over many images, in fixed-size (padded) batches."""
   fn = jax.jit(predict_probs)
   out = []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+    chunk = images[start : start + batch_size]
     pad = batch_size - len(chunk)  # One shape, one compilation.
-    padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
-                                             chunk.dtype)]) if pad else chunk
-    out.append(np.asarray(fn(state, padded))[:len(chunk)])
+    padded = (
+      np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+      if pad
+      else chunk
+    )
+    out.append(np.asarray(fn(state, padded))[: len(chunk)])
   return np.concatenate(out)
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
-                     num_classes: int) -> np.ndarray:
+def confusion_matrix(
+  labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> np.ndarray:
   """``m[true, predicted]`` = number of examples; rows are true classes."""
   m = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(m, (labels, predictions), 1)
@@ -130,15 +145,20 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
 
 def model_summary(model: nn.Module, image_shape: tuple[int, int, int]) -> str:
   """Flax's table of layers, input/output shapes, FLOPs and parameters."""
-  table = nn.tabulate(model, jax.random.key(0), compute_flops=True,
-                      console_kwargs={'width': 120, 'force_terminal': False,
-                                      'no_color': True})
+  table = nn.tabulate(
+    model,
+    jax.random.key(0),
+    compute_flops=True,
+    console_kwargs={'width': 120, 'force_terminal': False, 'no_color': True},
+  )
   return table(jnp.zeros((1, *image_shape), jnp.float32))
 
 
-def flops_per_example(state: train.TrainState,
-                      image_shape: tuple[int, int, int],
-                      batch_size: int = 8) -> float:
+def flops_per_example(
+  state: train.TrainState,
+  image_shape: tuple[int, int, int],
+  batch_size: int = 8,
+) -> float:
   """Forward-pass FLOPs per example, from XLA's cost analysis.
 
   The forward pass is lowered and compiled for ``batch_size`` uint8 images;

@@ -48,8 +48,9 @@ def _explicit_padding(padding, in_hw, kernel_hw) -> tuple[tuple[int, int], ...]:
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _shifted_forward(x: jax.Array, kernel: jax.Array,
-                     pads: tuple[tuple[int, int], ...]) -> jax.Array:
+def _shifted_forward(
+  x: jax.Array, kernel: jax.Array, pads: tuple[tuple[int, int], ...]
+) -> jax.Array:
   """The convolution as a sum of shifted, scaled copies of the input.
 
   ``x`` is ``(B, H, W, C_in)`` and ``kernel`` ``(kh, kw, C_in, C_out)``.
@@ -66,21 +67,23 @@ def _shifted_forward(x: jax.Array, kernel: jax.Array,
   acc = None
   for dy in range(kh):
     for dx in range(kw):
-      window = xp[:, dy:dy + out_h, dx:dx + out_w, :]
+      window = xp[:, dy : dy + out_h, dx : dx + out_w, :]
       for c in range(c_in):
-        term = window[..., c:c + 1] * k[dy, dx, c]
+        term = window[..., c : c + 1] * k[dy, dx, c]
         acc = term if acc is None else acc + term
   return acc.astype(x.dtype)
 
 
 def _lax_conv(x, kernel, pads):
-  return lax.conv_general_dilated(x, kernel, (1, 1), pads,
-                                  dimension_numbers=_NHWC)
+  return lax.conv_general_dilated(
+    x, kernel, (1, 1), pads, dimension_numbers=_NHWC
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def shifted_conv(x: jax.Array, kernel: jax.Array,
-                 pads: tuple[tuple[int, int], ...]) -> jax.Array:
+def shifted_conv(
+  x: jax.Array, kernel: jax.Array, pads: tuple[tuple[int, int], ...]
+) -> jax.Array:
   """A stride-1 NHWC/HWIO convolution: shifted forward, lax's backward.
 
   ``pads`` are explicit ``((top, bottom), (left, right))`` pairs. Computes
@@ -116,14 +119,21 @@ def _is_nhwc(dimension_numbers, ndim: int) -> bool:
     return False
   if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
     return dimension_numbers == lax.conv_dimension_numbers(
-        (1, 1, 1, 1), (1, 1, 1, 1), _NHWC)
+      (1, 1, 1, 1), (1, 1, 1, 1), _NHWC
+    )
   return tuple(dimension_numbers) == _NHWC
 
 
-def use_shifted(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
-                window_strides=(1, 1), lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=_NHWC, feature_group_count: int = 1,
-                backend: str | None = None) -> bool:
+def use_shifted(
+  lhs_shape: Sequence[int],
+  rhs_shape: Sequence[int],
+  window_strides=(1, 1),
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=_NHWC,
+  feature_group_count: int = 1,
+  backend: str | None = None,
+) -> bool:
   """Whether :func:`conv_general_dilated` takes the shifted path.
 
   Only on XLA:CPU (elsewhere cuDNN or the TPU's convolution units win), and
@@ -134,34 +144,64 @@ def use_shifted(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
     return False
   if not _is_nhwc(dimension_numbers, len(lhs_shape)):
     return False
-  if (_as_pair(window_strides) != (1, 1) or _as_pair(lhs_dilation) != (1, 1)
-      or _as_pair(rhs_dilation) != (1, 1) or feature_group_count != 1):
+  if (
+    _as_pair(window_strides) != (1, 1)
+    or _as_pair(lhs_dilation) != (1, 1)
+    or _as_pair(rhs_dilation) != (1, 1)
+    or feature_group_count != 1
+  ):
     return False
   return max(rhs_shape[2], rhs_shape[3]) <= MAX_SHIFTED_CHANNELS
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
   """``lax.conv_general_dilated``, with the shifted path where it wins.
 
   Same arguments and result; see :func:`use_shifted` for when the shifted
   path (:func:`shifted_conv`) is taken. Anything it does not cover
   (``precision``, ``preferred_element_type``, batch groups) goes to lax.
   """
-  if (batch_group_count == 1 and precision is None
-      and preferred_element_type is None
-      and use_shifted(lhs.shape, rhs.shape, window_strides, lhs_dilation,
-                      rhs_dilation, dimension_numbers, feature_group_count)):
+  if (
+    batch_group_count == 1
+    and precision is None
+    and preferred_element_type is None
+    and use_shifted(
+      lhs.shape,
+      rhs.shape,
+      window_strides,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+    )
+  ):
     pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2])
     return shifted_conv(lhs, rhs, pads)
   return lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count,
-      batch_group_count=batch_group_count, precision=precision,
-      preferred_element_type=preferred_element_type)
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
 class Conv(nn.Conv):
@@ -174,5 +214,10 @@ class Conv(nn.Conv):
   conv_general_dilated: Callable | None = conv_general_dilated
 
 
-__all__ = ['MAX_SHIFTED_CHANNELS', 'Conv', 'conv_general_dilated',
-           'shifted_conv', 'use_shifted']
+__all__ = [
+  'MAX_SHIFTED_CHANNELS',
+  'Conv',
+  'conv_general_dilated',
+  'shifted_conv',
+  'use_shifted',
+]

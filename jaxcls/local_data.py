@@ -30,7 +30,7 @@ import gzip
 import os
 import pickle
 import tarfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -43,11 +43,14 @@ FASHION_MNIST_ENV = 'JAXCLS_FASHION_MNIST_DIR'
 # Label counts of the real test splits: they tell MNIST and Fashion-MNIST
 # apart (same file names, same shapes), so a swapped folder is caught.
 _TEST_LABEL_COUNTS = {
-    'mnist': (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
-    'fashion_mnist': (1000,) * 10,
+  'mnist': (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+  'fashion_mnist': (1000,) * 10,
 }
-_TITLES = {'mnist': 'MNIST', 'fashion_mnist': 'Fashion-MNIST',
-           'cifar10': 'CIFAR-10'}
+_TITLES = {
+  'mnist': 'MNIST',
+  'fashion_mnist': 'Fashion-MNIST',
+  'cifar10': 'CIFAR-10',
+}
 
 
 class CorruptDatasetFileError(ValueError):
@@ -59,6 +62,7 @@ Arrays = tuple[np.ndarray, np.ndarray]
 
 
 # ----------------------------------------------------------------- readers.
+
 
 def _reason(e: BaseException) -> str:
   """An exception's message on one line (tarfile's has several), short."""
@@ -72,8 +76,7 @@ def _read_bytes(path: str) -> bytes:
     with opener(path, 'rb') as f:
       return f.read()
   except (OSError, EOFError, gzip.BadGzipFile) as e:
-    raise CorruptDatasetFileError(
-        f'cannot read {path}: {_reason(e)}') from None
+    raise CorruptDatasetFileError(f'cannot read {path}: {_reason(e)}') from None
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -83,12 +86,14 @@ def read_idx(path: str) -> np.ndarray:
     raise CorruptDatasetFileError(f'{path} is not a uint8 IDX file')
   ndim = raw[3]
   header = 4 + 4 * ndim
-  shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big')
-                for i in range(ndim))
+  shape = tuple(
+    int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim)
+  )
   if len(raw) < header or len(raw) != header + int(np.prod(shape)):
     raise CorruptDatasetFileError(
-        f'{path} is truncated: header says {shape}, '
-        f'file has {max(len(raw) - header, 0)} bytes of data')
+      f'{path} is truncated: header says {shape}, '
+      f'file has {max(len(raw) - header, 0)} bytes of data'
+    )
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -96,12 +101,14 @@ def _idx_split(images_path: str, labels_path: str) -> Arrays:
   images, labels = read_idx(images_path), read_idx(labels_path)
   if images.ndim != 3 or images.shape[1:] != (28, 28):
     raise CorruptDatasetFileError(
-        f'{images_path} holds images of shape {images.shape[1:]}, expected '
-        '28x28 (wrong file?)')
+      f'{images_path} holds images of shape {images.shape[1:]}, expected '
+      '28x28 (wrong file?)'
+    )
   if labels.ndim != 1 or len(labels) != len(images):
     raise CorruptDatasetFileError(
-        f'{labels_path} holds {labels.shape} labels for the {len(images)} '
-        f'images of {images_path} (files of different sets?)')
+      f'{labels_path} holds {labels.shape} labels for the {len(images)} '
+      f'images of {images_path} (files of different sets?)'
+    )
   return images[..., None], labels.astype(np.int64)
 
 
@@ -112,22 +119,26 @@ def read_npz(path: str) -> dict[str, Arrays]:
       arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile/pickle errors of many kinds.
     raise CorruptDatasetFileError(
-        f'cannot read {path}: {type(e).__name__}: {_reason(e)}') from None
+      f'cannot read {path}: {type(e).__name__}: {_reason(e)}'
+    ) from None
   missing = {'x_train', 'y_train', 'x_test', 'y_test'} - set(arrays)
   if missing:
     raise CorruptDatasetFileError(
-        f'{path} lacks the arrays {sorted(missing)} of a Keras dataset '
-        f'(has {sorted(arrays)})')
+      f'{path} lacks the arrays {sorted(missing)} of a Keras dataset '
+      f'(has {sorted(arrays)})'
+    )
   splits = {}
   for split in ('train', 'test'):
     x, y = arrays[f'x_{split}'], arrays[f'y_{split}']
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (28, 28):
       raise CorruptDatasetFileError(
-          f'{path}: x_{split} is {x.dtype} {x.shape}, expected uint8 '
-          '(N, 28, 28) (wrong file?)')
+        f'{path}: x_{split} is {x.dtype} {x.shape}, expected uint8 '
+        '(N, 28, 28) (wrong file?)'
+      )
     if y.ndim != 1 or len(y) != len(x):
       raise CorruptDatasetFileError(
-          f'{path}: y_{split} has shape {y.shape} for {len(x)} images')
+        f'{path}: y_{split} has shape {y.shape} for {len(x)} images'
+      )
     splits[split] = (x[..., None], y.astype(np.int64))
   return splits
 
@@ -150,10 +161,10 @@ def _cifar_members(path: str, names: list[str]) -> dict[str, bytes]:
           out[name] = tar.extractfile(name).read()
         except KeyError:
           raise CorruptDatasetFileError(
-              f'{path} has no {name} (not a CIFAR-10 tarball?)') from None
+            f'{path} has no {name} (not a CIFAR-10 tarball?)'
+          ) from None
   except (tarfile.TarError, OSError, EOFError) as e:
-    raise CorruptDatasetFileError(
-        f'cannot read {path}: {_reason(e)}') from None
+    raise CorruptDatasetFileError(f'cannot read {path}: {_reason(e)}') from None
   return out
 
 
@@ -161,19 +172,24 @@ def _cifar_hwc(flat: np.ndarray, where: str) -> np.ndarray:
   """Rows of 3072 bytes (R plane, G plane, B plane) to (N, 32, 32, 3)."""
   if flat.ndim != 2 or flat.shape[1] != 3072:
     raise CorruptDatasetFileError(
-        f'{where} holds rows of shape {flat.shape[1:]}, expected 3072 bytes '
-        '(32x32x3; wrong file?)')
+      f'{where} holds rows of shape {flat.shape[1:]}, expected 3072 bytes '
+      '(32x32x3; wrong file?)'
+    )
   return flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
-_CIFAR_BATCHES = {'train': [f'data_batch_{i}' for i in range(1, 6)],
-                  'test': ['test_batch']}
+_CIFAR_BATCHES = {
+  'train': [f'data_batch_{i}' for i in range(1, 6)],
+  'test': ['test_batch'],
+}
 
 
 def read_cifar_python(path: str) -> dict[str, Arrays]:
   """``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py/``."""
-  names = {s: [f'cifar-10-batches-py/{b}' for b in batches]
-           for s, batches in _CIFAR_BATCHES.items()}
+  names = {
+    s: [f'cifar-10-batches-py/{b}' for b in batches]
+    for s, batches in _CIFAR_BATCHES.items()
+  }
   files = _cifar_members(path, sum(names.values(), []))
   splits = {}
   for split, members in names.items():
@@ -186,13 +202,14 @@ def read_cifar_python(path: str) -> dict[str, Arrays]:
         batch_labels = np.asarray(batch[b'labels'], np.int64)
       except Exception as e:  # Unpickling garbage raises many types.
         raise CorruptDatasetFileError(
-            f'{where} is not a CIFAR-10 batch ({type(e).__name__}: '
-            f'{_reason(e)[:80]})') from None
+          f'{where} is not a CIFAR-10 batch ({type(e).__name__}: '
+          f'{_reason(e)[:80]})'
+        ) from None
       images.append(_cifar_hwc(flat, where))
       if len(batch_labels) != len(images[-1]):
         raise CorruptDatasetFileError(
-            f'{where} has {len(batch_labels)} labels for '
-            f'{len(images[-1])} images')
+          f'{where} has {len(batch_labels)} labels for {len(images[-1])} images'
+        )
       labels.append(batch_labels)
     splits[split] = (np.concatenate(images), np.concatenate(labels))
   return splits
@@ -200,8 +217,10 @@ def read_cifar_python(path: str) -> dict[str, Arrays]:
 
 def read_cifar_binary(path: str) -> dict[str, Arrays]:
   """``cifar-10-binary.tar.gz``: records of 1 label byte + 3072 pixels."""
-  names = {s: [f'cifar-10-batches-bin/{b}.bin' for b in batches]
-           for s, batches in _CIFAR_BATCHES.items()}
+  names = {
+    s: [f'cifar-10-batches-bin/{b}.bin' for b in batches]
+    for s, batches in _CIFAR_BATCHES.items()
+  }
   files = _cifar_members(path, sum(names.values(), []))
   splits = {}
   for split, members in names.items():
@@ -211,8 +230,9 @@ def read_cifar_binary(path: str) -> dict[str, Arrays]:
       raw = np.frombuffer(files[name], np.uint8)
       if raw.size == 0 or raw.size % 3073:
         raise CorruptDatasetFileError(
-            f'{where} is {raw.size} bytes, not a multiple of 3073 (one label '
-            'byte and 32x32x3 pixels per image); damaged or not CIFAR-10')
+          f'{where} is {raw.size} bytes, not a multiple of 3073 (one label '
+          'byte and 32x32x3 pixels per image); damaged or not CIFAR-10'
+        )
       records = raw.reshape(-1, 3073)
       images.append(_cifar_hwc(records[:, 1:], where))
       labels.append(records[:, 0].astype(np.int64))
@@ -222,9 +242,11 @@ def read_cifar_binary(path: str) -> dict[str, Arrays]:
 
 # ----------------------------------------------------------------- formats.
 
+
 @dataclasses.dataclass(frozen=True)
 class Format:
   """One way of keeping a dataset in a folder, and its reader."""
+
   description: str  # the files, as the user would put them in the folder
   find: Callable[[str], tuple[str, ...] | None]  # their paths, or None
   read: Callable[..., dict[str, Arrays]]  # paths -> {'train': .., 'test': ..}
@@ -238,8 +260,12 @@ def _first(folder: str, names: tuple[str, ...]) -> str | None:
   return None
 
 
-_IDX_STEMS = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+_IDX_STEMS = (
+  'train-images-idx3-ubyte',
+  'train-labels-idx1-ubyte',
+  't10k-images-idx3-ubyte',
+  't10k-labels-idx1-ubyte',
+)
 
 
 def _find_idx(folder: str) -> tuple[str, ...] | None:
@@ -254,37 +280,50 @@ def _find_idx(folder: str) -> tuple[str, ...] | None:
 
 
 def _read_idx_files(train_images, train_labels, test_images, test_labels):
-  return {'train': _idx_split(train_images, train_labels),
-          'test': _idx_split(test_images, test_labels)}
+  return {
+    'train': _idx_split(train_images, train_labels),
+    'test': _idx_split(test_images, test_labels),
+  }
 
 
 def _finder(*names: str) -> Callable[[str], tuple[str, ...] | None]:
   def find(folder):
     path = _first(folder, names)
     return None if path is None else (path,)
+
   return find
 
 
 _IDX = Format(
-    'the four IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, '
-    't10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each gzipped .gz or '
-    "not; torchvision's raw/ folder as it is)",
-    _find_idx, _read_idx_files)
+  'the four IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, '
+  't10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each gzipped .gz or '
+  "not; torchvision's raw/ folder as it is)",
+  _find_idx,
+  _read_idx_files,
+)
 
 FORMATS = {
-    'mnist': (_IDX, Format("Keras's mnist.npz", _finder('mnist.npz'),
-                           read_npz)),
-    'fashion_mnist': (_IDX, Format(
-        'fashion-mnist.npz (Keras layout: x_train, y_train, x_test, y_test)',
-        _finder('fashion-mnist.npz', 'fashion_mnist.npz'), read_npz)),
-    'cifar10': (
-        Format('cifar-10-python.tar.gz or its extracted cifar-10-batches-py/ '
-               'folder', _finder('cifar-10-python.tar.gz',
-                                 'cifar-10-batches-py'), read_cifar_python),
-        Format('cifar-10-binary.tar.gz or its extracted cifar-10-batches-bin/ '
-               'folder', _finder('cifar-10-binary.tar.gz',
-                                 'cifar-10-batches-bin'), read_cifar_binary),
+  'mnist': (_IDX, Format("Keras's mnist.npz", _finder('mnist.npz'), read_npz)),
+  'fashion_mnist': (
+    _IDX,
+    Format(
+      'fashion-mnist.npz (Keras layout: x_train, y_train, x_test, y_test)',
+      _finder('fashion-mnist.npz', 'fashion_mnist.npz'),
+      read_npz,
     ),
+  ),
+  'cifar10': (
+    Format(
+      'cifar-10-python.tar.gz or its extracted cifar-10-batches-py/ folder',
+      _finder('cifar-10-python.tar.gz', 'cifar-10-batches-py'),
+      read_cifar_python,
+    ),
+    Format(
+      'cifar-10-binary.tar.gz or its extracted cifar-10-batches-bin/ folder',
+      _finder('cifar-10-binary.tar.gz', 'cifar-10-batches-bin'),
+      read_cifar_binary,
+    ),
+  ),
 }
 
 
@@ -307,18 +346,20 @@ def find_files(name: str, folder: str):
 def _check(name: str, splits: dict[str, Arrays], where: str) -> None:
   """Raises CorruptDatasetFileError if the arrays are not ``name``'s."""
   num_classes = data.get_spec(name).num_classes
-  for split, (images, labels) in splits.items():
+  for split, (_, labels) in splits.items():
     if len(labels) and labels.max() >= num_classes:
       raise CorruptDatasetFileError(
-          f'{where}: {split} labels go up to {labels.max()}, but '
-          f'{_TITLES[name]} has {num_classes} classes (another dataset?)')
+        f'{where}: {split} labels go up to {labels.max()}, but '
+        f'{_TITLES[name]} has {num_classes} classes (another dataset?)'
+      )
   counts = tuple(np.bincount(splits['test'][1], minlength=10).tolist())
   for other, known in _TEST_LABEL_COUNTS.items():
     if other != name and name in _TEST_LABEL_COUNTS and counts == known:
       raise CorruptDatasetFileError(
-          f'{where} holds {_TITLES[other]}, not {_TITLES[name]} (its test '
-          f'labels count {_TITLES[other]}\'s); use --config.dataset={other} '
-          'or a folder with the right files')
+        f'{where} holds {_TITLES[other]}, not {_TITLES[name]} (its test '
+        f"labels count {_TITLES[other]}'s); use --config.dataset={other} "
+        'or a folder with the right files'
+      )
 
 
 def read_folder(name: str, folder: str) -> dict[str, Arrays]:
@@ -330,16 +371,20 @@ def read_folder(name: str, folder: str) -> dict[str, Arrays]:
   """
   if not os.path.isdir(folder):
     raise FileNotFoundError(
-        f'{folder} is not a folder; put {files_wanted(name)} there')
+      f'{folder} is not a folder; put {files_wanted(name)} there'
+    )
   found = find_files(name, folder)
   if found is None:
     raise FileNotFoundError(
-        f'no {_TITLES[name]} files in {folder}: expected '
-        f'{files_wanted(name)}')
+      f'no {_TITLES[name]} files in {folder}: expected {files_wanted(name)}'
+    )
   fmt, paths = found
   splits = fmt.read(*paths)
-  _check(name, splits, ', '.join(paths) if len(paths) == 1
-         else os.path.dirname(paths[0]))
+  _check(
+    name,
+    splits,
+    ', '.join(paths) if len(paths) == 1 else os.path.dirname(paths[0]),
+  )
   return splits
 
 
@@ -349,8 +394,9 @@ def default_manual_dir(name: str, data_dir: str | None) -> str:
   return os.path.join(os.path.expanduser(root), 'downloads', 'manual', name)
 
 
-def candidate_folders(name: str, manual_dir: str | None,
-                      data_dir: str | None) -> list[str]:
+def candidate_folders(
+  name: str, manual_dir: str | None, data_dir: str | None
+) -> list[str]:
   """The folders searched for ``name``'s files, in order (see the module
   docstring). An explicit ``manual_dir`` is the only one searched."""
   if manual_dir:
@@ -362,29 +408,38 @@ def candidate_folders(name: str, manual_dir: str | None,
   return folders
 
 
-def files_present(name: str = 'fashion_mnist', manual_dir: str | None = None,
-                  data_dir: str | None = None) -> bool:
+def files_present(
+  name: str = 'fashion_mnist',
+  manual_dir: str | None = None,
+  data_dir: str | None = None,
+) -> bool:
   """Whether some folder holds files of ``name`` (not whether they are good)."""
-  return any(find_files(name, f)
-             for f in candidate_folders(name, manual_dir, data_dir))
+  return any(
+    find_files(name, f) for f in candidate_folders(name, manual_dir, data_dir)
+  )
 
 
 def unavailable_message(name: str, data_dir: str) -> str:
   """The one line for a dataset that is neither prepared nor downloadable."""
-  msg = (f"dataset '{name}' is not prepared in {data_dir} and cannot be "
-         f'downloaded (no network). Put {files_wanted(name)} in a folder and '
-         f'pass --config.manual_dir=FOLDER, or put them in '
-         f'{default_manual_dir(name, data_dir)}; or prepare it where there is '
-         f'network with `tfds build {name} --data_dir DIR` and copy '
-         f'DIR/{name} into {data_dir} (or point --config.data_dir or '
-         'TFDS_DATA_DIR at a folder that holds it)')
+  msg = (
+    f"dataset '{name}' is not prepared in {data_dir} and cannot be "
+    f'downloaded (no network). Put {files_wanted(name)} in a folder and '
+    f'pass --config.manual_dir=FOLDER, or put them in '
+    f'{default_manual_dir(name, data_dir)}; or prepare it where there is '
+    f'network with `tfds build {name} --data_dir DIR` and copy '
+    f'DIR/{name} into {data_dir} (or point --config.data_dir or '
+    'TFDS_DATA_DIR at a folder that holds it)'
+  )
   if name == 'fashion_mnist':
-    msg += (f'; or `apt-get install dataset-fashion-mnist` '
-            f'(or set ${FASHION_MNIST_ENV} to a folder of the IDX files)')
+    msg += (
+      f'; or `apt-get install dataset-fashion-mnist` '
+      f'(or set ${FASHION_MNIST_ENV} to a folder of the IDX files)'
+    )
   return msg + '.'
 
 
 # ----------------------------------------------------------------- builder.
+
 
 class LocalFiles(tfds.core.GeneratorBasedBuilder):
   """MNIST, Fashion-MNIST or CIFAR-10 prepared from local files."""
@@ -392,34 +447,42 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'The tutorial datasets from local files.'}
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name=n, description=f'{_TITLES[n]} from '
-                              f'local files: {files_wanted(n)}')
-      for n in FORMATS]
+    tfds.core.BuilderConfig(
+      name=n, description=f'{_TITLES[n]} from local files: {files_wanted(n)}'
+    )
+    for n in FORMATS
+  ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = '\n'.join(
-      f'{_TITLES[n]}: {files_wanted(n)}.' for n in FORMATS)
+    f'{_TITLES[n]}: {files_wanted(n)}.' for n in FORMATS
+  )
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = data.get_spec(self.builder_config.name)
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=spec.image_shape),
-            'label': tfds.features.ClassLabel(names=list(spec.class_names)),
-        }),
-        supervised_keys=('image', 'label'),
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=spec.image_shape),
+          'label': tfds.features.ClassLabel(names=list(spec.class_names)),
+        }
+      ),
+      supervised_keys=('image', 'label'),
     )
 
   def _split_generators(self, dl_manager):
     splits = read_folder(self.builder_config.name, str(dl_manager.manual_dir))
-    return {split: self._generate_examples(*arrays)
-            for split, arrays in splits.items()}
+    return {
+      split: self._generate_examples(*arrays)
+      for split, arrays in splits.items()
+    }
 
   def _generate_examples(self, images, labels):
     for i in range(len(labels)):
       yield i, {'image': images[i], 'label': int(labels[i])}
 
 
-def get_builder(name: str, data_dir: str | None = None,
-                manual_dir: str | None = None):
+def get_builder(
+  name: str, data_dir: str | None = None, manual_dir: str | None = None
+):
   """The prepared ``local_files/<name>`` builder, preparing it from the first
   folder that holds ``name``'s files; None if no folder does.
 
@@ -436,6 +499,7 @@ def get_builder(name: str, data_dir: str | None = None,
     if manual_dir:  # Asked for explicitly: say what is missing there.
       read_folder(name, candidate_folders(name, manual_dir, data_dir)[0])
     return None
-  data.prepare(builder, download_config=tfds.download.DownloadConfig(
-      manual_dir=folder))
+  data.prepare(
+    builder, download_config=tfds.download.DownloadConfig(manual_dir=folder)
+  )
   return builder

@@ -46,14 +46,21 @@ def window_scalars(step_metrics: dict, epoch: float) -> dict:
   totals = {k: float(np.sum(v)) for k, v in step_metrics.items()}
   # The window stops at the epoch start, so just after it the mean is over
   # fewer steps (noisier); ``window_steps`` says how many.
-  return {'epoch_progress': float(epoch),
-          'window_steps': len(step_metrics['loss']),
-          'train_loss_recent': totals['loss'] / totals['count'],
-          'train_accuracy_recent': totals['correct'] / totals['count']}
+  return {
+    'epoch_progress': float(epoch),
+    'window_steps': len(step_metrics['loss']),
+    'train_loss_recent': totals['loss'] / totals['count'],
+    'train_accuracy_recent': totals['correct'] / totals['count'],
+  }
 
 
-def epoch_scalars(epoch: int, train_totals: dict, val: dict, seconds: float,
-                  learning_rate: float) -> dict:
+def epoch_scalars(
+  epoch: int,
+  train_totals: dict,
+  val: dict,
+  seconds: float,
+  learning_rate: float,
+) -> dict:
   """The record written at the end of ``epoch`` (counted from 1).
 
   ``train_totals`` are the epoch's summed train metrics (on the host), ``val``
@@ -61,12 +68,16 @@ def epoch_scalars(epoch: int, train_totals: dict, val: dict, seconds: float,
   the rate the next step will use.
   """
   count = float(train_totals['count'])
-  return {'epoch': epoch,
-          'train_loss': float(train_totals['loss']) / count,
-          'train_accuracy': float(train_totals['correct']) / count,
-          'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
-          'epoch_seconds': seconds, 'images_per_second': count / seconds,
-          'learning_rate': float(learning_rate)}
+  return {
+    'epoch': epoch,
+    'train_loss': float(train_totals['loss']) / count,
+    'train_accuracy': float(train_totals['correct']) / count,
+    'val_loss': val['loss'],
+    'val_accuracy': val['accuracy'],
+    'epoch_seconds': seconds,
+    'images_per_second': count / seconds,
+    'learning_rate': float(learning_rate),
+  }
 
 
 class MetricWriter:
@@ -81,7 +92,8 @@ class MetricWriter:
       return
     os.makedirs(self.tb_dir, exist_ok=True)
     from tensorboardX import SummaryWriter  # Lazy: keeps `import jaxcls` light.
-    self._file = open(self.path, 'a')
+
+    self._file = open(self.path, 'a')  # noqa: SIM115 (closed in close())
     # Event file names carry only whole seconds; a unique suffix keeps a run
     # restarted within the same second from overwriting the last one's file.
     suffix = f'.{os.getpid()}.{time.time_ns()}'
@@ -94,10 +106,12 @@ class MetricWriter:
     if not self.enabled:
       return
     from tensorboardX.summary import hparams
+
     # Written into this run's own folder (not a sub-run, as add_hparams
     # does), so the HPARAMS tab links the config to this run's val curves.
-    for summary in hparams(hparams_from_config(config),
-                           dict.fromkeys(HPARAM_METRICS, 0.0)):
+    for summary in hparams(
+      hparams_from_config(config), dict.fromkeys(HPARAM_METRICS, 0.0)
+    ):
       self._tb.file_writer.add_summary(summary)
     self._tb.add_text('config', '```\n' + config.to_json(indent=2) + '\n```')
 

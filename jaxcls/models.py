@@ -27,7 +27,7 @@ def pool_2x2(x: jax.Array, reduce=jnp.max) -> jax.Array:
   pooling does.
   """
   b, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  x = x[:, : h // 2 * 2, : w // 2 * 2, :]
   return reduce(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
@@ -62,21 +62,41 @@ class CNN(nn.Module):
     elif self.pooling == 'avg':
       pool = functools.partial(pool_2x2, reduce=jnp.mean)
     else:
-      raise ValueError(f"unknown pooling {self.pooling!r}; choose 'max' or 'avg'")
+      raise ValueError(
+        f"unknown pooling {self.pooling!r}; choose 'max' or 'avg'"
+      )
 
     def norm(y):
       if not self.batchnorm:
         return y
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                          epsilon=1e-5, dtype=jnp.float32,
-                          axis_name=self.batchnorm_axis_name)(y).astype(y.dtype)
+      return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=jnp.float32,
+        axis_name=self.batchnorm_axis_name,
+      )(y).astype(y.dtype)
 
     bias = not self.batchnorm
     x = x.astype(self.dtype)
-    x = pool(act(norm(kernels.Conv(16, (3, 3), padding='SAME', use_bias=bias,
-                                   dtype=self.dtype)(x))))
-    x = pool(act(norm(kernels.Conv(32, (3, 3), padding='SAME', use_bias=bias,
-                                   dtype=self.dtype)(x))))
+    x = pool(
+      act(
+        norm(
+          kernels.Conv(
+            16, (3, 3), padding='SAME', use_bias=bias, dtype=self.dtype
+          )(x)
+        )
+      )
+    )
+    x = pool(
+      act(
+        norm(
+          kernels.Conv(
+            32, (3, 3), padding='SAME', use_bias=bias, dtype=self.dtype
+          )(x)
+        )
+      )
+    )
     x = x.reshape((x.shape[0], -1))
     x = act(nn.Dense(128, dtype=self.dtype)(x))
     if self.dropout_rate > 0:
@@ -88,13 +108,13 @@ class CNN(nn.Module):
 
 def _cnn(config, num_classes: int) -> nn.Module:
   return CNN(
-      num_classes=num_classes,
-      activation=config.activation,
-      pooling=config.pooling,
-      dropout_rate=config.dropout_rate,
-      dtype=jnp.dtype(config.compute_dtype),
-      batchnorm=config.batchnorm,
-      batchnorm_axis_name=resnet.batchnorm_axis_name(config),
+    num_classes=num_classes,
+    activation=config.activation,
+    pooling=config.pooling,
+    dropout_rate=config.dropout_rate,
+    dtype=jnp.dtype(config.compute_dtype),
+    batchnorm=config.batchnorm,
+    batchnorm_axis_name=resnet.batchnorm_axis_name(config),
   )
 
 
@@ -109,6 +129,6 @@ def create_model(config, num_classes: int) -> nn.Module:
     build = MODELS[config.model]
   except KeyError:
     raise ValueError(
-        f'unknown model {config.model!r}; choose one of {sorted(MODELS)}'
+      f'unknown model {config.model!r}; choose one of {sorted(MODELS)}'
     ) from None
   return build(config, num_classes)

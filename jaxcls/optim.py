@@ -24,8 +24,9 @@ def decay_mask(params):
   """True for the leaves that weight decay applies to: kernels, not biases
   and not BatchNorm's scales."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], 'key', None) not in ('bias', 'scale'),
-      params)
+    lambda path, _: getattr(path[-1], 'key', None) not in ('bias', 'scale'),
+    params,
+  )
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -37,20 +38,28 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     # lr/25 over the warmup, then cosine down to lr/1e5.
     total = max(1, config.num_epochs * steps_per_epoch)
     return optax.cosine_onecycle_schedule(
-        transition_steps=total, peak_value=config.learning_rate,
-        pct_start=min(0.95, max(0.01, config.warmup_epochs / config.num_epochs)))
+      transition_steps=total,
+      peak_value=config.learning_rate,
+      pct_start=min(0.95, max(0.01, config.warmup_epochs / config.num_epochs)),
+    )
   if config.lr_schedule == 'warmup_cosine':
     total = max(1, config.num_epochs * steps_per_epoch)
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=config.learning_rate,
-        warmup_steps=warmup, decay_steps=total, end_value=0.0)
-  raise ValueError(f'unknown lr_schedule {config.lr_schedule!r}; '
-                   f'choose one of {SCHEDULES}')
+      init_value=0.0,
+      peak_value=config.learning_rate,
+      warmup_steps=warmup,
+      decay_steps=total,
+      end_value=0.0,
+    )
+  raise ValueError(
+    f'unknown lr_schedule {config.lr_schedule!r}; choose one of {SCHEDULES}'
+  )
 
 
-def create_optimizer(config, steps_per_epoch: int
-                     ) -> optax.GradientTransformation:
+def create_optimizer(
+  config, steps_per_epoch: int
+) -> optax.GradientTransformation:
   """Builds the optax chain named by ``config.optimizer`` and friends."""
   lr = learning_rate_schedule(config, steps_per_epoch)
   name = config.optimizer
@@ -62,13 +71,19 @@ def create_optimizer(config, steps_per_epoch: int
     # The ResNet recipe (He et al. 2016; PyTorch's SGD(weight_decay=...)):
     # the decay is added to the gradient before momentum, kernels only.
     opt = optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-        optax.sgd(lr, momentum=config.momentum, nesterov=True))
+      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+      optax.sgd(lr, momentum=config.momentum, nesterov=True),
+    )
   elif name == 'adam':
     opt = optax.adam(lr, b1=config.b1, b2=config.b2)
   elif name == 'adamw':
-    opt = optax.adamw(lr, b1=config.b1, b2=config.b2,
-                      weight_decay=config.weight_decay, mask=decay_mask)
+    opt = optax.adamw(
+      lr,
+      b1=config.b1,
+      b2=config.b2,
+      weight_decay=config.weight_decay,
+      mask=decay_mask,
+    )
   else:
     raise ValueError(f'unknown optimizer {name!r}; choose one of {OPTIMIZERS}')
   if config.grad_clip_norm > 0:
@@ -83,14 +98,20 @@ def create_optimizer(config, steps_per_epoch: int
 def l1_penalty(params) -> jax.Array:
   """Sum of absolute values of the decayable (non-bias) parameters."""
   leaves = jax.tree_util.tree_leaves(
-      jax.tree_util.tree_map(lambda p, m: jnp.sum(jnp.abs(p)) if m else 0.0,
-                             params, decay_mask(params)))
+    jax.tree_util.tree_map(
+      lambda p, m: jnp.sum(jnp.abs(p)) if m else 0.0, params, decay_mask(params)
+    )
+  )
   return sum(leaves, jnp.float32(0))
 
 
 def l2_penalty(params) -> jax.Array:
   """Half the sum of squares of the decayable (non-bias) parameters."""
   leaves = jax.tree_util.tree_leaves(
-      jax.tree_util.tree_map(lambda p, m: 0.5 * jnp.sum(p * p) if m else 0.0,
-                             params, decay_mask(params)))
+    jax.tree_util.tree_map(
+      lambda p, m: 0.5 * jnp.sum(p * p) if m else 0.0,
+      params,
+      decay_mask(params),
+    )
+  )
   return sum(leaves, jnp.float32(0))

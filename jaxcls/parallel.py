@@ -8,12 +8,14 @@ code runs on one device, several local devices, and several processes.
 
 import functools
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.jax_utils
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = 'data'
 
@@ -38,19 +40,23 @@ def check_batch_size(name: str, global_batch: int, mesh: Mesh) -> None:
   n = mesh.devices.size
   if global_batch % n:
     raise ValueError(
-        f'{name}={global_batch} is not divisible by the {n} devices; set '
-        f'--config.{name} to a multiple of {n}')
+      f'{name}={global_batch} is not divisible by the {n} devices; set '
+      f'--config.{name} to a multiple of {n}'
+    )
 
 
 def put_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Host arrays of this process's rows -> one global array sharded on mesh."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, v)
+    for k, v in local_batch.items()
+  }
 
 
-def process_shards(num_data_shards: int, batch_size: int
-                   ) -> tuple[int, tuple[int, ...]]:
+def process_shards(
+  num_data_shards: int, batch_size: int
+) -> tuple[int, tuple[int, ...]]:
   """``(num_shards, this process's shard ids)`` of the training split.
 
   ``num_data_shards`` 0 means one shard per process. Each process reads its
@@ -60,9 +66,10 @@ def process_shards(num_data_shards: int, batch_size: int
   num_shards = num_data_shards or jax.process_count()
   if num_shards % jax.process_count() or batch_size % num_shards:
     raise ValueError(
-        f'num_data_shards={num_shards} must be a multiple of the '
-        f'{jax.process_count()} processes and divide batch_size='
-        f'{batch_size}; set --config.num_data_shards accordingly')
+      f'num_data_shards={num_shards} must be a multiple of the '
+      f'{jax.process_count()} processes and divide batch_size='
+      f'{batch_size}; set --config.num_data_shards accordingly'
+    )
   per_process = num_shards // jax.process_count()
   first = jax.process_index() * per_process
   return num_shards, tuple(range(first, first + per_process))
@@ -76,8 +83,7 @@ def initialize_distributed(config) -> None:
   and this process's id; on clusters JAX detects (SLURM, TPU pods, ...) they
   may be left out. On CPU, collectives go through gloo.
   """
-  if not (config.distributed
-          or os.environ.get('JAX_COORDINATOR_ADDRESS')):
+  if not (config.distributed or os.environ.get('JAX_COORDINATOR_ADDRESS')):
     return
   if jax.distributed.is_initialized():
     return
@@ -86,8 +92,9 @@ def initialize_distributed(config) -> None:
   num = os.environ.get('JAX_NUM_PROCESSES')
   pid = os.environ.get('JAX_PROCESS_ID')
   jax.distributed.initialize(
-      num_processes=int(num) if num else None,
-      process_id=int(pid) if pid else None)
+    num_processes=int(num) if num else None,
+    process_id=int(pid) if pid else None,
+  )
 
 
 class Steps(NamedTuple):
@@ -98,6 +105,7 @@ class Steps(NamedTuple):
   puts a single state on the devices; unplace(state) gives one copy back
   (for checkpoints and hashing).
   """
+
   train: Callable
   evaluate: Callable
   put_batch: Callable
@@ -109,12 +117,23 @@ class Steps(NamedTuple):
 def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
   """``jax.jit`` with NamedSharding: replicated state, batch split on mesh."""
   repl, sharded = replicated(mesh), batch_sharding(mesh)
-  train = jax.jit(train_step, in_shardings=(repl, sharded, repl),
-                  out_shardings=(repl, repl), donate_argnums=0)
-  evaluate = jax.jit(eval_step, in_shardings=(repl, sharded),
-                     out_shardings=repl)
-  return Steps(train, evaluate, lambda b: put_batch(b, mesh),
-               lambda s: jax.device_put(s, repl), lambda s: s, mesh)
+  train = jax.jit(
+    train_step,
+    in_shardings=(repl, sharded, repl),
+    out_shardings=(repl, repl),
+    donate_argnums=0,
+  )
+  evaluate = jax.jit(
+    eval_step, in_shardings=(repl, sharded), out_shardings=repl
+  )
+  return Steps(
+    train,
+    evaluate,
+    lambda b: put_batch(b, mesh),
+    lambda s: jax.device_put(s, repl),
+    lambda s: s,
+    mesh,
+  )
 
 
 def pmap_steps(train_step, eval_step) -> Steps:
@@ -126,10 +145,15 @@ def pmap_steps(train_step, eval_step) -> Steps:
   """
   n = jax.local_device_count()
   axis = 'batch'
-  p_train = jax.pmap(functools.partial(train_step, axis_name=axis),
-                     axis_name=axis, in_axes=(0, 0, None), donate_argnums=0)
-  p_eval = jax.pmap(lambda s, b: jax.lax.psum(eval_step(s, b), axis),
-                    axis_name=axis)
+  p_train = jax.pmap(
+    functools.partial(train_step, axis_name=axis),
+    axis_name=axis,
+    in_axes=(0, 0, None),
+    donate_argnums=0,
+  )
+  p_eval = jax.pmap(
+    lambda s, b: jax.lax.psum(eval_step(s, b), axis), axis_name=axis
+  )
 
   def train(state, batch, rng):
     state, metrics = p_train(state, batch, rng)
@@ -139,8 +163,10 @@ def pmap_steps(train_step, eval_step) -> Steps:
     return jax.tree_util.tree_map(lambda x: x[0], p_eval(state, batch))
 
   def split(batch):
-    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:])
-            for k, v in batch.items()}
+    return {
+      k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()
+    }
 
-  return Steps(train, evaluate, split, flax.jax_utils.replicate,
-               flax.jax_utils.unreplicate)
+  return Steps(
+    train, evaluate, split, flax.jax_utils.replicate, flax.jax_utils.unreplicate
+  )

@@ -57,15 +57,18 @@ MODES = ('auto', 'vmap', 'unrolled', 'loop')
 def resolve_mode(mode: str, backend: str | None = None) -> str:
   """``mode``, with ``'auto'`` resolved for ``backend`` (default: JAX's)."""
   if mode not in MODES:
-    raise ValueError(f'unknown population_mode {mode!r}; choose one of '
-                     f'{list(MODES)} (--config.population_mode=...)')
+    raise ValueError(
+      f'unknown population_mode {mode!r}; choose one of '
+      f'{list(MODES)} (--config.population_mode=...)'
+    )
   if mode != 'auto':
     return mode
   return 'loop' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
 
 
-def population_optimizer(config, steps_per_epoch: int
-                         ) -> optax.GradientTransformation:
+def population_optimizer(
+  config, steps_per_epoch: int
+) -> optax.GradientTransformation:
   """``optim.create_optimizer``'s chain with lr / weight decay as state.
 
   ``inject_hyperparams`` moves the numeric arguments of the optax factory into
@@ -79,22 +82,33 @@ def population_optimizer(config, steps_per_epoch: int
     opt = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
   elif name == 'momentum':
     opt = optax.inject_hyperparams(optax.sgd, static_args=('nesterov',))(
-        learning_rate=1.0, momentum=config.momentum, nesterov=False)
+      learning_rate=1.0, momentum=config.momentum, nesterov=False
+    )
   elif name == 'adam':
     opt = optax.inject_hyperparams(optax.adam)(
-        learning_rate=1.0, b1=config.b1, b2=config.b2)
+      learning_rate=1.0, b1=config.b1, b2=config.b2
+    )
   elif name == 'adamw':
     opt = optax.inject_hyperparams(optax.adamw, static_args=('mask',))(
-        learning_rate=1.0, b1=config.b1, b2=config.b2,
-        weight_decay=config.weight_decay, mask=optim.decay_mask)
+      learning_rate=1.0,
+      b1=config.b1,
+      b2=config.b2,
+      weight_decay=config.weight_decay,
+      mask=optim.decay_mask,
+    )
   else:
-    raise ValueError(f'unknown optimizer {name!r}; choose one of '
-                     f'{optim.OPTIMIZERS}')
+    raise ValueError(
+      f'unknown optimizer {name!r}; choose one of {optim.OPTIMIZERS}'
+    )
   if config.lr_schedule != 'constant':
     unit = ml_collections.ConfigDict(config.to_dict())
     unit.learning_rate = 1.0
-    opt = optax.chain(opt, optax.scale_by_schedule(
-        optim.learning_rate_schedule(unit, steps_per_epoch)))
+    opt = optax.chain(
+      opt,
+      optax.scale_by_schedule(
+        optim.learning_rate_schedule(unit, steps_per_epoch)
+      ),
+    )
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   if config.nonfinite_policy == 'skip':  # As optim does.
@@ -110,14 +124,25 @@ def set_member_hyperparams(opt_state, learning_rate, weight_decay):
   return optax.tree_utils.tree_set(opt_state, **values)
 
 
-def init_member(seed, learning_rate, weight_decay, *, model, tx, image_shape,
-                ema: bool = False):
+def init_member(
+  seed,
+  learning_rate,
+  weight_decay,
+  *,
+  model,
+  tx,
+  image_shape,
+  ema: bool = False,
+):
   """``(state, train_rng)`` of one member, its keys split from ``key(seed)``
   as ``train.train_loop`` splits them."""
   init_rng, train_rng = jax.random.split(jax.random.key(seed))
   state = train.create_train_state(init_rng, model, tx, image_shape, ema)
-  state = state.replace(opt_state=set_member_hyperparams(
-      state.opt_state, learning_rate, weight_decay))
+  state = state.replace(
+    opt_state=set_member_hyperparams(
+      state.opt_state, learning_rate, weight_decay
+    )
+  )
   return state, train_rng
 
 
@@ -142,25 +167,30 @@ def member(states, index: int):
 
 def _where(keep, new, old):
   """``new`` where ``keep`` (one bool per leading member) else ``old``."""
+
   def pick(n, o):
     shape = keep.shape + (1,) * (n.ndim - keep.ndim)
     return jnp.where(jnp.reshape(keep, shape), n, o)
+
   return jax.tree_util.tree_map(pick, new, old)
 
 
 def vmapped(step):
   """The population step of mode 'vmap': ``(states, batch, (keys, active))``
   with a leading member axis; frozen members keep their state."""
+
   def run(states, batch, keys_active):
     keys, active = keys_active
     new, metrics = jax.vmap(step, in_axes=(0, None, 0))(states, batch, keys)
     return _where(active, new, states), metrics
+
   return run
 
 
 def unrolled(step):
   """The population step of mode 'unrolled': a tuple of member states, the
   members as a Python loop inside the one compiled call."""
+
   def run(states, batch, keys_active):
     keys, active = keys_active
     out, metrics = [], []
@@ -168,8 +198,8 @@ def unrolled(step):
       new, m = step(state, batch, keys[i])
       out.append(_where(active[i], new, state))
       metrics.append(m)
-    return tuple(out), jax.tree_util.tree_map(lambda *m: jnp.stack(m),
-                                              *metrics)
+    return tuple(out), jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
+
   return run
 
 
@@ -208,19 +238,23 @@ class MemberFeed:
     for i in np.flatnonzero(active):
       calls = []
       for start in range(0, len(rows), self._n):
-        states[i], m = self._feed.run(states[i], rows[start:start + self._n],
-                                      keys[i])
+        states[i], m = self._feed.run(
+          states[i], rows[start : start + self._n], keys[i]
+        )
         calls.append(m)
       metrics[i] = _concat_calls(calls)
     zeros = jax.tree_util.tree_map(
-        jnp.zeros_like, next(m for m in metrics if m is not None))
+      jnp.zeros_like, next(m for m in metrics if m is not None)
+    )
     return tuple(states), _stack_members(
-        [zeros if m is None else m for m in metrics])
+      [zeros if m is None else m for m in metrics]
+    )
 
 
 @dataclasses.dataclass
 class PopulationSteps:
   """A group's model, optimizer and compiled pieces, shared by its chunks."""
+
   mode: str
   init: object  # (seeds, lrs, wds) -> (states, keys) in the mode's layout
   make_feed: object  # () -> a feed of the population step
@@ -229,22 +263,30 @@ class PopulationSteps:
   feeds: dict = dataclasses.field(default_factory=dict)  # K -> feed
 
 
-def make_population_steps(config, ds: data.Data, mode: str = 'auto'
-                          ) -> PopulationSteps:
+def make_population_steps(
+  config, ds: data.Data, mode: str = 'auto'
+) -> PopulationSteps:
   """Builds the model, the optimizer and the steps of one group, once."""
   mode = resolve_mode(mode)
   steps_per_epoch = len(ds.train) // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f'batch_size={config.batch_size} is larger than the '
-                     f'{len(ds.train)} training examples; lower '
-                     '--config.batch_size')
+    raise ValueError(
+      f'batch_size={config.batch_size} is larger than the '
+      f'{len(ds.train)} training examples; lower '
+      '--config.batch_size'
+    )
   model = models.create_model(config, ds.spec.num_classes)
   tx = population_optimizer(config, steps_per_epoch)
-  one = functools.partial(init_member, model=model, tx=tx,
-                          image_shape=ds.spec.image_shape,
-                          ema=config.ema_decay > 0)
-  step = functools.partial(train.train_step,
-                           **train.step_options(config, ds.spec))
+  one = functools.partial(
+    init_member,
+    model=model,
+    tx=tx,
+    image_shape=ds.spec.image_shape,
+    ema=config.ema_decay > 0,
+  )
+  step = functools.partial(
+    train.train_step, **train.step_options(config, ds.spec)
+  )
   mesh = parallel.make_mesh()
   if mode == 'vmap':
     init = jax.jit(jax.vmap(one))
@@ -260,24 +302,31 @@ def make_population_steps(config, ds: data.Data, mode: str = 'auto'
     eval_one = jax.jit(train.eval_step)
     if mode == 'unrolled':
       make_feed = lambda: feed_lib.DeviceFeed(unrolled(step), ds.train, mesh)
-      evaluate = jax.jit(lambda states, batch: _stack_members(
-          [train.eval_step(s, batch) for s in states]))
+      evaluate = jax.jit(
+        lambda states, batch: _stack_members(
+          [train.eval_step(s, batch) for s in states]
+        )
+      )
     else:
-      make_feed = lambda: MemberFeed(step, ds.train, mesh,
-                                     feed_lib.steps_per_call(config))
+      make_feed = lambda: MemberFeed(
+        step, ds.train, mesh, feed_lib.steps_per_call(config)
+      )
       evaluate = lambda states, batch: _stack_members(
-          [eval_one(s, batch) for s in states])
+        [eval_one(s, batch) for s in states]
+      )
   return PopulationSteps(mode, init, make_feed, evaluate, steps_per_epoch)
 
 
-def population_evaluate(evaluate, states, split: data.Split,
-                        batch_size: int) -> np.ndarray:
+def population_evaluate(
+  evaluate, states, split: data.Split, batch_size: int
+) -> np.ndarray:
   """Per-member accuracy (K,) over every example of ``split`` once."""
   totals = None
   for batch in data.eval_batches(split, batch_size):
     sums = evaluate(states, batch)
-    totals = sums if totals is None else jax.tree_util.tree_map(
-        jnp.add, totals, sums)
+    totals = (
+      sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    )
   totals = jax.device_get(totals)
   return totals['correct'] / totals['count']
 
@@ -285,6 +334,7 @@ def population_evaluate(evaluate, states, split: data.Split,
 @dataclasses.dataclass
 class PopulationResult:
   """Per-member outcomes of one population (arrays have its length K)."""
+
   val_accuracy: np.ndarray  # (K, epochs): NaN after a member stopped
   train_loss: np.ndarray  # (K, epochs)
   best_val_accuracy: np.ndarray  # (K,)
@@ -300,10 +350,17 @@ class PopulationResult:
   @classmethod
   def start(cls, k: int, epochs: int, states) -> 'PopulationResult':
     copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)
-    return cls(np.full((k, epochs), np.nan), np.full((k, epochs), np.nan),
-               np.full(k, -1.0), np.zeros(k, int), np.zeros(k, int),
-               np.zeros(k, bool), [copy(m) for m in members(states)],
-               [], np.zeros(k, int))
+    return cls(
+      np.full((k, epochs), np.nan),
+      np.full((k, epochs), np.nan),
+      np.full(k, -1.0),
+      np.zeros(k, int),
+      np.zeros(k, int),
+      np.zeros(k, bool),
+      [copy(m) for m in members(states)],
+      [],
+      np.zeros(k, int),
+    )
 
 
 class _Unsaved:
@@ -314,18 +371,30 @@ class _Unsaved:
     return None
 
 
-def end_of_epoch(result: PopulationResult, states, epoch: int, step: int,
-                 epoch_metrics: list, was_active: np.ndarray,
-                 val: np.ndarray, config, log) -> np.ndarray:
+def end_of_epoch(
+  result: PopulationResult,
+  states,
+  epoch: int,
+  step: int,
+  epoch_metrics: list,
+  was_active: np.ndarray,
+  val: np.ndarray,
+  config,
+  log,
+) -> np.ndarray:
   """Records epoch ``epoch`` (from 1) of every member that ran it, keeps
   the improved members' parameters; returns who keeps training."""
   steps = guards.per_step(epoch_metrics)  # (steps, K) each
   first = step - len(steps['loss'])
   for i in np.flatnonzero(was_active):
     try:
-      totals = guards.epoch_totals([{k: v[:, i] for k, v in steps.items()}],
-                                   first, _Unsaved, config.nonfinite_policy,
-                                   config.max_nonfinite_steps)
+      totals = guards.epoch_totals(
+        [{k: v[:, i] for k, v in steps.items()}],
+        first,
+        _Unsaved,
+        config.nonfinite_policy,
+        config.max_nonfinite_steps,
+      )
     except guards.NonFiniteLossError as e:
       result.diverged[i] = True
       log(f'  member {i}: {e}')
@@ -346,10 +415,15 @@ def end_of_epoch(result: PopulationResult, states, epoch: int, step: int,
   return still
 
 
-def train_population(config, values: list, ds: data.Data, *,
-                     mode: str = 'auto', log=print,
-                     steps: PopulationSteps | None = None
-                     ) -> PopulationResult:
+def train_population(
+  config,
+  values: list,
+  ds: data.Data,
+  *,
+  mode: str = 'auto',
+  log=print,
+  steps: PopulationSteps | None = None,
+) -> PopulationResult:
   """Trains the members ``values`` (dicts of traced fields) of one group.
 
   ``config`` is the group's single-run config (its seed, learning rate and
@@ -362,10 +436,13 @@ def train_population(config, values: list, ds: data.Data, *,
   steps = steps or make_population_steps(config, ds, mode)
   k, spe = len(values), steps.steps_per_epoch
   column = lambda name, dtype: np.asarray(
-      [v.get(name, config[name]) for v in values], dtype)
-  states, keys = steps.init(column('seed', np.int32),
-                            column('learning_rate', np.float32),
-                            column('weight_decay', np.float32))
+    [v.get(name, config[name]) for v in values], dtype
+  )
+  states, keys = steps.init(
+    column('seed', np.int32),
+    column('learning_rate', np.float32),
+    column('weight_decay', np.float32),
+  )
   result = PopulationResult.start(k, config.num_epochs, states)
   active = np.ones(k, bool)
   if k not in steps.feeds:
@@ -383,32 +460,47 @@ def train_population(config, values: list, ds: data.Data, *,
   while step < total_steps and active.any():
     epoch, index = divmod(step, spe)
     if index == 0:
-      rows = feed_lib.epoch_rows(config.seed, epoch, ds.train_shards,
-                                 shard_ids, per_shard)
+      rows = feed_lib.epoch_rows(
+        config.seed, epoch, ds.train_shards, shard_ids, per_shard
+      )
       epoch_metrics, was_active = [], active.copy()
       t_epoch = time.perf_counter()
     n = min(n_max, spe - index)
-    states, metrics = feed.run(states, rows[index:index + n], (keys, active))
+    states, metrics = feed.run(states, rows[index : index + n], (keys, active))
     epoch_metrics.append(metrics)
     step += n
     if step % spe and train.itstime(step, config.log_every_steps, n):
-      recent = guards.per_step(epoch_metrics)['loss'][-config.log_every_steps:]
-      log(f'  [step {step}] recent loss, mean over the '
-          f'{int(active.sum())} training members: '
-          f'{np.nanmean(recent[:, active]) / config.batch_size:.4f}')
+      recent = guards.per_step(epoch_metrics)['loss'][-config.log_every_steps :]
+      log(
+        f'  [step {step}] recent loss, mean over the '
+        f'{int(active.sum())} training members: '
+        f'{np.nanmean(recent[:, active]) / config.batch_size:.4f}'
+      )
     if step % spe == 0:
       jax.block_until_ready(states)
       seconds = time.perf_counter() - t_epoch
       result.train_seconds += seconds
-      val = population_evaluate(steps.evaluate, states, ds.val,
-                                config.eval_batch_size)
-      active = end_of_epoch(result, states, epoch + 1, step, epoch_metrics,
-                            was_active, val, config, log)
+      val = population_evaluate(
+        steps.evaluate, states, ds.val, config.eval_batch_size
+      )
+      active = end_of_epoch(
+        result,
+        states,
+        epoch + 1,
+        step,
+        epoch_metrics,
+        was_active,
+        val,
+        config,
+        log,
+      )
       ran = val[was_active & ~result.diverged]
-      log(f'  [epoch {epoch + 1}] val accuracy: best '
-          f'{ran.max() if ran.size else np.nan:.4f} mean '
-          f'{ran.mean() if ran.size else np.nan:.4f}  '
-          f'active {int(active.sum())}/{k}  time {seconds:.1f}s')
+      log(
+        f'  [epoch {epoch + 1}] val accuracy: best '
+        f'{ran.max() if ran.size else np.nan:.4f} mean '
+        f'{ran.mean() if ran.size else np.nan:.4f}  '
+        f'active {int(active.sum())}/{k}  time {seconds:.1f}s'
+      )
   result.final_states = members(states)
   return result
 

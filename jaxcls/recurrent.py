@@ -41,17 +41,20 @@ from jaxcls import models
 Carry = Any  # h (B, H) for RNN and GRU; (c, h) for LSTM.
 
 
-def _per_gate(init: nn.initializers.Initializer,
-              num_gates: int) -> nn.initializers.Initializer:
+def _per_gate(
+  init: nn.initializers.Initializer, num_gates: int
+) -> nn.initializers.Initializer:
   """Applies ``init`` to each gate's ``(in, H)`` block of a fused kernel.
 
   An orthogonal recurrent kernel should be orthogonal per gate (as flax's own
   LSTM cells do it), not over the whole ``(H, num_gates * H)`` matrix.
   """
+
   def fused(key, shape, dtype=jnp.float32):
     keys = jax.random.split(key, num_gates)
     block = (shape[0], shape[1] // num_gates)
     return jnp.concatenate([init(k, block, dtype) for k in keys], axis=-1)
+
   return fused
 
 
@@ -77,8 +80,14 @@ def _shifted_back(first: jax.Array, stacked: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def lstm_sequence(dtype, xs: jax.Array, w_i: jax.Array, w_h: jax.Array,
-                  b: jax.Array, carry: Carry) -> tuple[jax.Array, Carry]:
+def lstm_sequence(
+  dtype,
+  xs: jax.Array,
+  w_i: jax.Array,
+  w_h: jax.Array,
+  b: jax.Array,
+  carry: Carry,
+) -> tuple[jax.Array, Carry]:
   """:class:`LSTMCell` over ``xs`` ``(T, B, D)``: ``(hs (T, B, H), (c, h))``.
 
   Each step is one matmul of ``[x_t, h]`` with the stacked kernel
@@ -96,8 +105,12 @@ def _lstm_forward(dtype, xs, w_i, w_h, b, carry):
     c, h = carry
     gates = _dot(jnp.concatenate([x.astype(h.dtype), h], -1), w, dtype) + b
     i, f, g, o = jnp.split(gates, 4, axis=-1)
-    i, f, g, o = (jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g),
-                  jax.nn.sigmoid(o))
+    i, f, g, o = (
+      jax.nn.sigmoid(i),
+      jax.nn.sigmoid(f),
+      jnp.tanh(g),
+      jax.nn.sigmoid(o),
+    )
     c = f * c + i * g
     h = o * jnp.tanh(c)
     return (c, h), (h, c, jnp.concatenate([i, f, g, o], -1))
@@ -118,14 +131,20 @@ def _lstm_backward(dtype, residuals, cotangents):
     i, f, g, o = jnp.split(a, 4, axis=-1)
     tanh_c = jnp.tanh(c)
     d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)
-    d_gates = jnp.concatenate([d_c * g * i * (1.0 - i),
-                               d_c * c_prev * f * (1.0 - f),
-                               d_c * i * (1.0 - g * g),
-                               d_h * tanh_c * o * (1.0 - o)], -1)
+    d_gates = jnp.concatenate(
+      [
+        d_c * g * i * (1.0 - i),
+        d_c * c_prev * f * (1.0 - f),
+        d_c * i * (1.0 - g * g),
+        d_h * tanh_c * o * (1.0 - o),
+      ],
+      -1,
+    )
     return (d_c * f, _dot(d_gates, w_h_t, dtype)), d_gates
 
   (d_c0, d_h0), d_gates = jax.lax.scan(
-      step, (d_c, d_h), (d_hs, acts, _shifted_back(c0, cs), cs), reverse=True)
+    step, (d_c, d_h), (d_hs, acts, _shifted_back(c0, cs), cs), reverse=True
+  )
   flat = d_gates.reshape(-1, d_gates.shape[-1])
   d_w_i = _dot(xs.reshape(-1, xs.shape[-1]).T, flat, dtype)
   d_w_h = _dot(_shifted_back(h0, hs).reshape(-1, w_h.shape[0]).T, flat, dtype)
@@ -134,12 +153,14 @@ def _lstm_backward(dtype, residuals, cotangents):
 
 
 lstm_sequence.defvjp(
-    lambda dtype, *args: _lstm_forward(dtype, *args), _lstm_backward)
+  lambda dtype, *args: _lstm_forward(dtype, *args), _lstm_backward
+)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def gru_recurrence(dtype, projected: jax.Array, w_h: jax.Array,
-                   b_h: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+def gru_recurrence(
+  dtype, projected: jax.Array, w_h: jax.Array, b_h: jax.Array, h: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """:class:`GRUCell`'s recurrence over already projected inputs.
 
   ``projected`` is ``x_t @ W_i + b_i`` for every step, ``(T, B, 3H)`` float32
@@ -180,14 +201,16 @@ def _gru_backward(dtype, residuals, cotangents):
     return d_h * z + _dot(d_hidden, w_h_t, dtype), (d_x, d_hidden)
 
   d_h0, (d_projected, d_hidden) = jax.lax.scan(
-      step, d_h, (d_hs, acts, _shifted_back(h0, hs)), reverse=True)
+    step, d_h, (d_hs, acts, _shifted_back(h0, hs)), reverse=True
+  )
   flat = d_hidden.reshape(-1, d_hidden.shape[-1])
   d_w_h = _dot(_shifted_back(h0, hs).reshape(-1, w_h.shape[0]).T, flat, dtype)
   return d_projected, d_w_h, flat.sum(0), d_h0
 
 
 gru_recurrence.defvjp(
-    lambda dtype, *args: _gru_forward(dtype, *args), _gru_backward)
+  lambda dtype, *args: _gru_forward(dtype, *args), _gru_backward
+)
 
 
 class _Cell(nn.Module):
@@ -210,10 +233,14 @@ class _Cell(nn.Module):
   def setup(self):
     width = self.NUM_GATES * self.hidden_size
     self.input_projection = nn.Dense(
-        width, dtype=self.dtype, bias_init=self._input_bias_init())
+      width, dtype=self.dtype, bias_init=self._input_bias_init()
+    )
     self.hidden_projection = nn.Dense(
-        width, use_bias=self.HIDDEN_BIAS, dtype=self.dtype,
-        kernel_init=_per_gate(nn.initializers.orthogonal(), self.NUM_GATES))
+      width,
+      use_bias=self.HIDDEN_BIAS,
+      dtype=self.dtype,
+      kernel_init=_per_gate(nn.initializers.orthogonal(), self.NUM_GATES),
+    )
 
   def project_inputs(self, xs: jax.Array) -> jax.Array:
     """``x @ W_i + b_i`` for inputs of any leading shape, e.g. ``(T, B, D)``."""
@@ -222,8 +249,9 @@ class _Cell(nn.Module):
   def _project_hidden(self, h: jax.Array) -> jax.Array:
     return self.hidden_projection(h).astype(jnp.float32)
 
-  def recur(self, carry: Carry, projected: jax.Array
-            ) -> tuple[Carry, jax.Array]:
+  def recur(
+    self, carry: Carry, projected: jax.Array
+  ) -> tuple[Carry, jax.Array]:
     """One step from an already projected input; returns ``(carry, h)``."""
     raise NotImplementedError
 
@@ -299,7 +327,8 @@ class LSTMCell(_Cell):
 
     def init(key, shape, dtype=jnp.float32):
       del key
-      return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(forget_bias)
+      return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(forget_bias)
+
     return init
 
   def zero_carry(self, batch_size):
@@ -320,10 +349,13 @@ class LSTMCell(_Cell):
   HAS_SEQUENCE: ClassVar[bool] = True
 
   def sequence(self, carry, xs):
-    inputs, hidden = self._params('input_projection'), self._params(
-        'hidden_projection')
-    hs, carry = lstm_sequence(self.dtype, xs, inputs['kernel'],
-                              hidden['kernel'], inputs['bias'], carry)
+    inputs, hidden = (
+      self._params('input_projection'),
+      self._params('hidden_projection'),
+    )
+    hs, carry = lstm_sequence(
+      self.dtype, xs, inputs['kernel'], hidden['kernel'], inputs['bias'], carry
+    )
     return carry, hs
 
 
@@ -356,22 +388,33 @@ class GRUCell(_Cell):
 
   def sequence(self, carry, xs):
     hidden = self._params('hidden_projection')
-    hs, carry = gru_recurrence(self.dtype, self.project_inputs(xs),
-                               hidden['kernel'], hidden['bias'], carry)
+    hs, carry = gru_recurrence(
+      self.dtype,
+      self.project_inputs(xs),
+      hidden['kernel'],
+      hidden['bias'],
+      carry,
+    )
     return carry, hs
 
 
 CELLS = {'rnn': SimpleRNNCell, 'lstm': LSTMCell, 'gru': GRUCell}
 
 
-def make_cell(kind: str, hidden_size: int, forget_bias: float = 1.0,
-              dtype=jnp.float32, name: str | None = None) -> _Cell:
+def make_cell(
+  kind: str,
+  hidden_size: int,
+  forget_bias: float = 1.0,
+  dtype=jnp.float32,
+  name: str | None = None,
+) -> _Cell:
   """The cell named ``kind`` ('rnn', 'lstm' or 'gru')."""
   if kind not in CELLS:
     raise ValueError(f'unknown cell {kind!r}; choose one of {sorted(CELLS)}')
   if kind == 'lstm':
-    return LSTMCell(hidden_size, dtype=dtype, forget_bias=forget_bias,
-                    name=name)
+    return LSTMCell(
+      hidden_size, dtype=dtype, forget_bias=forget_bias, name=name
+    )
   return CELLS[kind](hidden_size, dtype=dtype, name=name)
 
 
@@ -397,19 +440,28 @@ class Recurrent(nn.Module):
 
   @nn.compact
   def __call__(self, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
-    cell = make_cell(self.cell, self.hidden_size, self.forget_bias,
-                     self.dtype, name='cell')
-    if (self.fused and cell.HAS_SEQUENCE and self.unroll == 1
-        and not self.is_initializing()):
+    cell = make_cell(
+      self.cell, self.hidden_size, self.forget_bias, self.dtype, name='cell'
+    )
+    if (
+      self.fused
+      and cell.HAS_SEQUENCE
+      and self.unroll == 1
+      and not self.is_initializing()
+    ):
       # Initialisation always goes through the step path below, so the
       # parameters are the same whichever path runs.
       rev = (lambda a: jnp.flip(a, 0)) if self.reverse else (lambda a: a)
       carry, outputs = cell.sequence(cell.zero_carry(xs.shape[1]), rev(xs))
       return rev(outputs), cell.hidden(carry)
     projected = cell.project_inputs(xs)  # All time steps in one matmul.
-    scan = nn.scan(_recur, variable_broadcast='params',
-                   split_rngs={'params': False}, reverse=self.reverse,
-                   unroll=self.unroll)
+    scan = nn.scan(
+      _recur,
+      variable_broadcast='params',
+      split_rngs={'params': False},
+      reverse=self.reverse,
+      unroll=self.unroll,
+    )
     carry, outputs = scan(cell, cell.zero_carry(xs.shape[1]), projected)
     # ``last`` from the carry, not ``outputs``: when only ``last`` is used
     # (readout 'last'), XLA then drops the stacked outputs altogether.
@@ -434,13 +486,22 @@ class Bidirectional(nn.Module):
   @nn.compact
   def __call__(self, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
     def direction(reverse, name):
-      return Recurrent(self.cell, self.hidden_size, self.forget_bias,
-                       reverse=reverse, unroll=self.unroll, dtype=self.dtype,
-                       name=name)(xs)
+      return Recurrent(
+        self.cell,
+        self.hidden_size,
+        self.forget_bias,
+        reverse=reverse,
+        unroll=self.unroll,
+        dtype=self.dtype,
+        name=name,
+      )(xs)
+
     fwd, fwd_last = direction(False, 'forward')
     bwd, bwd_last = direction(True, 'backward')
-    return (jnp.concatenate([fwd, bwd], -1),
-            jnp.concatenate([fwd_last, bwd_last], -1))
+    return (
+      jnp.concatenate([fwd, bwd], -1),
+      jnp.concatenate([fwd_last, bwd_last], -1),
+    )
 
 
 class RecurrentStack(nn.Module):
@@ -465,11 +526,17 @@ class RecurrentStack(nn.Module):
     for index in range(self.num_layers):
       if index and self.dropout_rate > 0:
         xs = nn.Dropout(self.dropout_rate, deterministic=not train)(xs)
-      kwargs = dict(cell=self.cell, hidden_size=self.hidden_size,
-                    forget_bias=self.forget_bias, unroll=self.unroll,
-                    dtype=self.dtype, name=f'layer_{index}')
-      layer = Bidirectional(**kwargs) if self.bidirectional else Recurrent(
-          **kwargs)
+      kwargs = dict(
+        cell=self.cell,
+        hidden_size=self.hidden_size,
+        forget_bias=self.forget_bias,
+        unroll=self.unroll,
+        dtype=self.dtype,
+        name=f'layer_{index}',
+      )
+      layer = (
+        Bidirectional(**kwargs) if self.bidirectional else Recurrent(**kwargs)
+      )
       xs, last = layer(xs)
     return xs, last
 
@@ -498,14 +565,22 @@ class RecurrentClassifier(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.readout not in ('last', 'mean'):
-      raise ValueError(f"unknown readout {self.readout!r}; choose 'last' or "
-                       "'mean'")
+      raise ValueError(
+        f"unknown readout {self.readout!r}; choose 'last' or 'mean'"
+      )
     b, h, w, c = x.shape
     rows = jnp.transpose(x.reshape(b, h, w * c), (1, 0, 2))  # (T, B, D)
     outputs, last = RecurrentStack(
-        self.cell, self.hidden_size, self.num_layers, self.bidirectional,
-        self.dropout_rate, self.forget_bias, self.unroll, self.dtype,
-        name='rnn')(rows.astype(self.dtype), train=train)
+      self.cell,
+      self.hidden_size,
+      self.num_layers,
+      self.bidirectional,
+      self.dropout_rate,
+      self.forget_bias,
+      self.unroll,
+      self.dtype,
+      name='rnn',
+    )(rows.astype(self.dtype), train=train)
     features = last if self.readout == 'last' else outputs.mean(axis=0)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(features)
     return logits.astype(jnp.float32)
@@ -519,16 +594,16 @@ def build_classifier(config, num_classes: int) -> RecurrentClassifier:
   ``experiments/sequential_mnist.py``.
   """
   return RecurrentClassifier(
-      cell=config.model,
-      num_classes=num_classes,
-      hidden_size=config.get('hidden_size', 128),
-      num_layers=config.get('num_layers', 1),
-      bidirectional=config.get('bidirectional', False),
-      readout=config.get('readout', 'last'),
-      dropout_rate=config.get('dropout_rate', 0.0),
-      forget_bias=config.get('forget_bias', 1.0),
-      dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+    cell=config.model,
+    num_classes=num_classes,
+    hidden_size=config.get('hidden_size', 128),
+    num_layers=config.get('num_layers', 1),
+    bidirectional=config.get('bidirectional', False),
+    readout=config.get('readout', 'last'),
+    dropout_rate=config.get('dropout_rate', 0.0),
+    forget_bias=config.get('forget_bias', 1.0),
+    dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
   )
 
 
-models.MODELS.update({kind: build_classifier for kind in CELLS})
+models.MODELS.update(dict.fromkeys(CELLS, build_classifier))

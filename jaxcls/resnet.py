@@ -50,12 +50,18 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=_conv_init)
+    conv = functools.partial(
+      self.conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init
+    )
     # Statistics and normalisation in float32, also for bfloat16 convolutions.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
-                             axis_name=self.axis_name)
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=jnp.float32,
+      axis_name=self.axis_name,
+    )
     # Explicit padding 1 (PyTorch's, He et al.'s): 'SAME' with stride 2
     # would pad only the bottom/right of an even-sized image.
     y = conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)))(x)
@@ -63,20 +69,26 @@ class BasicBlock(nn.Module):
     y = conv(self.filters, (3, 3), padding=((1, 1), (1, 1)))(y)
     # Zero-init of the last scale makes each block start as the identity
     # (Goyal et al. 2017, "Accurate, Large Minibatch SGD", section 5.1).
-    y = norm(scale_init=(nn.initializers.zeros_init()
-                         if self.zero_init_residual
-                         else nn.initializers.ones_init()))(y)
+    y = norm(
+      scale_init=(
+        nn.initializers.zeros_init()
+        if self.zero_init_residual
+        else nn.initializers.ones_init()
+      )
+    )(y)
     residual = x
     if residual.shape != y.shape:
       if self.shortcut == 'projection':
-        residual = conv(self.filters, (1, 1), self.strides,
-                        name='conv_proj')(residual)
+        residual = conv(self.filters, (1, 1), self.strides, name='conv_proj')(
+          residual
+        )
         residual = norm(name='norm_proj')(residual)
       else:  # 'pad': option A, parameter-free.
-        residual = residual[:, ::self.strides, ::self.strides, :]
+        residual = residual[:, :: self.strides, :: self.strides, :]
         extra = self.filters - residual.shape[-1]
-        residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0),
-                                      (extra // 2, extra - extra // 2)))
+        residual = jnp.pad(
+          residual, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2))
+        )
     return nn.relu(residual.astype(jnp.float32) + y)
 
 
@@ -100,27 +112,47 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.depth < 8 or (self.depth - 2) % 6:
-      raise ValueError(f'resnet depth must be 6n+2 with n >= 1 (8, 14, 20, '
-                       f'32, 44, 56, 110); got {self.depth}')
+      raise ValueError(
+        f'resnet depth must be 6n+2 with n >= 1 (8, 14, 20, '
+        f'32, 44, 56, 110); got {self.depth}'
+      )
     if self.shortcut not in SHORTCUTS:
-      raise ValueError(f'unknown resnet shortcut {self.shortcut!r}; choose '
-                       f'one of {list(SHORTCUTS)}')
+      raise ValueError(
+        f'unknown resnet shortcut {self.shortcut!r}; choose '
+        f'one of {list(SHORTCUTS)}'
+      )
     blocks_per_stage = (self.depth - 2) // 6
     widths = [max(1, round(f * self.width)) for f in (16, 32, 64)]
-    x = self.conv(widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                dtype=self.dtype, kernel_init=_conv_init,
-                name='conv_init')(x.astype(self.dtype))
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                     epsilon=1e-5, dtype=jnp.float32,
-                     axis_name=self.axis_name, name='bn_init')(x)
+    x = self.conv(
+      widths[0],
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=_conv_init,
+      name='conv_init',
+    )(x.astype(self.dtype))
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=jnp.float32,
+      axis_name=self.axis_name,
+      name='bn_init',
+    )(x)
     x = nn.relu(x)
     for stage, filters in enumerate(widths):
       for block in range(blocks_per_stage):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(filters, strides, shortcut=self.shortcut,
-                       zero_init_residual=self.zero_init_residual,
-                       dtype=self.dtype, axis_name=self.axis_name,
-                       conv=self.conv)(x, train)
+        x = BasicBlock(
+          filters,
+          strides,
+          shortcut=self.shortcut,
+          zero_init_residual=self.zero_init_residual,
+          dtype=self.dtype,
+          axis_name=self.axis_name,
+          conv=self.conv,
+        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     # Logits in float32 so the loss is computed at full precision.
@@ -142,11 +174,11 @@ def build_resnet(config, num_classes: int) -> ResNet:
   """``models.MODELS['resnet']``, from the config's ``resnet_*`` fields
   (defaults: ResNet-20 of He et al. with option-A shortcuts)."""
   return ResNet(
-      num_classes=num_classes,
-      depth=config.resnet_depth,
-      width=config.resnet_width,
-      shortcut=config.resnet_shortcut,
-      zero_init_residual=config.resnet_zero_init_residual,
-      dtype=jnp.dtype(config.compute_dtype),
-      axis_name=batchnorm_axis_name(config),
+    num_classes=num_classes,
+    depth=config.resnet_depth,
+    width=config.resnet_width,
+    shortcut=config.resnet_shortcut,
+    zero_init_residual=config.resnet_zero_init_residual,
+    dtype=jnp.dtype(config.compute_dtype),
+    axis_name=batchnorm_axis_name(config),
   )

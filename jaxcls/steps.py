@@ -29,22 +29,30 @@ from jaxcls import data, optim, techniques
 
 class TrainState(train_state.TrainState):
   """flax's TrainState plus BatchNorm statistics and the weights' EMA."""
+
   batch_stats: Any = None
   ema: Any = None
 
 
-def create_train_state(rng: jax.Array, model: nn.Module,
-                       tx: optax.GradientTransformation,
-                       image_shape: tuple[int, int, int],
-                       ema: bool = False) -> TrainState:
+def create_train_state(
+  rng: jax.Array,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  image_shape: tuple[int, int, int],
+  ema: bool = False,
+) -> TrainState:
   """Initialises the variables for ``image_shape`` inputs and the optimizer.
 
   ``ema`` starts the moving average as a copy of the initial variables.
   """
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
   batch_stats = variables.get('batch_stats')
-  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
-                            tx=tx, batch_stats=batch_stats)
+  state = TrainState.create(
+    apply_fn=model.apply,
+    params=variables['params'],
+    tx=tx,
+    batch_stats=batch_stats,
+  )
   if ema:  # A copy: donating the state must not donate one buffer twice.
     state = state.replace(ema=jax.tree.map(jnp.copy, model_variables(state)))
   return state
@@ -70,28 +78,41 @@ def check_batch(batch: dict, image_shape=None, num_classes=None) -> None:
   Label values are checked only when they are concrete arrays: inside a
   jitted function they are traced, so call this on the host beforehand.
   """
-  if not isinstance(batch, dict) or 'image' not in batch or 'label' not in batch:
+  if (
+    not isinstance(batch, dict) or 'image' not in batch or 'label' not in batch
+  ):
     raise ValueError("a batch is a dict with 'image' and 'label' arrays")
   images, labels = batch['image'], batch['label']
   if getattr(images, 'ndim', None) != 4:
-    raise ValueError('images must be (batch, height, width, channels); got '
-                     f'shape {getattr(images, "shape", None)}')
+    raise ValueError(
+      'images must be (batch, height, width, channels); got '
+      f'shape {getattr(images, "shape", None)}'
+    )
   if images.dtype != jnp.uint8:
-    raise ValueError('images must be uint8 pixels in 0..255 (the step '
-                     f'normalises them itself); got {images.dtype}')
+    raise ValueError(
+      'images must be uint8 pixels in 0..255 (the step '
+      f'normalises them itself); got {images.dtype}'
+    )
   if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
-    raise ValueError(f'images have shape {tuple(images.shape[1:])}, the '
-                     f'model expects {tuple(image_shape)}')
-  if (getattr(labels, 'shape', None) != images.shape[:1]
-      or not jnp.issubdtype(labels.dtype, jnp.integer)):
-    raise ValueError(f'labels must be integers of shape {images.shape[:1]}; '
-                     f'got {getattr(labels, "dtype", type(labels))} '
-                     f'{getattr(labels, "shape", "")}')
+    raise ValueError(
+      f'images have shape {tuple(images.shape[1:])}, the '
+      f'model expects {tuple(image_shape)}'
+    )
+  if getattr(labels, 'shape', None) != images.shape[:1] or not jnp.issubdtype(
+    labels.dtype, jnp.integer
+  ):
+    raise ValueError(
+      f'labels must be integers of shape {images.shape[:1]}; '
+      f'got {getattr(labels, "dtype", type(labels))} '
+      f'{getattr(labels, "shape", "")}'
+    )
   if num_classes is not None and not isinstance(labels, jax.core.Tracer):
     low, high = int(np.min(labels)), int(np.max(labels))
     if low < 0 or high >= num_classes:
-      raise ValueError(f'labels must be in 0..{num_classes - 1}; got values '
-                       f'from {low} to {high}')
+      raise ValueError(
+        f'labels must be in 0..{num_classes - 1}; got values '
+        f'from {low} to {high}'
+      )
 
 
 def _apply(state, variables, images, **kwargs):
@@ -99,30 +120,43 @@ def _apply(state, variables, images, **kwargs):
   try:
     return state.apply_fn(variables, images, **kwargs)
   except flax.errors.ScopeParamShapeError:
-    raise ValueError(f'images of shape {tuple(images.shape[1:])} do not fit '
-                     'this model, whose parameters were made for another '
-                     'input shape') from None
+    raise ValueError(
+      f'images of shape {tuple(images.shape[1:])} do not fit '
+      'this model, whose parameters were made for another '
+      'input shape'
+    ) from None
 
 
-def augment_images(rng: jax.Array, images: jax.Array, augment,
-                   padding: int = 4) -> jax.Array:
+def augment_images(
+  rng: jax.Array, images: jax.Array, augment, padding: int = 4
+) -> jax.Array:
   """'crop_flip' (or True): random crop after padding, and h-flip; 'flip':
   h-flip only; 'none' (or False): unchanged. uint8 in, uint8 out."""
   if augment is True or augment == 'crop_flip':
     return data.random_crop_flip(rng, images, padding)
   if augment == 'flip':
-    flip = jax.random.bernoulli(jax.random.split(rng)[1], 0.5,
-                                (images.shape[0], 1, 1, 1))
+    flip = jax.random.bernoulli(
+      jax.random.split(rng)[1], 0.5, (images.shape[0], 1, 1, 1)
+    )
     return jnp.where(flip, images[:, :, ::-1, :], images)
   return images
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array,
-               augment=False, l1: float = 0.0, l2: float = 0.0,
-               axis_name: str | None = None, crop_padding: int = 4,
-               label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-               cutmix_alpha: float = 0.0, ema_decay: float = 0.0,
-               num_classes: int = 0):
+def train_step(
+  state: TrainState,
+  batch: dict,
+  rng: jax.Array,
+  augment=False,
+  l1: float = 0.0,
+  l2: float = 0.0,
+  axis_name: str | None = None,
+  crop_padding: int = 4,
+  label_smoothing: float = 0.0,
+  mixup_alpha: float = 0.0,
+  cutmix_alpha: float = 0.0,
+  ema_decay: float = 0.0,
+  num_classes: int = 0,
+):
   """One optimizer step: ``(state, batch, rng) -> (state, metrics)``.
 
   ``batch`` holds uint8 ``image`` (B, H, W, C) and int ``label`` (B,);
@@ -135,8 +169,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
   (and BatchNorm averages its statistics over the same axis).
 
   ``label_smoothing``, ``mixup_alpha``/``cutmix_alpha`` and ``ema_decay``
-  (jaxcls.techniques) are off at 0; mixing needs ``num_classes``. ``metrics`` holds sums over the batch
-  (``loss``, ``correct``, ``count``) so that they add up across steps and
+  (jaxcls.techniques) are off at 0; mixing needs ``num_classes``.
+  ``metrics`` holds sums over the batch (``loss``, ``correct``, ``count``)
+  so that they add up across steps and
   devices; with mixing, ``correct`` counts the dominant image's label.
   """
   check_batch(batch)
@@ -144,23 +179,35 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
   if axis_name is not None:  # Distinct randomness per pmap device.
     step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
   augment_rng, dropout_rng = jax.random.split(step_rng)
-  images = data.normalize(augment_images(augment_rng, batch['image'], augment,
-                                         crop_padding))
+  images = data.normalize(
+    augment_images(augment_rng, batch['image'], augment, crop_padding)
+  )
   labels = targets = batch['label']
   if mixup_alpha > 0 or cutmix_alpha > 0:
     # Its own stream (not a third split), so runs without mixing keep theirs.
     images, targets, _ = techniques.mixup_or_cutmix(
-        jax.random.fold_in(step_rng, 2), images,
-        jax.nn.one_hot(labels, num_classes), mixup_alpha, cutmix_alpha)
+      jax.random.fold_in(step_rng, 2),
+      images,
+      jax.nn.one_hot(labels, num_classes),
+      mixup_alpha,
+      cutmix_alpha,
+    )
   mutable = ['batch_stats'] if state.batch_stats is not None else False
 
   def loss_fn(params):
-    out = _apply(state, model_variables(state, params), images, train=True,
-                 rngs={'dropout': dropout_rng}, mutable=mutable)
+    out = _apply(
+      state,
+      model_variables(state, params),
+      images,
+      train=True,
+      rngs={'dropout': dropout_rng},
+      mutable=mutable,
+    )
     logits, updates = out if mutable else (out, {})
     check_batch(batch, num_classes=logits.shape[-1])  # values, if concrete
-    data_loss = techniques.cross_entropy_smoothed(logits, targets,
-                                                  label_smoothing).mean()
+    data_loss = techniques.cross_entropy_smoothed(
+      logits, targets, label_smoothing
+    ).mean()
     loss = data_loss
     if l1:
       loss = loss + l1 * optim.l1_penalty(params)
@@ -169,27 +216,35 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
     return loss, (data_loss, logits, updates.get('batch_stats'))
 
   (_, (data_loss, logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+    loss_fn, has_aux=True
+  )(state.params)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema is not None:
     # ``state.step`` is now the number of updates so far: the decay warms up
     # from the first one (jaxcls.techniques.ema_decay).
-    state = state.replace(ema=techniques.ema_update(
-        state.ema, model_variables(state),
-        techniques.ema_decay(state.step - 1, ema_decay)))
+    state = state.replace(
+      ema=techniques.ema_update(
+        state.ema,
+        model_variables(state),
+        techniques.ema_decay(state.step - 1, ema_decay),
+      )
+    )
   count = jnp.float32(labels.shape[0])
-  metrics = {'loss': data_loss * count,
-             'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
-             'count': count}
+  metrics = {
+    'loss': data_loss * count,
+    'correct': jnp.sum(jnp.argmax(logits, -1) == labels),
+    'count': count,
+  }
   if axis_name is not None:
     metrics = jax.lax.psum(metrics, axis_name)
   return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, use_ema: bool = False,
-              flip_tta: bool = False) -> dict:
+def eval_step(
+  state: TrainState, batch: dict, use_ema: bool = False, flip_tta: bool = False
+) -> dict:
   """Sums of loss, correct predictions and count over the unmasked examples.
 
   ``batch`` may hold a float ``mask`` (1 = real example, 0 = padding).
@@ -202,13 +257,16 @@ def eval_step(state: TrainState, batch: dict, use_ema: bool = False,
   images = data.normalize(batch['image'])
   if flip_tta:
     logits = techniques.flip_tta_logits(
-        lambda v, x, **kw: _apply(state, v, x, **kw), variables, images)
+      lambda v, x, **kw: _apply(state, v, x, **kw), variables, images
+    )
   else:
     logits = _apply(state, variables, images, train=False)
   mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
-  return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-          'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-          'count': jnp.sum(mask)}
+  return {
+    'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
+    'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
+    'count': jnp.sum(mask),
+  }
 
 
 def step_options(config, spec: data.DatasetSpec) -> dict:
@@ -220,9 +278,14 @@ def step_options(config, spec: data.DatasetSpec) -> dict:
   augment = config.augment
   if augment == 'auto':
     augment = 'crop_flip' if spec.augment else 'none'
-  return dict(augment=augment, l1=config.l1, l2=config.l2,
-              num_classes=spec.num_classes,
-              crop_padding=config.crop_padding,
-              label_smoothing=config.label_smoothing,
-              mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
-              ema_decay=config.ema_decay)
+  return dict(
+    augment=augment,
+    l1=config.l1,
+    l2=config.l2,
+    num_classes=spec.num_classes,
+    crop_padding=config.crop_padding,
+    label_smoothing=config.label_smoothing,
+    mixup_alpha=config.mixup_alpha,
+    cutmix_alpha=config.cutmix_alpha,
+    ema_decay=config.ema_decay,
+  )

@@ -35,11 +35,21 @@ from jaxcls import workdir as workdir_lib
 TRACED_FIELDS = ('seed', 'learning_rate', 'weight_decay')
 SWEEP_PREFIX = 'sweep_'
 # Fields of a sweep config that are not single-run config fields.
-SWEEP_CONTROL_FIELDS = ('sweep_samples', 'sweep_sample_seed',
-                        'population_chunk', 'population_mode')
+SWEEP_CONTROL_FIELDS = (
+  'sweep_samples',
+  'sweep_sample_seed',
+  'population_chunk',
+  'population_mode',
+)
 # All members read the same data, so these cannot differ between members.
-UNSWEEPABLE_FIELDS = ('dataset', 'data_dir', 'validation_percent',
-                      'train_examples', 'eval_batch_size', 'parallel')
+UNSWEEPABLE_FIELDS = (
+  'dataset',
+  'data_dir',
+  'validation_percent',
+  'train_examples',
+  'eval_batch_size',
+  'parallel',
+)
 
 
 def parse_values(name: str, text, default):
@@ -55,9 +65,11 @@ def parse_values(name: str, text, default):
       return [int(float(i)) for i in items]
     return [kind(i) for i in items]
   except ValueError:
-    raise ValueError(f'{SWEEP_PREFIX}{name}={text!r}: expected comma-separated '
-                     f'{kind.__name__} values, e.g. --config.{SWEEP_PREFIX}'
-                     f'{name}=1,2') from None
+    raise ValueError(
+      f'{SWEEP_PREFIX}{name}={text!r}: expected comma-separated '
+      f'{kind.__name__} values, e.g. --config.{SWEEP_PREFIX}'
+      f'{name}=1,2'
+    ) from None
 
 
 def swept_values(config) -> dict:
@@ -66,12 +78,14 @@ def swept_values(config) -> dict:
   for key in config.keys():  # noqa: SIM118 (a ConfigDict)
     if not key.startswith(SWEEP_PREFIX) or key in SWEEP_CONTROL_FIELDS:
       continue
-    field = key[len(SWEEP_PREFIX):]
+    field = key[len(SWEEP_PREFIX) :]
     if field not in config:
       raise ValueError(f'{key} sweeps an unknown config field {field!r}')
     if field in UNSWEEPABLE_FIELDS:
-      raise ValueError(f'{key}: {field} cannot be swept (all members share the '
-                       'same data); run one sweep per value instead')
+      raise ValueError(
+        f'{key}: {field} cannot be swept (all members share the '
+        'same data); run one sweep per value instead'
+      )
     values = parse_values(field, config[key], config[field])
     if values:
       if len(set(values)) != len(values):
@@ -83,11 +97,14 @@ def swept_values(config) -> dict:
 def member_grid(swept: dict, samples: int = 0, sample_seed: int = 0) -> list:
   """The product of the swept values, or ``samples`` of it drawn at random."""
   names = sorted(swept)
-  grid = [dict(zip(names, combo))
-          for combo in itertools.product(*(swept[n] for n in names))]
+  grid = [
+    dict(zip(names, combo))
+    for combo in itertools.product(*(swept[n] for n in names))
+  ]
   if 0 < samples < len(grid):
     rows = np.random.default_rng(sample_seed).choice(
-        len(grid), samples, replace=False)
+      len(grid), samples, replace=False
+    )
     grid = [grid[i] for i in sorted(rows)]
   return grid
 
@@ -122,7 +139,7 @@ def chunks(indices: list, size: int) -> list:
   copies of real ones and are dropped from the results.
   """
   size = len(indices) if size <= 0 else min(size, len(indices))
-  out = [list(indices[i:i + size]) for i in range(0, len(indices), size)]
+  out = [list(indices[i : i + size]) for i in range(0, len(indices), size)]
   out[-1] += [out[-1][-1]] * (size - len(out[-1]))
   return out
 
@@ -144,64 +161,109 @@ def member_bytes(config, ds: data.Data, mode: str = 'auto') -> int:
   the one step's temporaries: four times a member's state.
   """
   model = models.create_model(config, ds.spec.num_classes)
-  init = jax.vmap(functools.partial(
-      population.init_member, model=model,
+  init = jax.vmap(
+    functools.partial(
+      population.init_member,
+      model=model,
       tx=population.population_optimizer(config, 1),
-      image_shape=ds.spec.image_shape))
-  states, keys = jax.eval_shape(init, jnp.zeros(1, jnp.int32), jnp.zeros(1),
-                                jnp.zeros(1))
-  state_bytes = 4 * sum(x.size * x.dtype.itemsize
-                        for x in jax.tree_util.tree_leaves(states))
+      image_shape=ds.spec.image_shape,
+    )
+  )
+  states, keys = jax.eval_shape(
+    init, jnp.zeros(1, jnp.int32), jnp.zeros(1), jnp.zeros(1)
+  )
+  state_bytes = 4 * sum(
+    x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(states)
+  )
   if population.resolve_mode(mode) == 'loop':
     return state_bytes
-  batch = {'image': jax.ShapeDtypeStruct(
-      (config.batch_size, *ds.spec.image_shape), jnp.uint8),
-           'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
-  step = functools.partial(train.train_step,
-                           **train.step_options(config, ds.spec))
-  stats = jax.jit(population.vmapped(step)).lower(
-      states, batch, (keys, jnp.ones(1, bool))).compile().memory_analysis()
+  batch = {
+    'image': jax.ShapeDtypeStruct(
+      (config.batch_size, *ds.spec.image_shape), jnp.uint8
+    ),
+    'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+  }
+  step = functools.partial(
+    train.train_step, **train.step_options(config, ds.spec)
+  )
+  stats = (
+    jax.jit(population.vmapped(step))
+    .lower(states, batch, (keys, jnp.ones(1, bool)))
+    .compile()
+    .memory_analysis()
+  )
   if stats is None:  # Some backends do not report; count the state instead.
     return state_bytes
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes +
-             stats.temp_size_in_bytes)
+  return int(
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    + stats.temp_size_in_bytes
+  )
 
 
-def auto_chunk_size(config, ds: data.Data, members: int, mode: str = 'auto',
-                    memory_fraction: float = 0.5) -> int:
+def auto_chunk_size(
+  config,
+  ds: data.Data,
+  members: int,
+  mode: str = 'auto',
+  memory_fraction: float = 0.5,
+) -> int:
   """How many members fit in ``memory_fraction`` of the free memory."""
-  fit = int(memory_fraction * free_device_bytes()
-            // member_bytes(config, ds, mode))
+  fit = int(
+    memory_fraction * free_device_bytes() // member_bytes(config, ds, mode)
+  )
   if fit < 1:
-    raise ValueError('one member does not fit in device memory; lower '
-                     '--config.batch_size')
+    raise ValueError(
+      'one member does not fit in device memory; lower --config.batch_size'
+    )
   return min(members, fit)
 
 
 def eval_overrides(member_cfg, base_config) -> list:
   """``--config.x=v`` flags that turn ``base_config`` into the member's."""
   base = base_config.to_dict()
-  return [f'--config.{key}={value}'
-          for key, value in sorted(member_cfg.to_dict().items())
-          if key not in config_lib.RUN_ONLY_FIELDS
-          and base.get(key, object()) != value]
+  return [
+    f'--config.{key}={value}'
+    for key, value in sorted(member_cfg.to_dict().items())
+    if key not in config_lib.RUN_ONLY_FIELDS
+    and base.get(key, object()) != value
+  ]
 
 
 def format_table(members: list, swept: list) -> str:
   """Members sorted by validation accuracy, best first, as aligned text."""
-  head = ['rank', 'member', *swept, 'best val acc', 'best epoch', 'epochs',
-          'status']
+  head = [
+    'rank',
+    'member',
+    *swept,
+    'best val acc',
+    'best epoch',
+    'epochs',
+    'status',
+  ]
   rows = []
   ranked = sorted(members, key=lambda m: -m['best_val_accuracy'])
   for rank, m in enumerate(ranked, 1):
-    rows.append([str(rank), str(m['member']),
-                 *(f"{m['values'][f]:g}" if isinstance(m['values'][f], float)
-                   else str(m['values'][f]) for f in swept),
-                 f"{m['best_val_accuracy']:.4f}", str(m['best_epoch']),
-                 str(m['epochs_trained']), m['status']])
+    rows.append(
+      [
+        str(rank),
+        str(m['member']),
+        *(
+          f'{m["values"][f]:g}'
+          if isinstance(m['values'][f], float)
+          else str(m['values'][f])
+          for f in swept
+        ),
+        f'{m["best_val_accuracy"]:.4f}',
+        str(m['best_epoch']),
+        str(m['epochs_trained']),
+        m['status'],
+      ]
+    )
   widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-  line = lambda r: '| ' + ' | '.join(c.ljust(w)
-                                     for c, w in zip(r, widths)) + ' |'
+  line = lambda r: (
+    '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'
+  )
   rule = '|' + '|'.join('-' * (w + 2) for w in widths) + '|'
   return '\n'.join([line(head), rule, *map(line, rows)])
 
@@ -216,19 +278,27 @@ def member_records(grid: list, populations: list) -> list:
         continue  # A padding copy at the end of a chunk.
       stopped = result.epochs_trained[row] < result.val_accuracy.shape[1]
       records[index] = {
-          'member': index, 'values': grid[index],
-          'best_val_accuracy': float(result.best_val_accuracy[row]),
-          'best_epoch': int(result.best_epoch[row]),
-          'epochs_trained': int(result.epochs_trained[row]),
-          'status': ('diverged' if result.diverged[row] else
-                     'stopped early' if stopped else 'ok'),
-          'val_accuracy': as_list(result.val_accuracy[row]),
-          'train_loss': as_list(result.train_loss[row])}
+        'member': index,
+        'values': grid[index],
+        'best_val_accuracy': float(result.best_val_accuracy[row]),
+        'best_epoch': int(result.best_epoch[row]),
+        'epochs_trained': int(result.epochs_trained[row]),
+        'status': (
+          'diverged'
+          if result.diverged[row]
+          else 'stopped early'
+          if stopped
+          else 'ok'
+        ),
+        'val_accuracy': as_list(result.val_accuracy[row]),
+        'train_loss': as_list(result.train_loss[row]),
+      }
   return records
 
 
-def single_run_state(state: train.TrainState, member: train.TrainState
-                     ) -> train.TrainState:
+def single_run_state(
+  state: train.TrainState, member: train.TrainState
+) -> train.TrainState:
   """``state`` (a single run's, from ``train.setup``) holding the member's
   parameters, statistics, weight average and step.
 
@@ -237,27 +307,39 @@ def single_run_state(state: train.TrainState, member: train.TrainState
   adamw with a constant rate), so that training can resume; otherwise the
   single run's optimizer starts fresh there.
   """
-  state = state.replace(params=member.params, step=jnp.asarray(member.step),
-                        batch_stats=member.batch_stats, ema=member.ema)
+  state = state.replace(
+    params=member.params,
+    step=jnp.asarray(member.step),
+    batch_stats=member.batch_stats,
+    ema=member.ema,
+  )
   inner = getattr(member.opt_state, 'inner_state', None)
-  if (isinstance(member.opt_state, optax.InjectStatefulHyperparamsState) and
-      jax.tree_util.tree_structure(inner) ==
-      jax.tree_util.tree_structure(state.opt_state)):
+  if isinstance(
+    member.opt_state, optax.InjectStatefulHyperparamsState
+  ) and jax.tree_util.tree_structure(inner) == jax.tree_util.tree_structure(
+    state.opt_state
+  ):
     state = state.replace(opt_state=inner)
   return state
 
 
-def save_best_member(workdir: str, member_cfg, ds: data.Data,
-                     result: population.PopulationResult, row: int) -> dict:
+def save_best_member(
+  workdir: str,
+  member_cfg,
+  ds: data.Data,
+  result: population.PopulationResult,
+  row: int,
+) -> dict:
   """Writes member ``row`` as a normal run and scores it on test, once."""
   run = train.setup(member_cfg, workdir, ds=ds)
   final = result.final_states[row]
   epochs = int(result.epochs_trained[row])
   progress = train.Progress(
-      best_val_accuracy=float(result.best_val_accuracy[row]),
-      best_epoch=int(result.best_epoch[row]),
-      train_seconds=result.train_seconds,  # the whole population's
-      images_trained=int(final.step) * member_cfg.batch_size)
+    best_val_accuracy=float(result.best_val_accuracy[row]),
+    best_epoch=int(result.best_epoch[row]),
+    train_seconds=result.train_seconds,  # the whole population's
+    images_trained=int(final.step) * member_cfg.batch_size,
+  )
   best = single_run_state(run.state, result.best_states[row])
   latest = single_run_state(run.state, final)
   run.save(run.best, best, progress.best_epoch, progress)
@@ -265,13 +347,20 @@ def save_best_member(workdir: str, member_cfg, ds: data.Data,
   checkpoint.wait(run.best)
   checkpoint.wait(run.latest)
   stopped = epochs < member_cfg.num_epochs and not result.diverged[row]
-  return train.finish(run, run.steps.place(latest), int(final.step),
-                      progress, stopped)
+  return train.finish(
+    run, run.steps.place(latest), int(final.step), progress, stopped
+  )
 
 
-def run_sweep(config, workdir: str, *, base_config=None,
-              command: str = 'python -m experiments.fashion_mnist',
-              plot=None, log=print) -> dict:
+def run_sweep(
+  config,
+  workdir: str,
+  *,
+  base_config=None,
+  command: str = 'python -m experiments.fashion_mnist',
+  plot=None,
+  log=print,
+) -> dict:
   """Trains every member, ranks them on validation, saves the best one.
 
   ``base_config`` and ``command`` are the single-run experiment the best
@@ -281,8 +370,9 @@ def run_sweep(config, workdir: str, *, base_config=None,
   config_lib.validate(config)
   swept = swept_values(config)
   if not swept:
-    raise ValueError('nothing to sweep: set e.g. '
-                     '--config.sweep_learning_rate=1e-3,3e-3')
+    raise ValueError(
+      'nothing to sweep: set e.g. --config.sweep_learning_rate=1e-3,3e-3'
+    )
   mode = population.resolve_mode(config.population_mode)
   grid = member_grid(swept, config.sweep_samples, config.sweep_sample_seed)
   configs = [member_config(config, v) for v in grid]
@@ -295,23 +385,38 @@ def run_sweep(config, workdir: str, *, base_config=None,
     groups.setdefault(group_key(c), []).append(index)
   with workdir_lib.lock(workdir):
     workdir_lib.read_results(workdir)  # A corrupt file fails now, not later.
-    ds = data.load(config.dataset, config.data_dir, config.validation_percent,
-                   config.train_examples, **data.source_args(config))
-    log(f'Sweep of {len(grid)} members over {sorted(swept)} in '
-        f'{len(groups)} population(s) on {jax.devices()[0].platform}, '
-        f'population_mode {mode}')
+    ds = data.load(
+      config.dataset,
+      config.data_dir,
+      config.validation_percent,
+      config.train_examples,
+      **data.source_args(config),
+    )
+    log(
+      f'Sweep of {len(grid)} members over {sorted(swept)} in '
+      f'{len(groups)} population(s) on {jax.devices()[0].platform}, '
+      f'population_mode {mode}'
+    )
     populations, compile_s, train_s, chunk_sizes = [], 0.0, 0.0, []
     for indices in groups.values():
       group_cfg = configs[indices[0]]
       size = config.population_chunk or auto_chunk_size(
-          group_cfg, ds, len(indices), mode)
+        group_cfg, ds, len(indices), mode
+      )
       chunk_sizes.append(size)
       steps = population.make_population_steps(group_cfg, ds, mode)
       for chunk in chunks(indices, size):
         log(f'Population of {len(chunk)} (members {sorted(set(chunk))}):')
         result = population.train_population(
-            group_cfg, [{f: grid[i][f] for f in TRACED_FIELDS if f in grid[i]}
-                        for i in chunk], ds, log=log, steps=steps)
+          group_cfg,
+          [
+            {f: grid[i][f] for f in TRACED_FIELDS if f in grid[i]}
+            for i in chunk
+          ],
+          ds,
+          log=log,
+          steps=steps,
+        )
         compile_s += result.compile_seconds
         train_s += result.train_seconds
         populations.append((chunk, result))
@@ -320,26 +425,44 @@ def run_sweep(config, workdir: str, *, base_config=None,
     best = population.best_member([r['best_val_accuracy'] for r in records])
     log('\n' + format_table(records, sorted(swept)))
     chunk, result = next((c, r) for c, r in populations if best in c)
-    test = save_best_member(workdir, configs[best], ds, result,
-                            chunk.index(best))
+    test = save_best_member(
+      workdir, configs[best], ds, result, chunk.index(best)
+    )
     workdir_lib.write_results(workdir, test)
-    rerun = [command, f'--workdir={workdir}', '--eval_only',
-             *eval_overrides(configs[best], base_config or config)]
+    rerun = [
+      command,
+      f'--workdir={workdir}',
+      '--eval_only',
+      *eval_overrides(configs[best], base_config or config),
+    ]
     summary = {
-        'swept': swept, 'members': records, 'best_member': best,
-        'best': {'values': grid[best], 'test_accuracy': test['test_accuracy'],
-                 'best_val_accuracy': records[best]['best_val_accuracy'],
-                 'eval_command': ' '.join(rerun)},
-        'populations': len(populations), 'chunk_sizes': chunk_sizes,
-        'population_mode': mode, 'compile_seconds': compile_s,
-        'train_seconds': train_s, 'platform': jax.devices()[0].platform}
+      'swept': swept,
+      'members': records,
+      'best_member': best,
+      'best': {
+        'values': grid[best],
+        'test_accuracy': test['test_accuracy'],
+        'best_val_accuracy': records[best]['best_val_accuracy'],
+        'eval_command': ' '.join(rerun),
+      },
+      'populations': len(populations),
+      'chunk_sizes': chunk_sizes,
+      'population_mode': mode,
+      'compile_seconds': compile_s,
+      'train_seconds': train_s,
+      'platform': jax.devices()[0].platform,
+    }
     with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
       json.dump(summary, f, indent=2)
     if plot is not None:
       plot(records, swept, os.path.join(workdir, 'sweep.png'))
-  log(f"Best member {best} {grid[best]}: val accuracy "
-      f"{records[best]['best_val_accuracy']:.4f}, test accuracy "
-      f"{test['test_accuracy']:.4f} (the only member scored on test)")
-  log(f'Compile {compile_s:.1f}s, train {train_s:.1f}s. Re-score it: '
-      f"{summary['best']['eval_command']}")
+  log(
+    f'Best member {best} {grid[best]}: val accuracy '
+    f'{records[best]["best_val_accuracy"]:.4f}, test accuracy '
+    f'{test["test_accuracy"]:.4f} (the only member scored on test)'
+  )
+  log(
+    f'Compile {compile_s:.1f}s, train {train_s:.1f}s. Re-score it: '
+    f'{summary["best"]["eval_command"]}'
+  )
   return summary

@@ -35,8 +35,9 @@ def smooth_labels(labels_onehot: jax.Array, smoothing: float) -> jax.Array:
   return optax.smooth_labels(labels_onehot, smoothing)
 
 
-def cross_entropy_smoothed(logits: jax.Array, labels: jax.Array,
-                           smoothing: float = 0.0) -> jax.Array:
+def cross_entropy_smoothed(
+  logits: jax.Array, labels: jax.Array, smoothing: float = 0.0
+) -> jax.Array:
   """Per-example cross-entropy against smoothed targets.
 
   ``labels`` are integer class ids ``(B,)`` or target distributions
@@ -74,8 +75,9 @@ def _partner(x: jax.Array) -> jax.Array:
   return jnp.roll(x, shift=1, axis=0)
 
 
-def mixup(rng: jax.Array, images: jax.Array, labels_onehot: jax.Array,
-          alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def mixup(
+  rng: jax.Array, images: jax.Array, labels_onehot: jax.Array, alpha: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk Minimization").
 
   One ``lambda ~ Beta(alpha, alpha)`` for the whole batch, as big_vision's
@@ -96,8 +98,9 @@ def mixup(rng: jax.Array, images: jax.Array, labels_onehot: jax.Array,
   return mix(images), mix(labels_onehot), lam
 
 
-def cutmix(rng: jax.Array, images: jax.Array, labels_onehot: jax.Array,
-           alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def cutmix(
+  rng: jax.Array, images: jax.Array, labels_onehot: jax.Array, alpha: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """CutMix (Yun et al. 2019): paste a box of the partner image.
 
   As timm's ``rand_bbox`` with ``correct_lam=True``: ``lambda ~ Beta(alpha,
@@ -126,15 +129,20 @@ def cutmix(rng: jax.Array, images: jax.Array, labels_onehot: jax.Array,
   box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
   images = jnp.where(box[None, :, :, None], _partner(images), images)
   kept = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (h * w)
-  labels = (kept * labels_onehot + (1.0 - kept) * _partner(labels_onehot)
-            ).astype(labels_onehot.dtype)
+  labels = (
+    kept * labels_onehot + (1.0 - kept) * _partner(labels_onehot)
+  ).astype(labels_onehot.dtype)
   return images, labels, kept
 
 
-def mixup_or_cutmix(rng: jax.Array, images: jax.Array,
-                    labels_onehot: jax.Array, mixup_alpha: float,
-                    cutmix_alpha: float, switch_prob: float = 0.5
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def mixup_or_cutmix(
+  rng: jax.Array,
+  images: jax.Array,
+  labels_onehot: jax.Array,
+  mixup_alpha: float,
+  cutmix_alpha: float,
+  switch_prob: float = 0.5,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """timm's ``Mixup`` in ``mode='batch'``: with both alphas set, each batch
   gets cutmix with probability ``switch_prob``, else mixup; with one set,
   that one; with neither, the identity."""
@@ -149,8 +157,9 @@ def mixup_or_cutmix(rng: jax.Array, images: jax.Array,
   return jax.tree.map(lambda u, v: jnp.where(use_cutmix, v, u), a, b)
 
 
-def ema_decay(step: jax.Array | int, decay: float,
-              warmup: bool = True) -> jax.Array:
+def ema_decay(
+  step: jax.Array | int, decay: float, warmup: bool = True
+) -> jax.Array:
   """The decay for update number ``step`` (0 for the first update).
 
   With ``warmup``, ``min(decay, (1 + step) / (10 + step))``: TF's
@@ -185,8 +194,12 @@ def ema_update(ema_params: Any, params: Any, decay: jax.Array | float) -> Any:
   return jax.tree.map(update, ema_params, params)
 
 
-def flip_tta_logits(apply_fn: Callable[..., jax.Array], variables: Any,
-                    images: jax.Array, **kwargs) -> jax.Array:
+def flip_tta_logits(
+  apply_fn: Callable[..., jax.Array],
+  variables: Any,
+  images: jax.Array,
+  **kwargs,
+) -> jax.Array:
   """Log of the mean softmax of the images and their horizontal flips.
 
   Averaging probabilities (not logits) is the ensemble of the two

@@ -19,16 +19,34 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcls import checkpoint, config as config_lib, data, feed as feed_lib
-from jaxcls import guards, models, optim, parallel
-from jaxcls import metrics as metrics_lib, workdir as workdir_lib
-from jaxcls.steps import (TrainState, check_batch, create_train_state,
-                          cross_entropy, eval_step, model_variables,
-                          step_options, train_step)
+from jaxcls import checkpoint, data, guards, models, optim, parallel
+from jaxcls import config as config_lib
+from jaxcls import feed as feed_lib
+from jaxcls import metrics as metrics_lib
+from jaxcls import workdir as workdir_lib
+from jaxcls.steps import (
+  TrainState,
+  check_batch,
+  create_train_state,
+  cross_entropy,
+  eval_step,
+  model_variables,
+  step_options,
+  train_step,
+)
 
-__all__ = ['TrainState', 'check_batch', 'create_train_state', 'cross_entropy',
-           'eval_step', 'model_variables', 'train_step', 'evaluate',
-           'params_sha256', 'train_and_evaluate']
+__all__ = [
+  'TrainState',
+  'check_batch',
+  'create_train_state',
+  'cross_entropy',
+  'eval_step',
+  'model_variables',
+  'train_step',
+  'evaluate',
+  'params_sha256',
+  'train_and_evaluate',
+]
 
 NonFiniteLossError = guards.NonFiniteLossError
 
@@ -36,10 +54,12 @@ NonFiniteLossError = guards.NonFiniteLossError
 def _to_host(tree):
   """numpy copies of (replicated) arrays, also when other processes hold
   parts of them: each process reads its own first shard."""
+
   def get(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       return np.asarray(x.addressable_data(0))
     return np.asarray(x)
+
   return jax.tree_util.tree_map(get, tree)
 
 
@@ -53,8 +73,9 @@ def params_sha256(params) -> str:
   return h.hexdigest()
 
 
-def evaluate(eval_fn, state, split: data.Split, batch_size: int,
-             put_batch) -> dict:
+def evaluate(
+  eval_fn, state, split: data.Split, batch_size: int, put_batch
+) -> dict:
   """Accuracy and mean loss over every example of ``split``, exactly once.
 
   ``put_batch`` turns this process's numpy rows into the device batch
@@ -63,22 +84,27 @@ def evaluate(eval_fn, state, split: data.Split, batch_size: int,
   if isinstance(put_batch, jax.sharding.Mesh):
     put_batch = functools.partial(parallel.put_batch, mesh=put_batch)
   totals = None
-  for batch in data.eval_batches(split, batch_size, jax.process_index(),
-                                 jax.process_count()):
+  for batch in data.eval_batches(
+    split, batch_size, jax.process_index(), jax.process_count()
+  ):
     sums = eval_fn(state, put_batch(batch))
-    totals = sums if totals is None else jax.tree_util.tree_map(
-        jnp.add, totals, sums)
+    totals = (
+      sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    )
   totals = jax.device_get(totals)
-  return {'accuracy': float(totals['correct'] / totals['count']),
-          'loss': float(totals['loss'] / totals['count']),
-          'count': int(totals['count'])}
+  return {
+    'accuracy': float(totals['correct'] / totals['count']),
+    'loss': float(totals['loss'] / totals['count']),
+    'count': int(totals['count']),
+  }
 
 
 def make_steps(config, mesh, spec: data.DatasetSpec) -> parallel.Steps:
   """The train/eval steps for ``config``, compiled for ``config.parallel``."""
   spec = data.dataset_spec(config)
-  step = functools.partial(train_step, augment=spec.augment,
-                           l1=config.l1, l2=config.l2)
+  step = functools.partial(
+    train_step, augment=spec.augment, l1=config.l1, l2=config.l2
+  )
   if config.parallel == 'pmap':
     return parallel.pmap_steps(step, eval_step)
   return parallel.jit_steps(step, eval_step, mesh)
@@ -98,6 +124,7 @@ def itstime(step: int, every: int, steps_done: int = 1) -> bool:
 @dataclasses.dataclass
 class Progress:
   """What a resumed run needs besides the TrainState; saved in checkpoints."""
+
   best_val_accuracy: float = -1.0
   best_epoch: int = 0
   train_seconds: float = 0.0  # summed over every session of the run
@@ -108,6 +135,7 @@ class Progress:
 @dataclasses.dataclass
 class Run:
   """Everything one run sets up before its loop: data, state, steps."""
+
   config: ml_collections.ConfigDict
   workdir: str
   ds: data.Data
@@ -122,14 +150,28 @@ class Run:
   results: dict
 
   def score(self, placed_state, split) -> dict:
-    return evaluate(self.steps.evaluate, placed_state, split,
-                    self.config.eval_batch_size, self.steps.put_batch)
+    return evaluate(
+      self.steps.evaluate,
+      placed_state,
+      split,
+      self.config.eval_batch_size,
+      self.steps.put_batch,
+    )
 
-  def save(self, manager, state, epoch: int, progress: Progress,
-           weights: str = 'live') -> None:
-    checkpoint.save(manager, self.steps.unplace(state), {
-        'epoch': epoch, **dataclasses.asdict(progress), 'weights': weights,
-        'fingerprint': self.fingerprint, 'config': self.config.to_json()})
+  def save(
+    self, manager, state, epoch: int, progress: Progress, weights: str = 'live'
+  ) -> None:
+    checkpoint.save(
+      manager,
+      self.steps.unplace(state),
+      {
+        'epoch': epoch,
+        **dataclasses.asdict(progress),
+        'weights': weights,
+        'fingerprint': self.fingerprint,
+        'config': self.config.to_json(),
+      },
+    )
 
 
 def setup(config, workdir: str, ds: data.Data | None = None) -> Run:
@@ -138,48 +180,81 @@ def setup(config, workdir: str, ds: data.Data | None = None) -> Run:
   mesh = parallel.make_mesh()
   for name in ('batch_size', 'eval_batch_size'):
     parallel.check_batch_size(name, config[name], mesh)
-  num_shards, shard_ids = parallel.process_shards(config.num_data_shards,
-                                                  config.batch_size)
+  num_shards, shard_ids = parallel.process_shards(
+    config.num_data_shards, config.batch_size
+  )
   if ds is None:
-    ds = data.load(config.dataset, config.data_dir, config.validation_percent,
-                   config.train_examples, num_shards, shard_ids,
-                   **data.source_args(config))
+    ds = data.load(
+      config.dataset,
+      config.data_dir,
+      config.validation_percent,
+      config.train_examples,
+      num_shards,
+      shard_ids,
+      **data.source_args(config),
+    )
   per_shard = config.batch_size // num_shards
   steps_per_epoch = len(ds.train_shards[0]) // per_shard
   if steps_per_epoch == 0:
-    raise ValueError(f'batch_size={config.batch_size} is larger than the '
-                     f'{len(ds.train)} training examples; lower '
-                     '--config.batch_size')
+    raise ValueError(
+      f'batch_size={config.batch_size} is larger than the '
+      f'{len(ds.train)} training examples; lower '
+      '--config.batch_size'
+    )
   model = models.create_model(config, ds.spec.num_classes)
   tx = optim.create_optimizer(config, steps_per_epoch)
-  state = create_train_state(jax.random.split(jax.random.key(config.seed))[0],
-                             model, tx, ds.spec.image_shape,
-                             ema=config.ema_decay > 0)
-  results = {'dataset': config.dataset, 'data_source': ds.source,
-             'model': config.model,
-             'config_fingerprint': config_lib.fingerprint(config),
-             'devices': jax.device_count(), 'processes': jax.process_count(),
-             'parallel': config.parallel}
-  return Run(config, workdir, ds, state, make_steps(config, mesh, ds.spec),
-             checkpoint.make_manager(workdir, 'latest'),
-             checkpoint.make_manager(workdir, 'best'),
-             results['config_fingerprint'], shard_ids, per_shard,
-             steps_per_epoch, results)
+  state = create_train_state(
+    jax.random.split(jax.random.key(config.seed))[0],
+    model,
+    tx,
+    ds.spec.image_shape,
+    ema=config.ema_decay > 0,
+  )
+  results = {
+    'dataset': config.dataset,
+    'data_source': ds.source,
+    'model': config.model,
+    'config_fingerprint': config_lib.fingerprint(config),
+    'devices': jax.device_count(),
+    'processes': jax.process_count(),
+    'parallel': config.parallel,
+  }
+  return Run(
+    config,
+    workdir,
+    ds,
+    state,
+    make_steps(config, mesh, ds.spec),
+    checkpoint.make_manager(workdir, 'latest'),
+    checkpoint.make_manager(workdir, 'best'),
+    results['config_fingerprint'],
+    shard_ids,
+    per_shard,
+    steps_per_epoch,
+    results,
+  )
 
 
 def evaluate_best(run: Run) -> dict:
   """``--eval_only``: scores the best checkpoint on test, once."""
   if run.best.latest_step() is None:
     raise checkpoint.CheckpointError(
-        f'no best checkpoint in {run.workdir}/checkpoints/best; train first')
-  state, meta = checkpoint.restore(run.best, run.state, run.fingerprint,
-                                   config=run.config)
+      f'no best checkpoint in {run.workdir}/checkpoints/best; train first'
+    )
+  state, meta = checkpoint.restore(
+    run.best, run.state, run.fingerprint, config=run.config
+  )
   test = run.score(run.steps.place(state), run.ds.test)
-  _log(f'Test accuracy on {run.config.dataset} (best checkpoint, epoch '
-       f"{meta['epoch']}): {test['accuracy']:.4f}")
-  run.results.update(test_accuracy=test['accuracy'], test_loss=test['loss'],
-                     best_epoch=meta['epoch'],
-                     best_val_accuracy=meta['best_val_accuracy'])
+  _log(
+    f'Test accuracy on {run.config.dataset} (best checkpoint, epoch '
+    f'{meta["epoch"]}): {test["accuracy"]:.4f}'
+  )
+  run.results.update(
+    test_accuracy=test['accuracy'],
+    test_loss=test['loss'],
+    best_epoch=meta['epoch'],
+    best_val_accuracy=meta['best_val_accuracy'],
+  )
   return run.results
 
 
@@ -188,15 +263,21 @@ def resume(run: Run) -> tuple[TrainState, Progress]:
   progress = Progress()
   if run.latest.latest_step() is None:
     return run.state, progress
-  state, meta = checkpoint.restore(run.latest, run.state, run.fingerprint,
-                                   config=run.config)
+  state, meta = checkpoint.restore(
+    run.latest, run.state, run.fingerprint, config=run.config
+  )
   _check_extension(run, meta, int(state.step))
-  progress = Progress(**{f.name: meta.get(f.name, f.default)
-                         for f in dataclasses.fields(Progress)})
+  progress = Progress(
+    **{
+      f.name: meta.get(f.name, f.default) for f in dataclasses.fields(Progress)
+    }
+  )
   if run.best.latest_step() is None:
-    _log(f'warning: {run.workdir}/checkpoints/best is missing; the best model '
-         'is chosen again from the epochs still to run (or, if none are '
-         'left, the final one is taken)')
+    _log(
+      f'warning: {run.workdir}/checkpoints/best is missing; the best model '
+      'is chosen again from the epochs still to run (or, if none are '
+      'left, the final one is taken)'
+    )
     progress.best_val_accuracy, progress.best_epoch = -1.0, 0
   _log(f'Resuming from step {int(state.step)} in {run.workdir}')
   return state, progress
@@ -205,30 +286,42 @@ def resume(run: Run) -> tuple[TrainState, Progress]:
 def _check_extension(run: Run, meta: dict, step: int) -> None:
   """Refuses a changed num_epochs that would not continue the same run."""
   config = run.config
-  saved = json.loads(meta.get('config', '{}')).get('num_epochs',
-                                                   config.num_epochs)
+  saved = json.loads(meta.get('config', '{}')).get(
+    'num_epochs', config.num_epochs
+  )
   done = -(-step // run.steps_per_epoch)
   if done > config.num_epochs:
     raise ValueError(
-        f'{run.workdir} already holds {done} epochs, more than '
-        f'--config.num_epochs={config.num_epochs}; set num_epochs >= {done}, '
-        'use --eval_only, or use another --workdir')
+      f'{run.workdir} already holds {done} epochs, more than '
+      f'--config.num_epochs={config.num_epochs}; set num_epochs >= {done}, '
+      'use --eval_only, or use another --workdir'
+    )
   if saved != config.num_epochs and config.lr_schedule != 'constant':
     raise ValueError(
-        f'{run.workdir} was trained with num_epochs={saved} under '
-        f'lr_schedule={config.lr_schedule}, whose length depends on '
-        'num_epochs, so changing it would not continue the same run; keep '
-        f'--config.num_epochs={saved} or start another --workdir')
+      f'{run.workdir} was trained with num_epochs={saved} under '
+      f'lr_schedule={config.lr_schedule}, whose length depends on '
+      'num_epochs, so changing it would not continue the same run; keep '
+      f'--config.num_epochs={saved} or start another --workdir'
+    )
 
 
 def ema_as_state(state: TrainState) -> TrainState:
   """``state`` with its moving-average variables in place of the live ones."""
-  return state.replace(params=state.ema['params'],
-                       batch_stats=state.ema.get('batch_stats'))
+  return state.replace(
+    params=state.ema['params'], batch_stats=state.ema.get('batch_stats')
+  )
 
 
-def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
-                 seconds: float, progress: Progress, writer) -> bool:
+def end_of_epoch(
+  run: Run,
+  state,
+  epoch: int,
+  step: int,
+  totals: dict,
+  seconds: float,
+  progress: Progress,
+  writer,
+) -> bool:
   """Validates, keeps the best model, saves, logs; True to stop early.
 
   With an EMA of the weights, both are validated and the better one is the
@@ -239,9 +332,9 @@ def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
   candidate, weights, ema_note = state, 'live', ''
   if state.ema is not None:
     ema_val = run.score(ema_as_state(state), run.ds.val)
-    ema_note = f" (EMA {ema_val['accuracy']:.4f})"
+    ema_note = f' (EMA {ema_val["accuracy"]:.4f})'
     if ema_val['accuracy'] > val['accuracy']:
-      ema_note = f" (EMA {ema_val['accuracy']:.4f}, kept)"
+      ema_note = f' (EMA {ema_val["accuracy"]:.4f}, kept)'
       live_accuracy = val['accuracy']
       val, candidate, weights = ema_val, ema_as_state(state), 'ema'
       val['live_accuracy'] = live_accuracy
@@ -249,28 +342,33 @@ def end_of_epoch(run: Run, state, epoch: int, step: int, totals: dict,
     progress.best_val_accuracy, progress.best_epoch = val['accuracy'], epoch
     run.save(run.best, candidate, epoch, progress, weights=weights)
   run.save(run.latest, state, epoch, progress)
-  _log(f"[epoch {epoch}] training accuracy: "
-       f"{totals['correct'] / totals['count']:.3f}  "
-       f"loss {totals['loss'] / totals['count']:.4f}  "
-       f"val accuracy {val.get('live_accuracy', val['accuracy']):.4f}"
-       f"{ema_note}  "
-       f"time {seconds:.1f}s  {totals['count'] / seconds:,.0f} images/s")
+  _log(
+    f'[epoch {epoch}] training accuracy: '
+    f'{totals["correct"] / totals["count"]:.3f}  '
+    f'loss {totals["loss"] / totals["count"]:.4f}  '
+    f'val accuracy {val.get("live_accuracy", val["accuracy"]):.4f}'
+    f'{ema_note}  '
+    f'time {seconds:.1f}s  {totals["count"] / seconds:,.0f} images/s'
+  )
   learning_rate = optim.learning_rate_schedule(run.config, run.steps_per_epoch)
-  writer.write_scalars(step, metrics_lib.epoch_scalars(
-      epoch, totals, val, seconds, learning_rate(step)))
+  writer.write_scalars(
+    step,
+    metrics_lib.epoch_scalars(epoch, totals, val, seconds, learning_rate(step)),
+  )
   patience = run.config.patience
   if patience and epoch - progress.best_epoch >= patience:
-    _log(f'Early stop: no better validation accuracy for {patience} epochs '
-         f'(best {progress.best_val_accuracy:.4f} at epoch '
-         f'{progress.best_epoch}).')
+    _log(
+      f'Early stop: no better validation accuracy for {patience} epochs '
+      f'(best {progress.best_val_accuracy:.4f} at epoch '
+      f'{progress.best_epoch}).'
+    )
     return True
   return False
 
 
 def make_feed(run: Run, rng):
   """The device or host feed for ``run`` (see jaxcls.feed)."""
-  step = functools.partial(train_step,
-                           **step_options(run.config, run.ds.spec))
+  step = functools.partial(train_step, **step_options(run.config, run.ds.spec))
   if feed_lib.use_device_data(run.config):
     return feed_lib.DeviceFeed(step, run.ds.train, run.steps.mesh)
   return feed_lib.HostFeed(run.steps, run.ds.train)
@@ -314,8 +412,9 @@ def train_loop(run: Run) -> dict:
   # Several XLA:CPU devices share one small thread pool: with many steps in
   # flight their all-reduce rendezvous can starve and abort the process, so
   # there the loop waits for each call. Real accelerators keep the pipeline.
-  one_in_flight = (jax.default_backend() == 'cpu'
-                   and jax.local_device_count() > 1)
+  one_in_flight = (
+    jax.default_backend() == 'cpu' and jax.local_device_count() > 1
+  )
   stopped_early = False
   with guards.StopSignal() as stop:
     while step < total_steps and not stopped_early:
@@ -324,13 +423,14 @@ def train_loop(run: Run) -> dict:
         guards.exit_on_signal(stop.received, step, run.workdir, run.latest)
       epoch, index = divmod(step, spe)
       if index == 0 or step == start:
-        rows = feed_lib.epoch_rows(config.seed, epoch, run.ds.train_shards,
-                                   run.shard_ids, run.per_shard)
+        rows = feed_lib.epoch_rows(
+          config.seed, epoch, run.ds.train_shards, run.shard_ids, run.per_shard
+        )
         epoch_metrics, epoch_start, t_epoch = [], step, time.perf_counter()
         feed.input_seconds = 0.0
         bar = _progress(spe, index, epoch)
       n = min(n_max, spe - index)
-      state, metrics = feed.run(state, rows[index:index + n], train_rng)
+      state, metrics = feed.run(state, rows[index : index + n], train_rng)
       if one_in_flight:
         jax.block_until_ready(metrics)
       epoch_metrics.append(metrics)
@@ -338,10 +438,13 @@ def train_loop(run: Run) -> dict:
       if bar is not None:
         bar.update(n)
       if itstime(step, config.log_every_steps, n):
-        window = {k: v[-config.log_every_steps:]
-                  for k, v in guards.per_step(epoch_metrics).items()}
-        writer.write_scalars(step, metrics_lib.window_scalars(window,
-                                                              step / spe))
+        window = {
+          k: v[-config.log_every_steps :]
+          for k, v in guards.per_step(epoch_metrics).items()
+        }
+        writer.write_scalars(
+          step, metrics_lib.window_scalars(window, step / spe)
+        )
       if step % spe and itstime(step, config.checkpoint_every_steps, n):
         # Mid-epoch only: an epoch's end is saved after its validation.
         guards.check_finite(epoch_metrics, epoch_start, run.latest, *policy)
@@ -349,14 +452,16 @@ def train_loop(run: Run) -> dict:
       if step % spe == 0:
         if bar is not None:
           bar.close()
-        totals = guards.epoch_totals(epoch_metrics, epoch_start, run.latest,
-                                     *policy)
+        totals = guards.epoch_totals(
+          epoch_metrics, epoch_start, run.latest, *policy
+        )
         seconds = time.perf_counter() - t_epoch
         progress.train_seconds += seconds
         progress.input_seconds += feed.input_seconds
         progress.images_trained += int(totals['count'])
-        stopped_early = end_of_epoch(run, state, epoch + 1, step, totals,
-                                     seconds, progress, writer)
+        stopped_early = end_of_epoch(
+          run, state, epoch + 1, step, totals, seconds, progress, writer
+        )
     checkpoint.wait(run.latest)
     checkpoint.wait(run.best)
     writer.close()
@@ -365,8 +470,9 @@ def train_loop(run: Run) -> dict:
     return finish(run, state, step, progress, stopped_early)
 
 
-def finish(run: Run, state, step: int, progress: Progress,
-           stopped_early: bool) -> dict:
+def finish(
+  run: Run, state, step: int, progress: Progress, stopped_early: bool
+) -> dict:
   """Scores the best checkpoint on test, once; returns the results."""
   if run.best.latest_step() is None:  # Lost, and no epoch left to re-pick.
     epoch = -(-step // run.steps_per_epoch)
@@ -376,25 +482,33 @@ def finish(run: Run, state, step: int, progress: Progress,
     checkpoint.wait(run.best)
   state = run.steps.unplace(state)
   final_hash = params_sha256(state.params)
-  best_state, best_meta = checkpoint.restore(run.best, state, run.fingerprint,
-                                             config=run.config)
+  best_state, best_meta = checkpoint.restore(
+    run.best, state, run.fingerprint, config=run.config
+  )
   test = run.score(run.steps.place(best_state), run.ds.test)
-  _log(f"Test accuracy on {run.config.dataset} (best checkpoint, epoch "
-       f"{best_meta['epoch']}): {test['accuracy']:.4f}")
+  _log(
+    f'Test accuracy on {run.config.dataset} (best checkpoint, epoch '
+    f'{best_meta["epoch"]}): {test["accuracy"]:.4f}'
+  )
   seconds = progress.train_seconds
   run.results.update(
-      epochs=run.config.num_epochs,
-      epochs_trained=-(-step // run.steps_per_epoch), steps=step,
-      stopped_early=stopped_early, test_accuracy=test['accuracy'],
-      test_loss=test['loss'],
-      best_val_accuracy=best_meta['best_val_accuracy'],
-      best_epoch=best_meta['epoch'], train_seconds=seconds,
-      train_images_per_second=(progress.images_trained / seconds
-                               if seconds else None),
-      input_share=progress.input_seconds / seconds if seconds else None,
-      steps_per_call=feed_lib.steps_per_call(run.config),
-      device_data=feed_lib.use_device_data(run.config),
-      params_sha256=final_hash)
+    epochs=run.config.num_epochs,
+    epochs_trained=-(-step // run.steps_per_epoch),
+    steps=step,
+    stopped_early=stopped_early,
+    test_accuracy=test['accuracy'],
+    test_loss=test['loss'],
+    best_val_accuracy=best_meta['best_val_accuracy'],
+    best_epoch=best_meta['epoch'],
+    train_seconds=seconds,
+    train_images_per_second=(
+      progress.images_trained / seconds if seconds else None
+    ),
+    input_share=progress.input_seconds / seconds if seconds else None,
+    steps_per_call=feed_lib.steps_per_call(run.config),
+    device_data=feed_lib.use_device_data(run.config),
+    params_sha256=final_hash,
+  )
   return run.results
 
 
@@ -403,5 +517,11 @@ def _progress(total: int, done: int, epoch: int):
   if not sys.stdout.isatty() or jax.process_index() != 0:
     return None
   from tqdm import tqdm
-  return tqdm(total=total, initial=done, desc=f'epoch {epoch + 1}',
-              leave=False, dynamic_ncols=True)
+
+  return tqdm(
+    total=total,
+    initial=done,
+    desc=f'epoch {epoch + 1}',
+    leave=False,
+    dynamic_ncols=True,
+  )

@@ -46,14 +46,19 @@ def lock(workdir: str, take: bool = True):
     holder = os.pread(fd, 200, 0).decode(errors='replace').strip()
     os.close(fd)
     raise WorkdirBusyError(
-        f'workdir {workdir} is in use by another run ({holder or "unknown"}); '
-        'wait for it to finish, or use another --workdir') from None
+      f'workdir {workdir} is in use by another run ({holder or "unknown"}); '
+      'wait for it to finish, or use another --workdir'
+    ) from None
   try:
     # The file is left in place on exit: unlinking it would let a third run
     # lock a new file while a second still holds the old one.
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()} since '
-              f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode(), 0)
+    os.pwrite(
+      fd,
+      f'pid {os.getpid()} on {socket.gethostname()} since '
+      f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode(),
+      0,
+    )
     yield
   finally:
     os.close(fd)  # Releases the lock.
@@ -76,12 +81,15 @@ def read_results(workdir: str) -> dict:
     with open(path) as f:
       results = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f'{path} is not valid JSON ({e.__class__.__name__}: '
-                     f'{str(e)[:80]}); delete or move it and run again (it is '
-                     'rewritten at the end of the run)') from None
+    raise ValueError(
+      f'{path} is not valid JSON ({e.__class__.__name__}: '
+      f'{str(e)[:80]}); delete or move it and run again (it is '
+      'rewritten at the end of the run)'
+    ) from None
   if not isinstance(results, dict):
-    raise ValueError(f'{path} does not hold a JSON object; delete or move it '
-                     'and run again')
+    raise ValueError(
+      f'{path} does not hold a JSON object; delete or move it and run again'
+    )
   return results
 
 

@@ -20,8 +20,14 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from jaxcls import checkpoint, config as config_lib, data, models, optim  # noqa: E402
-from jaxcls import train  # noqa: E402
+from jaxcls import (  # noqa: E402
+  checkpoint,
+  data,
+  models,
+  optim,
+  train,  # noqa: E402
+)
+from jaxcls import config as config_lib
 
 config_flags.DEFINE_config_dict('config', tiny_config())
 
@@ -29,9 +35,12 @@ config_flags.DEFINE_config_dict('config', tiny_config())
 def final_params(config, workdir):
   spec = data.get_spec(config.dataset)
   model = models.create_model(config, spec.num_classes)
-  state = train.create_train_state(jax.random.key(0), model,
-                                   optim.create_optimizer(config, 1),
-                                   spec.image_shape)
+  state = train.create_train_state(
+    jax.random.key(0),
+    model,
+    optim.create_optimizer(config, 1),
+    spec.image_shape,
+  )
   manager = checkpoint.make_manager(workdir, 'latest')
   state, _ = checkpoint.restore(manager, state, config_lib.fingerprint(config))
   return train._to_host(state.params)
@@ -45,8 +54,10 @@ def main(argv):
   params = final_params(config, workdir)  # collective: every process
   if jax.process_index() == 0:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    np.savez(os.path.join(workdir, 'params.npz'),
-             **{jax.tree_util.keystr(k): v for k, v in flat})
+    np.savez(
+      os.path.join(workdir, 'params.npz'),
+      **{jax.tree_util.keystr(k): v for k, v in flat},
+    )
     print('RESULT', results['params_sha256'], results['test_accuracy'])
 
 

@@ -13,7 +13,7 @@ X = np.linspace(-6, 6, 101).astype(np.float32)
 def test_tanh_is_the_textbook_formula_not_the_articles():
   textbook = (np.exp(X) - np.exp(-X)) / (np.exp(X) + np.exp(-X))
   np.testing.assert_allclose(activations.tanh(X), textbook, atol=1e-6)
-  articles = textbook / (np.e ** 2 - 1)
+  articles = textbook / (np.e**2 - 1)
   assert not np.allclose(activations.tanh(X), articles, atol=1e-3)
 
 
@@ -25,8 +25,9 @@ def test_relu_derivative_is_a_step_not_max0x():
 
 
 def test_sigmoid_and_softmax():
-  np.testing.assert_allclose(activations.sigmoid(X), 1 / (1 + np.exp(-X)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    activations.sigmoid(X), 1 / (1 + np.exp(-X)), rtol=1e-6
+  )
   z = np.random.default_rng(0).normal(size=(4, 10)).astype(np.float32) * 30
   ref = np.exp(z - z.max(-1, keepdims=True))
   ref /= ref.sum(-1, keepdims=True)
@@ -36,11 +37,12 @@ def test_sigmoid_and_softmax():
 
 
 def test_leaky_relu_and_elu():
-  np.testing.assert_allclose(activations.leaky_relu(X),
-                             np.where(X >= 0, X, 0.01 * X), rtol=1e-6)
-  np.testing.assert_allclose(activations.elu(X),
-                             np.where(X > 0, X, np.expm1(X)), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    activations.leaky_relu(X), np.where(X >= 0, X, 0.01 * X), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    activations.elu(X), np.where(X > 0, X, np.expm1(X)), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_unknown_activation_names_the_choices():

@@ -59,12 +59,17 @@ def _compute(path):
   def step(model, variables, images, labels, axis_name=None):
     def loss_fn(params):
       logits, updated = model.apply(
-          {**variables, 'params': params}, images, train=True,
-          mutable=['batch_stats'])
+        {**variables, 'params': params},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return loss.mean(), (logits, updated['batch_stats'])
+
     grads, (logits, stats) = jax.grad(loss_fn, has_aux=True)(
-        variables['params'])
+      variables['params']
+    )
     if axis_name:
       grads = jax.lax.pmean(grads, axis_name)
     return stats, logits, grads
@@ -76,38 +81,55 @@ def _compute(path):
     results[f'{name}/logits'] = np.asarray(logits).reshape(BATCH, -1)
 
   # One device, the whole batch: the reference.
-  save('one', *jax.jit(functools.partial(step, make()))(variables, images,
-                                                        labels))
+  save(
+    'one', *jax.jit(functools.partial(step, make()))(variables, images, labels)
+  )
   # pmap, 4 rows per device, with and without the axis name.
   split = lambda x: x.reshape(DEVICES, BATCH // DEVICES, *x.shape[1:])
   for name, axis in (('pmap_axis', 'batch'), ('pmap_local', None)):
-    fn = jax.pmap(functools.partial(step, make(axis_name=axis),
-                                    axis_name='batch'),
-                  axis_name='batch', in_axes=(None, 0, 0))
+    fn = jax.pmap(
+      functools.partial(step, make(axis_name=axis), axis_name='batch'),
+      axis_name='batch',
+      in_axes=(None, 0, 0),
+    )
     stats, logits, grads = fn(variables, split(images), split(labels))
     results.update(_flat({name: {'stats_per_device': stats}}))
-    save(name, jax.tree.map(lambda x: x[0], stats), logits,
-         jax.tree.map(lambda x: x[0], grads))
+    save(
+      name,
+      jax.tree.map(lambda x: x[0], stats),
+      logits,
+      jax.tree.map(lambda x: x[0], grads),
+    )
   # jit, the batch sharded over a mesh of 8, the model without axis name.
   mesh = parallel.make_mesh()
   sharded = NamedSharding(mesh, P(parallel.DATA_AXIS))
   images_s, labels_s = jax.device_put((images, labels), sharded)
   assert len(images_s.addressable_shards) == DEVICES
   variables_r = jax.device_put(variables, NamedSharding(mesh, P()))
-  save('jit_sharded', *jax.jit(functools.partial(step, make()))(
-      variables_r, images_s, labels_s))
+  save(
+    'jit_sharded',
+    *jax.jit(functools.partial(step, make()))(variables_r, images_s, labels_s),
+  )
   np.savez(path, **results)
 
 
 def _run(tmp_path):
   path = os.path.join(tmp_path, 'bn.npz')
-  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={DEVICES}',
-         'JAX_PLATFORMS': 'cpu'}
+  env = {
+    **os.environ,
+    'TF_CPP_MIN_LOG_LEVEL': '3',
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={DEVICES}',
+    'JAX_PLATFORMS': 'cpu',
+  }
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), path],
-                        env=env, cwd=root, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), path],
+    env=env,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   with np.load(path) as f:
     return {k: f[k] for k in f.files}
@@ -115,8 +137,9 @@ def _run(tmp_path):
 
 def _group(results, name, kind):
   prefix = f'{name}/{kind}/'
-  return {k[len(prefix):]: v for k, v in results.items()
-          if k.startswith(prefix)}
+  return {
+    k[len(prefix) :]: v for k, v in results.items() if k.startswith(prefix)
+  }
 
 
 def assert_tree_close(a, b, rtol=1e-4, atol=1e-5):
@@ -133,18 +156,21 @@ def test_pmap_and_sharded_jit_batchnorm_against_one_device(tmp_path):
   # outputs and the (pmean-ed) gradients are those of one device.
   per_device = _group(results, 'pmap_axis', 'stats_per_device')
   for k, v in per_device.items():
-    np.testing.assert_allclose(v, np.broadcast_to(v[:1], v.shape),
-                               rtol=1e-6, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose(
+      v, np.broadcast_to(v[:1], v.shape), rtol=1e-6, atol=1e-7, err_msg=k
+    )
   for kind in ('stats', 'grads'):
     assert_tree_close(_group(results, 'pmap_axis', kind), one[kind])
-  np.testing.assert_allclose(results['pmap_axis/logits'],
-                             results['one/logits'], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    results['pmap_axis/logits'], results['one/logits'], rtol=1e-4, atol=1e-5
+  )
 
   # jit over a sharded batch: global statistics with no axis name.
   for kind in ('stats', 'grads'):
     assert_tree_close(_group(results, 'jit_sharded', kind), one[kind])
-  np.testing.assert_allclose(results['jit_sharded/logits'],
-                             results['one/logits'], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    results['jit_sharded/logits'], results['one/logits'], rtol=1e-4, atol=1e-5
+  )
 
   # pmap without axis_name: per-device statistics, which differ from each
   # other and from the full batch (so the checks above can fail).
@@ -154,8 +180,9 @@ def test_pmap_and_sharded_jit_batchnorm_against_one_device(tmp_path):
   assert not np.allclose(mean[0], one['stats']['bn_init/mean'], rtol=1e-3)
   # Their average over devices is the full-batch mean, though (equal rows
   # per device): the first BatchNorm's input does not depend on the others.
-  np.testing.assert_allclose(mean.mean(0), one['stats']['bn_init/mean'],
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    mean.mean(0), one['stats']['bn_init/mean'], rtol=1e-4, atol=1e-6
+  )
 
 
 if __name__ == '__main__':

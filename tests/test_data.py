@@ -19,8 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name,shape', [('mnist', (28, 28, 1)),
-                                        ('cifar10', (32, 32, 3))])
+@pytest.mark.parametrize(
+  'name,shape', [('mnist', (28, 28, 1)), ('cifar10', (32, 32, 3))]
+)
 def test_tfds_path_on_mock_data(name, shape, allow_download, tmp_path):
   with tfds.testing.mock_data(num_examples=50):
     ds = data.load(name, data_dir=str(tmp_path))
@@ -32,43 +33,50 @@ def test_tfds_path_on_mock_data(name, shape, allow_download, tmp_path):
 
 
 def _example_hashes(images, labels):
-  return sorted(hashlib.sha1(im.tobytes() + bytes([lb])).hexdigest()
-                for im, lb in zip(images, labels))
+  return sorted(
+    hashlib.sha1(im.tobytes() + bytes([lb])).hexdigest()
+    for im, lb in zip(images, labels)
+  )
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not local_data.files_present(),
-                    reason='needs dataset-fashion-mnist (see .ci/run)')
+@pytest.mark.skipif(
+  not local_data.files_present(),
+  reason='needs dataset-fashion-mnist (see .ci/run)',
+)
 def test_offline_fashion_mnist_from_the_real_files():
   ds = data.load('fashion_mnist')
   assert (len(ds.train), len(ds.val), len(ds.test)) == (54000, 6000, 10000)
   # Train + validation are exactly TFDS's train split: the IDX train file.
-  folder = os.environ.get(local_data.FASHION_MNIST_ENV,
-                          local_data.DEBIAN_FASHION_MNIST_DIR)
+  folder = os.environ.get(
+    local_data.FASHION_MNIST_ENV, local_data.DEBIAN_FASHION_MNIST_DIR
+  )
   splits = local_data.read_folder('fashion_mnist', folder)
   images, labels = splits['train']
-  ours = _example_hashes(np.concatenate([ds.train.images, ds.val.images]),
-                         np.concatenate([ds.train.labels, ds.val.labels]))
+  ours = _example_hashes(
+    np.concatenate([ds.train.images, ds.val.images]),
+    np.concatenate([ds.train.labels, ds.val.labels]),
+  )
   assert ours == _example_hashes(images, labels)
   test_images, test_labels = splits['test']
   assert _example_hashes(ds.test.images, ds.test.labels) == _example_hashes(
-      test_images, test_labels)
+    test_images, test_labels
+  )
   assert np.bincount(ds.test.labels).tolist() == [1000] * 10
 
 
 def test_corrupt_idx_file_is_named(tmp_path):
   good = np.zeros((3, 28, 28), np.uint8)
   header = bytes([0, 0, 8, 3]) + b''.join(
-      int(d).to_bytes(4, 'big') for d in good.shape)
+    int(d).to_bytes(4, 'big') for d in good.shape
+  )
   path = tmp_path / 'train-images-idx3-ubyte.gz'
   with gzip.open(path, 'wb') as f:
     f.write(header + good.tobytes()[:-10])  # truncated
-  with pytest.raises(local_data.CorruptDatasetFileError,
-                     match='truncated'):
+  with pytest.raises(local_data.CorruptDatasetFileError, match='truncated'):
     local_data.read_idx(str(path))
   path.write_bytes(b'not gzip at all')
-  with pytest.raises(local_data.CorruptDatasetFileError,
-                     match=str(path)):
+  with pytest.raises(local_data.CorruptDatasetFileError, match=str(path)):
     local_data.read_idx(str(path))
 
 
@@ -76,13 +84,22 @@ def test_corrupt_idx_file_is_named(tmp_path):
 def test_missing_dataset_fails_fast_with_one_clear_line(tmp_path):
   start = time.monotonic()
   proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.mnist',
-       f'--config.data_dir={tmp_path}', f'--workdir={tmp_path / "run"}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=60,
-      env={**os.environ, 'TFDS_DATA_DIR': str(tmp_path)})
+    [
+      sys.executable,
+      '-m',
+      'experiments.mnist',
+      f'--config.data_dir={tmp_path}',
+      f'--workdir={tmp_path / "run"}',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env={**os.environ, 'TFDS_DATA_DIR': str(tmp_path)},
+  )
   assert time.monotonic() - start < 30  # minutes when TFDS retries offline
   assert proc.returncode == 2
-  lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
   assert len(lines) == 1 and 'Traceback' not in proc.stderr
   assert "dataset 'mnist' is not prepared" in lines[0]
   assert 'tfds build mnist' in lines[0] and str(tmp_path) in lines[0]
@@ -91,26 +108,30 @@ def test_missing_dataset_fails_fast_with_one_clear_line(tmp_path):
 
 def test_normalize_is_the_articles():
   x = np.array([0, 127, 255], np.uint8)
-  np.testing.assert_allclose(data.normalize(x), (x / 255 - 0.5) / 0.5,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    data.normalize(x), (x / 255 - 0.5) / 0.5, rtol=1e-6
+  )
 
 
 def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():
-  images = np.random.default_rng(0).integers(1, 256, (16, 32, 32, 3),
-                                             dtype=np.uint8)
+  images = np.random.default_rng(0).integers(
+    1, 256, (16, 32, 32, 3), dtype=np.uint8
+  )
   out = np.asarray(data.random_crop_flip(jax.random.key(3), images))
   padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
   flips = 0
   for i in range(16):
-    windows = [padded[i, a:a + 32, b:b + 32] for a in range(9)
-               for b in range(9)]
+    windows = [
+      padded[i, a : a + 32, b : b + 32] for a in range(9) for b in range(9)
+    ]
     plain = any(np.array_equal(out[i], w) for w in windows)
     flipped = any(np.array_equal(out[i], w[:, ::-1]) for w in windows)
     assert plain or flipped
     flips += flipped and not plain
   assert 0 < flips < 16  # both flipped and unflipped examples occur
   assert not np.array_equal(
-      out, np.asarray(data.random_crop_flip(jax.random.key(4), images)))
+    out, np.asarray(data.random_crop_flip(jax.random.key(4), images))
+  )
 
 
 def test_epoch_permutation_is_a_function_of_seed_and_epoch():
@@ -121,11 +142,13 @@ def test_epoch_permutation_is_a_function_of_seed_and_epoch():
   assert not np.array_equal(a, data.epoch_permutation(1, 3, 100))
 
 
-@pytest.mark.parametrize('n,batch,processes', [(10, 4, 1), (1000, 1000, 1),
-                                               (1001, 64, 1), (77, 8, 2)])
+@pytest.mark.parametrize(
+  'n,batch,processes', [(10, 4, 1), (1000, 1000, 1), (1001, 64, 1), (77, 8, 2)]
+)
 def test_eval_batches_count_every_example_exactly_once(n, batch, processes):
-  split = data.Split(np.zeros((n, 2, 2, 1), np.uint8),
-                     np.arange(n, dtype=np.int32))
+  split = data.Split(
+    np.zeros((n, 2, 2, 1), np.uint8), np.arange(n, dtype=np.int32)
+  )
   seen = []
   for p in range(processes):
     for b in data.eval_batches(split, batch, p, processes):

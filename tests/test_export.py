@@ -35,15 +35,19 @@ BATCH_SIZES = (1, 7)
 def reference(state, images: np.ndarray, variables=None):
   """``(probabilities, logits)`` of the model, normalised by hand."""
   variables = variables or {'params': state.params}
-  logits = np.asarray(state.apply_fn(
-      variables, (images.astype(np.float32) / 255 - 0.5) / 0.5, train=False))
+  logits = np.asarray(
+    state.apply_fn(
+      variables, (images.astype(np.float32) / 255 - 0.5) / 0.5, train=False
+    )
+  )
   e = np.exp(logits - logits.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True), logits
 
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(
-      0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
+    0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8
+  )
 
 
 def run_jax(folder: str, images: np.ndarray) -> dict:
@@ -69,8 +73,7 @@ def assert_same_outputs(out: dict, state, images, variables=None):
   probs, logits = reference(state, images, variables)
   assert out['probabilities'].shape == probs.shape
   assert out['probabilities'].dtype == np.float32
-  np.testing.assert_allclose(out['probabilities'], probs, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(out['probabilities'], probs, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out['logits'], logits, rtol=1e-5, atol=1e-5)
 
 
@@ -92,15 +95,19 @@ def test_cnn_export_matches_checkpoint_model(cnn_export, fmt):
     assert_same_outputs(RUNNERS[fmt](folder, images), state, images)
 
 
-@pytest.mark.parametrize('cell', [pytest.param('lstm', marks=pytest.mark.slow),
-                                  'gru'])
+@pytest.mark.parametrize(
+  'cell', [pytest.param('lstm', marks=pytest.mark.slow), 'gru']
+)
 def test_recurrent_export_matches_model(tmp_path, cell):
   config = config_lib.get_config()
   config.dataset, config.model = 'fashion_mnist', cell
   config.hidden_size = 16
   state = train.create_train_state(
-      jax.random.key(3), models.create_model(config, 10),
-      optim.create_optimizer(config, 1), IMAGE_SHAPE)
+    jax.random.key(3),
+    models.create_model(config, 10),
+    optim.create_optimizer(config, 1),
+    IMAGE_SHAPE,
+  )
   folder = str(tmp_path / 'export')
   export.write(config, state, folder)
   for fmt, n in zip(export.FORMATS, BATCH_SIZES):
@@ -124,17 +131,21 @@ def test_export_keeps_batch_norm_running_statistics(tmp_path):
   variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
   # Running statistics far from init's (mean 0, var 1): they must be used.
   stats = jax.tree_util.tree_map(lambda x: x + 3.0, variables['batch_stats'])
-  state = StateWithStats.create(apply_fn=model.apply,
-                                params=variables['params'], tx=optax.sgd(0.1),
-                                batch_stats=stats)
+  state = StateWithStats.create(
+    apply_fn=model.apply,
+    params=variables['params'],
+    tx=optax.sgd(0.1),
+    batch_stats=stats,
+  )
   config = config_lib.get_config()
   config.dataset = 'fashion_mnist'
   folder = str(tmp_path / 'export')
   export.write(config, state, folder, formats=('jax',))
   images = random_images(2)
   out = run_jax(folder, images)
-  assert_same_outputs(out, state, images,
-                      {'params': state.params, 'batch_stats': stats})
+  assert_same_outputs(
+    out, state, images, {'params': state.params, 'batch_stats': stats}
+  )
   init_probs, _ = reference(state, images, variables)  # init statistics
   assert not np.allclose(out['probabilities'], init_probs, atol=1e-3)
 
@@ -144,30 +155,34 @@ def test_export_json_describes_the_export(cnn_export):
   with open(os.path.join(folder, export.METADATA_FILE)) as f:
     assert json.load(f) == json.loads(json.dumps(meta))
   _, state = inspection.load_best(workdir)
-  assert meta['class_names'] == list(data.get_spec('fashion_mnist')
-                                     .class_names)
+  assert meta['class_names'] == list(data.get_spec('fashion_mnist').class_names)
   assert meta['input']['shape'] == [None, 28, 28, 1]
   assert meta['input']['dtype'] == 'uint8'
-  assert meta['config_fingerprint'] == inspection.best_meta(workdir)[
-      'fingerprint'] == results['config_fingerprint']
+  assert (
+    meta['config_fingerprint']
+    == inspection.best_meta(workdir)['fingerprint']
+    == results['config_fingerprint']
+  )
   assert meta['checkpoint_step'] == int(state.step)
   assert meta['test_accuracy'] == results['test_accuracy']
   assert meta['best_epoch'] == results['best_epoch']
   assert meta['versions']['jax'] == jax.__version__
   import tensorflow as tf
   from tensorflow.compiler.tf2xla.python import xla as tfxla
+
   assert meta['versions']['tensorflow'] == tf.__version__
   # google/flax #5054: the TF that loads the SavedModel must run this version.
-  assert (meta['files']['saved_model']['xla_call_module_version']
-          <= tfxla.call_module_maximum_supported_version())
+  assert (
+    meta['files']['saved_model']['xla_call_module_version']
+    <= tfxla.call_module_maximum_supported_version()
+  )
   assert meta['files']['jax']['platforms'] == ['cpu', 'cuda']
   jax_file = os.path.join(folder, export.SERVING_FILE)
   assert meta['files']['jax']['sha256'] == export._sha256(jax_file)  # pylint: disable=protected-access
 
 
 def test_test_accuracy_only_from_results_of_this_checkpoint(tmp_path):
-  results = {'config_fingerprint': 'abc', 'test_accuracy': 0.9,
-             'best_epoch': 2}
+  results = {'config_fingerprint': 'abc', 'test_accuracy': 0.9, 'best_epoch': 2}
   (tmp_path / 'results.json').write_text(json.dumps(results))
   run_results = export._run_results  # pylint: disable=protected-access
   meta = {'fingerprint': 'abc', 'epoch': 2, 'best_val_accuracy': 0.8}
@@ -175,7 +190,8 @@ def test_test_accuracy_only_from_results_of_this_checkpoint(tmp_path):
   # A newer best checkpoint (a live run), another config, a corrupt file.
   assert 'test_accuracy' not in run_results(str(tmp_path), {**meta, 'epoch': 3})
   assert 'test_accuracy' not in run_results(
-      str(tmp_path), {**meta, 'fingerprint': 'other'})
+    str(tmp_path), {**meta, 'fingerprint': 'other'}
+  )
   (tmp_path / 'results.json').write_text('{corrupt')
   found = run_results(str(tmp_path), meta)
   assert 'test_accuracy' not in found and found['best_epoch'] == 2
@@ -191,22 +207,27 @@ def write_pngs(folder, images) -> list[str]:
 
 @pytest.mark.parametrize('which', ['folder', 'jax', 'saved_model'])
 def test_predict_from_export_equals_predict_from_checkpoint(
-    tmp_path, cnn_export, which):
+  tmp_path, cnn_export, which
+):
   workdir, _, folder, _ = cnn_export
   paths = write_pngs(tmp_path, random_images(3))
-  path = {'folder': folder,
-          'jax': os.path.join(folder, export.SERVING_FILE),
-          'saved_model': os.path.join(folder, export.SAVED_MODEL_DIR)}[which]
+  path = {
+    'folder': folder,
+    'jax': os.path.join(folder, export.SERVING_FILE),
+    'saved_model': os.path.join(folder, export.SAVED_MODEL_DIR),
+  }[which]
   expected = predict.predict(workdir, paths, k=10)
   got = predict.predict_exported(path, paths, k=10)
   for want, have in zip(expected, got):
     assert [n for n, _ in have] == [n for n, _ in want]
-    np.testing.assert_allclose([p for _, p in have], [p for _, p in want],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      [p for _, p in have], [p for _, p in want], rtol=1e-5, atol=1e-6
+    )
 
 
 def copy_export(src: str, dst) -> str:
   import shutil
+
   return shutil.copytree(src, str(dst / 'export'))
 
 
@@ -232,13 +253,17 @@ def wrong_exports(folder: str, tmp_path) -> dict:
   Image.new('L', (4, 4)).save(png)
   cases['an image'] = (str(png), 'not a jax.export')
   other = tmp_path / 'other.jax'
-  other.write_bytes(jax.export.export(jax.jit(jnp.sin))(
-      jax.ShapeDtypeStruct((3,), jnp.float32)).serialize())
+  other.write_bytes(
+    jax.export.export(jax.jit(jnp.sin))(
+      jax.ShapeDtypeStruct((3,), jnp.float32)
+    ).serialize()
+  )
   cases['another function'] = (str(other), 'not a jaxcls serving export')
   bad_model = copy_export(folder, tmp_path / 'bad_model')
   os.remove(os.path.join(bad_model, export.SERVING_FILE))
-  flip_byte(os.path.join(bad_model, export.SAVED_MODEL_DIR, 'saved_model.pb'),
-            0.01)
+  flip_byte(
+    os.path.join(bad_model, export.SAVED_MODEL_DIR, 'saved_model.pb'), 0.01
+  )
   cases['damaged saved_model.pb'] = (bad_model, 'damaged or replaced')
   lone_model = copy_export(folder, tmp_path / 'lone')
   pb = os.path.join(lone_model, export.SAVED_MODEL_DIR, 'saved_model.pb')
@@ -246,8 +271,9 @@ def wrong_exports(folder: str, tmp_path) -> dict:
     f.truncate(os.path.getsize(pb) // 3)
   os.remove(os.path.join(lone_model, export.METADATA_FILE))
   cases['truncated saved_model.pb, no export.json'] = (
-      os.path.join(lone_model, export.SAVED_MODEL_DIR),
-      'not a readable SavedModel')
+    os.path.join(lone_model, export.SAVED_MODEL_DIR),
+    'not a readable SavedModel',
+  )
   bad_json = copy_export(folder, tmp_path / 'bad_json')
   with open(os.path.join(bad_json, export.METADATA_FILE), 'w') as f:
     f.write('{"files": ')
@@ -270,8 +296,13 @@ def test_damaged_or_wrong_exports_get_one_clear_line(tmp_path, cnn_export):
 
 
 def run_module(module, *args, cwd=REPO):
-  return subprocess.run([sys.executable, '-m', module, *args],
-                        capture_output=True, text=True, timeout=300, cwd=cwd)
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=cwd,
+  )
 
 
 def assert_same_listing(got: str, want: str) -> None:
@@ -282,8 +313,10 @@ def assert_same_listing(got: str, want: str) -> None:
   for a, b in zip(got, want):
     if a.endswith('%'):
       assert a.rsplit(None, 1)[0] == b.rsplit(None, 1)[0], (got, want)
-      assert abs(float(a[a.rindex(' '):-1]) - float(b[b.rindex(' '):-1])
-                 ) <= 0.011, (got, want)
+      assert (
+        abs(float(a[a.rindex(' ') : -1]) - float(b[b.rindex(' ') : -1]))
+        <= 0.011
+      ), (got, want)
     else:
       assert a == b, (got, want)
 
@@ -291,16 +324,18 @@ def assert_same_listing(got: str, want: str) -> None:
 @pytest.mark.slow  # Four fresh processes, each importing JAX (and TF).
 def test_cli_export_then_predict(tmp_path, cnn_export):
   workdir, _, _, _ = cnn_export
-  proc = run_module('experiments.export', f'--workdir={workdir}',
-                    '--format=jax')
+  proc = run_module(
+    'experiments.export', f'--workdir={workdir}', '--format=jax'
+  )
   assert proc.returncode == 0, proc.stderr
   out = os.path.join(workdir, 'export')
   assert sorted(os.listdir(out)) == ['export.json', 'serving.jax']
   assert proc.stdout.splitlines()[0].startswith(f'wrote {out}/serving.jax')
   paths = write_pngs(tmp_path, random_images(2))
   from_export = run_module('experiments.predict', f'--exported={out}', *paths)
-  from_checkpoint = run_module('experiments.predict', f'--workdir={workdir}',
-                               *paths)
+  from_checkpoint = run_module(
+    'experiments.predict', f'--workdir={workdir}', *paths
+  )
   for proc in (from_export, from_checkpoint):
     assert proc.returncode == 0, proc.stderr
   assert_same_listing(from_export.stdout, from_checkpoint.stdout)
@@ -313,14 +348,14 @@ def test_cli_export_then_predict(tmp_path, cnn_export):
 
 
 SNIPPETS = {
-    'jax': """
+  'jax': """
         import jax, numpy as np
         with open('{folder}/serving.jax', 'rb') as f:
           serve = jax.export.deserialize(f.read())
         out = serve.call(np.zeros((5, 28, 28, 1), np.uint8))
         print(out['probabilities'].shape, out['probabilities'].sum(-1))
         """,
-    'saved_model': """
+  'saved_model': """
         import numpy as np, tensorflow as tf
         model = tf.saved_model.load('{folder}/saved_model')
         serve = model.signatures['serving_default']
@@ -330,14 +365,21 @@ SNIPPETS = {
 }
 
 
-@pytest.mark.parametrize('fmt', [
-    'jax', pytest.param('saved_model', marks=pytest.mark.slow)])  # TF import
+@pytest.mark.parametrize(
+  'fmt', ['jax', pytest.param('saved_model', marks=pytest.mark.slow)]
+)  # TF import
 def test_readme_snippets_run_without_jaxcls(tmp_path, cnn_export, fmt):
   _, _, folder, _ = cnn_export
   code = textwrap.dedent(SNIPPETS[fmt]).format(folder=folder)
   code += "import sys; assert 'jaxcls' not in sys.modules\n"
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=300, cwd=tmp_path, env=env)
+  proc = subprocess.run(
+    [sys.executable, '-c', code],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith('(5, 10)'), proc.stdout

@@ -14,16 +14,23 @@ import pytest
 from conftest import tiny_config
 from jaxcls import local_data, models, optim, train
 
-pytestmark = [pytest.mark.slow,  # Trains models: the full tier.
-              pytest.mark.skipif(
+pytestmark = [
+  pytest.mark.slow,  # Trains models: the full tier.
+  pytest.mark.skipif(
     not local_data.files_present(),
-    reason='needs dataset-fashion-mnist (see .ci/run)')]
+    reason='needs dataset-fashion-mnist (see .ci/run)',
+  ),
+]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # 2 epochs x 64 steps, a checkpoint every 8 steps (mid-epoch ones included).
-RUN = ['--config.train_examples=4096', '--config.num_epochs=2',
-       '--config.checkpoint_every_steps=8', '--config.dropout_rate=0.3']
+RUN = [
+  '--config.train_examples=4096',
+  '--config.num_epochs=2',
+  '--config.checkpoint_every_steps=8',
+  '--config.dropout_rate=0.3',
+]
 
 
 class Run(subprocess.Popen):
@@ -32,13 +39,25 @@ class Run(subprocess.Popen):
 
   def __init__(self, workdir, *flags):
     os.makedirs(workdir, exist_ok=True)
-    self.paths = [os.path.join(workdir, f'{n}.{time.monotonic_ns()}.log')
-                  for n in ('out', 'err')]
-    self.files = [open(p, 'w+') for p in self.paths]
+    self.paths = [
+      os.path.join(workdir, f'{n}.{time.monotonic_ns()}.log')
+      for n in ('out', 'err')
+    ]
+    self.files = [open(p, 'w+') for p in self.paths]  # noqa: SIM115
     super().__init__(
-        [sys.executable, os.path.join(HERE, 'run_tiny.py'), str(workdir),
-         *RUN, *flags], cwd=ROOT, stdout=self.files[0], stderr=self.files[1],
-        text=True, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+      [
+        sys.executable,
+        os.path.join(HERE, 'run_tiny.py'),
+        str(workdir),
+        *RUN,
+        *flags,
+      ],
+      cwd=ROOT,
+      stdout=self.files[0],
+      stderr=self.files[1],
+      text=True,
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'},
+    )
 
   def communicate(self, timeout=None):
     self.wait(timeout)
@@ -61,8 +80,11 @@ def finish(proc):
 
 def saved_steps(workdir):
   folder = os.path.join(workdir, 'checkpoints', 'latest')
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if (
-      os.path.isdir(folder)) else []
+  return (
+    sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+    if (os.path.isdir(folder))
+    else []
+  )
 
 
 def wait_for_checkpoint(proc, workdir, at_least):
@@ -98,16 +120,18 @@ def test_sigkill_twice_then_resume_is_bit_identical(reference, tmp_path):
   assert finish(start(tmp_path)) == reference
 
 
-@pytest.mark.parametrize('sig,code', [(signal.SIGTERM, 143),
-                                      (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+  'sig,code', [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
+)
 def test_sigterm_and_sigint_save_the_current_step_and_resume(
-    reference, tmp_path, sig, code):
+  reference, tmp_path, sig, code
+):
   proc = start(tmp_path)
   wait_for_checkpoint(proc, tmp_path, 16)
   proc.send_signal(sig)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == code, err
-  line = [l for l in out.splitlines() if 'saved a checkpoint' in l]
+  line = [ln for ln in out.splitlines() if 'saved a checkpoint' in ln]
   assert len(line) == 1 and 'Traceback' not in err
   step = int(line[0].split('at step ')[1].split()[0])
   assert line[0].startswith(f'{signal.Signals(sig).name}: ')
@@ -117,7 +141,8 @@ def test_sigterm_and_sigint_save_the_current_step_and_resume(
 
 
 def test_an_interrupted_save_is_never_loaded_and_is_cleaned_up(
-    reference, tmp_path):
+  reference, tmp_path
+):
   proc = start(tmp_path)
   wait_for_checkpoint(proc, tmp_path, 24)
   proc.kill()
@@ -140,10 +165,21 @@ def test_an_interrupted_save_is_never_loaded_and_is_cleaned_up(
 
 def cli(tmp_path, *flags):
   return subprocess.run(
-      [sys.executable, '-m', 'experiments.fashion_mnist',
-       f'--workdir={tmp_path}', '--config.train_examples=2048',
-       '--config.num_epochs=1', *flags], cwd=ROOT, capture_output=True,
-      text=True, timeout=300, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+    [
+      sys.executable,
+      '-m',
+      'experiments.fashion_mnist',
+      f'--workdir={tmp_path}',
+      '--config.train_examples=2048',
+      '--config.num_epochs=1',
+      *flags,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'},
+  )
 
 
 def test_nonfinite_loss_stops_with_the_step_by_default(tmp_path):
@@ -156,11 +192,19 @@ def test_nonfinite_loss_stops_with_the_step_by_default(tmp_path):
 
 
 def test_skip_policy_skips_then_stops_after_the_limit(tmp_path):
-  proc = cli(tmp_path, '--config.optimizer=sgd', '--config.learning_rate=1e6',
-             '--config.nonfinite_policy=skip', '--config.max_nonfinite_steps=3')
+  proc = cli(
+    tmp_path,
+    '--config.optimizer=sgd',
+    '--config.learning_rate=1e6',
+    '--config.nonfinite_policy=skip',
+    '--config.max_nonfinite_steps=3',
+  )
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith(
-      'error: more than 3 non-finite steps in a row')
+  assert (
+    proc.stderr.strip()
+    .splitlines()[-1]
+    .startswith('error: more than 3 non-finite steps in a row')
+  )
 
 
 def test_skip_policy_leaves_params_unchanged_on_a_nan_gradient():
@@ -168,24 +212,31 @@ def test_skip_policy_leaves_params_unchanged_on_a_nan_gradient():
   tx = optim.create_optimizer(c, 10)
   params = {'w': jnp.ones(3)}
   state = tx.init(params)
-  updates, state = tx.update({'w': jnp.array([1.0, jnp.nan, 0.0])}, state,
-                             params)
+  updates, state = tx.update(
+    {'w': jnp.array([1.0, jnp.nan, 0.0])}, state, params
+  )
   np.testing.assert_array_equal(updates['w'], 0.0)
   updates, state = tx.update({'w': jnp.ones(3)}, state, params)
   assert np.all(np.asarray(updates['w']) < 0)
 
 
-@pytest.mark.parametrize('flag,message', [
-    ('--config.learnig_rate=1', "unknown config key 'learnig_rate'; did you "
-                                "mean 'learning_rate'?"),
+@pytest.mark.parametrize(
+  'flag,message',
+  [
+    (
+      '--config.learnig_rate=1',
+      "unknown config key 'learnig_rate'; did you mean 'learning_rate'?",
+    ),
     ('--config.learning_rate=0', 'learning_rate must be > 0'),
     ('--config.batch_size=-4', 'batch_size must be > 0'),
     ('--config.dataset=imagenet', "unknown dataset 'imagenet'"),
     ('--config.model=vgg', "unknown model 'vgg'"),
     ('--config.optimizer=lion', "unknown optimizer 'lion'"),
-])
-def test_bad_config_is_one_line_before_anything_is_touched(tmp_path, flag,
-                                                           message):
+  ],
+)
+def test_bad_config_is_one_line_before_anything_is_touched(
+  tmp_path, flag, message
+):
   proc = cli(tmp_path / 'w', flag)
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
@@ -206,15 +257,31 @@ def test_workdir_of_another_config_is_refused_untouched(tmp_path):
 def test_corrupt_dataset_files_are_one_clear_line(tmp_path):
   folder = tmp_path / 'idx'
   folder.mkdir()
-  for name in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-               't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'):
+  for name in (
+    'train-images-idx3-ubyte',
+    'train-labels-idx1-ubyte',
+    't10k-images-idx3-ubyte',
+    't10k-labels-idx1-ubyte',
+  ):
     (folder / name).write_bytes(b'\x00\x00\x08\x03garbage')
   proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.fashion_mnist',
-       f'--workdir={tmp_path / "w"}', f'--config.data_dir={tmp_path / "dd"}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3',
-           'JAXCLS_FASHION_MNIST_DIR': str(folder)})
+    [
+      sys.executable,
+      '-m',
+      'experiments.fashion_mnist',
+      f'--workdir={tmp_path / "w"}',
+      f'--config.data_dir={tmp_path / "dd"}',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={
+      **os.environ,
+      'TF_CPP_MIN_LOG_LEVEL': '3',
+      'JAXCLS_FASHION_MNIST_DIR': str(folder),
+    },
+  )
   assert proc.returncode == 2, proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and str(folder) in last
@@ -223,24 +290,61 @@ def test_corrupt_dataset_files_are_one_clear_line(tmp_path):
 
 def small_state(shape=(28, 28, 1)):
   c = tiny_config()
-  return train.create_train_state(jax.random.key(0), models.create_model(c, 10),
-                                  optim.create_optimizer(c, 1), shape)
+  return train.create_train_state(
+    jax.random.key(0),
+    models.create_model(c, 10),
+    optim.create_optimizer(c, 1),
+    shape,
+  )
 
 
-@pytest.mark.parametrize('batch,message', [
-    ({'image': np.zeros((4, 28, 28, 1), np.uint8),
-      'label': np.array([0, 1, 10, 2])}, r'labels must be in 0\.\.9'),
-    ({'image': np.zeros((4, 28, 28, 1), np.uint8),
-      'label': np.array([0, -1, 1, 2])}, r'labels must be in 0\.\.9'),
-    ({'image': np.zeros((4, 28, 28, 1), np.float32),
-      'label': np.zeros(4, np.int32)}, 'images must be uint8'),
-    ({'image': np.zeros((4, 28, 28), np.uint8),
-      'label': np.zeros(4, np.int32)}, r'\(batch, height, width, channels\)'),
-    ({'image': np.zeros((4, 32, 32, 3), np.uint8),
-      'label': np.zeros(4, np.int32)}, 'do not fit this model'),
-    ({'image': np.zeros((4, 28, 28, 1), np.uint8),
-      'label': np.zeros(3, np.int32)}, 'labels must be integers of shape'),
-])
+@pytest.mark.parametrize(
+  'batch,message',
+  [
+    (
+      {
+        'image': np.zeros((4, 28, 28, 1), np.uint8),
+        'label': np.array([0, 1, 10, 2]),
+      },
+      r'labels must be in 0\.\.9',
+    ),
+    (
+      {
+        'image': np.zeros((4, 28, 28, 1), np.uint8),
+        'label': np.array([0, -1, 1, 2]),
+      },
+      r'labels must be in 0\.\.9',
+    ),
+    (
+      {
+        'image': np.zeros((4, 28, 28, 1), np.float32),
+        'label': np.zeros(4, np.int32),
+      },
+      'images must be uint8',
+    ),
+    (
+      {
+        'image': np.zeros((4, 28, 28), np.uint8),
+        'label': np.zeros(4, np.int32),
+      },
+      r'\(batch, height, width, channels\)',
+    ),
+    (
+      {
+        'image': np.zeros((4, 32, 32, 3), np.uint8),
+        'label': np.zeros(4, np.int32),
+      },
+      'do not fit this model',
+    ),
+    (
+      {
+        'image': np.zeros((4, 28, 28, 1), np.uint8),
+        'label': np.zeros(3, np.int32),
+      },
+      'labels must be integers of shape',
+    ),
+  ],
+)
 def test_library_api_rejects_bad_batches(batch, message):
   state = small_state()
   with pytest.raises(ValueError, match=message):

@@ -22,8 +22,10 @@ def make_state(dropout_rate=0.1):
 
 def host_split(n=320, seed=0):
   rng = np.random.default_rng(seed)
-  return data.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-                    rng.integers(0, 10, n).astype(np.int32))
+  return data.Split(
+    rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+    rng.integers(0, 10, n).astype(np.int32),
+  )
 
 
 def plain_loop(state, split, order, batch_size, steps, rng):
@@ -31,8 +33,9 @@ def plain_loop(state, split, order, batch_size, steps, rng):
   step = jax.jit(train.train_step)
   totals = []
   for i in range(steps):
-    state, metrics = step(state, data.train_batch(split, order, i, batch_size),
-                          rng)
+    state, metrics = step(
+      state, data.train_batch(split, order, i, batch_size), rng
+    )
     totals.append(jax.device_get(metrics))
   return state, {k: sum(m[k] for m in totals) for k in totals[0]}
 
@@ -42,19 +45,22 @@ def test_device_feed_matches_the_plain_loop_bit_for_bit(k):
   split, rng = host_split(), jax.random.key(7)
   order = data.epoch_permutation(0, 0, len(split))
   steps = len(split) // 32 // k * k
-  expected, expected_sums = plain_loop(make_state(), split, order, 32, steps,
-                                       rng)
+  expected, expected_sums = plain_loop(
+    make_state(), split, order, 32, steps, rng
+  )
   step_fn = functools.partial(train.train_step, augment=False)
-  device_feed = feed.DeviceFeed(step_fn, split,
-                                parallel.make_mesh(jax.devices()[:1]))
-  rows = np.asarray(order[:steps * 32], np.int32).reshape(steps, 32)
+  device_feed = feed.DeviceFeed(
+    step_fn, split, parallel.make_mesh(jax.devices()[:1])
+  )
+  rows = np.asarray(order[: steps * 32], np.int32).reshape(steps, 32)
   state, per_call = make_state(), []
   for i in range(0, steps, k):
-    state, metrics = device_feed.run(state, rows[i:i + k], rng)
+    state, metrics = device_feed.run(state, rows[i : i + k], rng)
     per_call.append(metrics)
   assert int(state.step) == int(expected.step) == steps
   assert train.params_sha256(state.params) == train.params_sha256(
-      expected.params)
+    expected.params
+  )
   sums = {k: v.sum() for k, v in guards.per_step(per_call).items()}
   assert sums['count'] == expected_sums['count'] == steps * 32
   assert sums['correct'] == expected_sums['correct']
@@ -63,13 +69,19 @@ def test_device_feed_matches_the_plain_loop_bit_for_bit(k):
 
 def test_epoch_rows_match_the_host_batches_of_every_shard():
   rng = np.random.default_rng(0)
-  shards = [data.Split(rng.integers(0, 256, (n, 2, 2, 1), dtype=np.uint8),
-                       np.arange(n, dtype=np.int32) + 1000 * i)
-            for i, n in enumerate((40, 40))]
+  shards = [
+    data.Split(
+      rng.integers(0, 256, (n, 2, 2, 1), dtype=np.uint8),
+      np.arange(n, dtype=np.int32) + 1000 * i,
+    )
+    for i, n in enumerate((40, 40))
+  ]
   rows = feed.epoch_rows(3, 1, shards, (4, 5), per_shard=8)
   assert rows.shape == (5, 16)
-  joined = data.Split(np.concatenate([s.images for s in shards]),
-                      np.concatenate([s.labels for s in shards]))
+  joined = data.Split(
+    np.concatenate([s.images for s in shards]),
+    np.concatenate([s.labels for s in shards]),
+  )
   orders = [data.epoch_permutation(3, 1, 40, shard) for shard in (4, 5)]
   for i in range(5):
     expected = data.sharded_train_batch(shards, orders, i, 8)
@@ -79,32 +91,45 @@ def test_epoch_rows_match_the_host_batches_of_every_shard():
 @pytest.mark.slow
 def test_k_steps_per_call_and_both_feeds_train_the_same_bits(tmp_path):
   from conftest import tiny_config
+
   hashes = set()
-  for name, overrides in [('k1', dict(steps_per_call=1)),
-                          ('k4', dict(steps_per_call=4)),
-                          ('host', dict(device_data='off'))]:
-    config = tiny_config(num_epochs=2, train_examples=640, dropout_rate=0.3,
-                         checkpoint_every_steps=3, **overrides)
-    hashes.add(train.train_and_evaluate(config, str(tmp_path / name))[
-        'params_sha256'])
+  for name, overrides in [
+    ('k1', dict(steps_per_call=1)),
+    ('k4', dict(steps_per_call=4)),
+    ('host', dict(device_data='off')),
+  ]:
+    config = tiny_config(
+      num_epochs=2,
+      train_examples=640,
+      dropout_rate=0.3,
+      checkpoint_every_steps=3,
+      **overrides,
+    )
+    hashes.add(
+      train.train_and_evaluate(config, str(tmp_path / name))['params_sha256']
+    )
   assert len(hashes) == 1
 
 
 @pytest.mark.parametrize('shape', [(2, 28, 28, 3), (2, 7, 9, 2)])
 def test_pool_2x2_matches_flax_pools(shape):
   x = jax.random.normal(jax.random.key(0), shape)
-  np.testing.assert_allclose(models.pool_2x2(x, jnp.max),
-                             nn.max_pool(x, (2, 2), (2, 2)), rtol=1e-6)
-  np.testing.assert_allclose(models.pool_2x2(x, jnp.mean),
-                             nn.avg_pool(x, (2, 2), (2, 2)), atol=1e-6)
+  np.testing.assert_allclose(
+    models.pool_2x2(x, jnp.max), nn.max_pool(x, (2, 2), (2, 2)), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    models.pool_2x2(x, jnp.mean), nn.avg_pool(x, (2, 2), (2, 2)), atol=1e-6
+  )
 
 
 def test_max_pool_gradient_matches_flax():
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))  # No ties.
   loss = lambda pool: lambda x: jnp.sum(pool(x) ** 2)
   np.testing.assert_allclose(
-      jax.grad(loss(models.pool_2x2))(x),
-      jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x), rtol=1e-6)
+    jax.grad(loss(models.pool_2x2))(x),
+    jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x),
+    rtol=1e-6,
+  )
 
 
 def test_steps_per_call_defaults_per_backend():

@@ -13,8 +13,9 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _reference(x, kernel, padding):
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                  dimension_numbers=NHWC)
+  return lax.conv_general_dilated(
+    x, kernel, (1, 1), padding, dimension_numbers=NHWC
+  )
 
 
 def _inputs(shape, kernel_shape, dtype=jnp.float32, seed=0):
@@ -25,17 +26,18 @@ def _inputs(shape, kernel_shape, dtype=jnp.float32, seed=0):
 
 
 CASES = [  # (input shape, kernel shape, padding)
-    ((4, 28, 28, 1), (3, 3, 1, 16), 'SAME'),  # the CNN's first convolution
-    ((3, 32, 32, 3), (3, 3, 3, 16), 'SAME'),  # CIFAR-10's first
-    ((2, 9, 7, 16), (3, 3, 16, 8), 'VALID'),
-    ((2, 8, 8, 4), (5, 3, 4, 6), ((2, 1), (0, 3))),  # uneven explicit pads
-    ((5, 6, 6, 2), (1, 1, 2, 16), 'SAME'),
+  ((4, 28, 28, 1), (3, 3, 1, 16), 'SAME'),  # the CNN's first convolution
+  ((3, 32, 32, 3), (3, 3, 3, 16), 'SAME'),  # CIFAR-10's first
+  ((2, 9, 7, 16), (3, 3, 16, 8), 'VALID'),
+  ((2, 8, 8, 4), (5, 3, 4, 6), ((2, 1), (0, 3))),  # uneven explicit pads
+  ((5, 6, 6, 2), (1, 1, 2, 16), 'SAME'),
 ]
 
 
 @pytest.mark.parametrize('shape,kernel_shape,padding', CASES)
 def test_shifted_conv_matches_lax_values_and_both_gradients(
-    shape, kernel_shape, padding):
+  shape, kernel_shape, padding
+):
   x, kernel, kg = _inputs(shape, kernel_shape)
   pads = kernels._explicit_padding(padding, shape[1:3], kernel_shape[:2])
   want = _reference(x, kernel, padding)
@@ -45,8 +47,7 @@ def test_shifted_conv_matches_lax_values_and_both_gradients(
   # A random cotangent, so every output position weighs differently.
   g = jax.random.normal(kg, want.shape)
   _, vjp_want = jax.vjp(lambda a, b: _reference(a, b, padding), x, kernel)
-  _, vjp_got = jax.vjp(lambda a, b: kernels.shifted_conv(a, b, pads), x,
-                       kernel)
+  _, vjp_got = jax.vjp(lambda a, b: kernels.shifted_conv(a, b, pads), x, kernel)
   for got_grad, want_grad in zip(vjp_got(g), vjp_want(g)):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-4)
 
@@ -54,24 +55,42 @@ def test_shifted_conv_matches_lax_values_and_both_gradients(
 def test_shifted_conv_bfloat16_close_to_float32():
   x, kernel, _ = _inputs((4, 28, 28, 1), (3, 3, 1, 16))
   pads = ((1, 1), (1, 1))
-  got = kernels.shifted_conv(x.astype(jnp.bfloat16),
-                             kernel.astype(jnp.bfloat16), pads)
+  got = kernels.shifted_conv(
+    x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), pads
+  )
   assert got.dtype == jnp.bfloat16
   want = _reference(x, kernel, 'SAME')
   # bf16 inputs carry 8 bits of mantissa: a few 1e-2 of the output scale.
-  np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=0,
-                             atol=0.05 * float(jnp.abs(want).max()))
-  lax_bf16 = _reference(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16),
-                        'SAME').astype(jnp.float32)
-  np.testing.assert_allclose(got.astype(jnp.float32), lax_bf16, rtol=0,
-                             atol=0.05 * float(jnp.abs(want).max()))
-  grads = jax.grad(lambda k: kernels.shifted_conv(
-      x.astype(jnp.bfloat16), k, pads).astype(jnp.float32).sum())(
-          kernel.astype(jnp.bfloat16))
+  np.testing.assert_allclose(
+    got.astype(jnp.float32),
+    want,
+    rtol=0,
+    atol=0.05 * float(jnp.abs(want).max()),
+  )
+  lax_bf16 = _reference(
+    x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), 'SAME'
+  ).astype(jnp.float32)
+  np.testing.assert_allclose(
+    got.astype(jnp.float32),
+    lax_bf16,
+    rtol=0,
+    atol=0.05 * float(jnp.abs(want).max()),
+  )
+  grads = jax.grad(
+    lambda k: (
+      kernels.shifted_conv(x.astype(jnp.bfloat16), k, pads)
+      .astype(jnp.float32)
+      .sum()
+    )
+  )(kernel.astype(jnp.bfloat16))
   want_grads = jax.grad(lambda k: _reference(x, k, 'SAME').sum())(kernel)
   assert grads.dtype == jnp.bfloat16
-  np.testing.assert_allclose(grads.astype(jnp.float32), want_grads, rtol=0.02,
-                             atol=0.02 * float(jnp.abs(want_grads).max()))
+  np.testing.assert_allclose(
+    grads.astype(jnp.float32),
+    want_grads,
+    rtol=0.02,
+    atol=0.02 * float(jnp.abs(want_grads).max()),
+  )
 
 
 def test_dispatch_only_where_it_applies():
@@ -81,18 +100,23 @@ def test_dispatch_only_where_it_applies():
   assert not kernels.use_shifted(shape, small, backend='gpu')
   assert not kernels.use_shifted(shape, small, backend='tpu')
   assert not kernels.use_shifted((8, 28, 28, 16), big, backend='cpu')  # YNN
-  assert not kernels.use_shifted(shape, small, window_strides=(2, 2),
-                                 backend='cpu')
-  assert not kernels.use_shifted(shape, small, rhs_dilation=(2, 2),
-                                 backend='cpu')
-  assert not kernels.use_shifted(shape, small, dimension_numbers=(
-      'NCHW', 'OIHW', 'NCHW'), backend='cpu')
+  assert not kernels.use_shifted(
+    shape, small, window_strides=(2, 2), backend='cpu'
+  )
+  assert not kernels.use_shifted(
+    shape, small, rhs_dilation=(2, 2), backend='cpu'
+  )
+  assert not kernels.use_shifted(
+    shape, small, dimension_numbers=('NCHW', 'OIHW', 'NCHW'), backend='cpu'
+  )
   # Strided convolutions fall through to lax and stay exact.
   x, kernel, _ = _inputs((2, 9, 9, 1), small)
-  got = kernels.conv_general_dilated(x, kernel, (2, 2), 'SAME',
-                                     dimension_numbers=NHWC)
-  want = lax.conv_general_dilated(x, kernel, (2, 2), 'SAME',
-                                  dimension_numbers=NHWC)
+  got = kernels.conv_general_dilated(
+    x, kernel, (2, 2), 'SAME', dimension_numbers=NHWC
+  )
+  want = lax.conv_general_dilated(
+    x, kernel, (2, 2), 'SAME', dimension_numbers=NHWC
+  )
   np.testing.assert_array_equal(got, want)
 
 
@@ -109,14 +133,17 @@ def test_conv_module_is_a_drop_in_for_nn_conv():
   fast, plain = Two(kernels.Conv), Two(nn.Conv)
   variables = fast.init(jax.random.key(0), x)
   # The same names, shapes and initial values as nn.Conv's.
-  jax.tree_util.tree_map(np.testing.assert_array_equal, variables,
-                         plain.init(jax.random.key(0), x))
-  np.testing.assert_allclose(fast.apply(variables, x),
-                             plain.apply(variables, x), rtol=1e-5, atol=1e-5)
+  jax.tree_util.tree_map(
+    np.testing.assert_array_equal, variables, plain.init(jax.random.key(0), x)
+  )
+  np.testing.assert_allclose(
+    fast.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5
+  )
   # The fast path is taken for the 3->16 and 16->4 convolutions on CPU.
   jaxpr = str(jax.make_jaxpr(fast.apply)(variables, x))
   assert jaxpr.count('custom_vjp_call') == (
-      2 if jax.default_backend() == 'cpu' else 0)
+    2 if jax.default_backend() == 'cpu' else 0
+  )
 
 
 def test_cnn_gradients_match_nn_conv_cnn():
@@ -133,15 +160,18 @@ def test_cnn_gradients_match_nn_conv_cnn():
       logits = model.apply({'params': params}, images)
     finally:
       kernels.MAX_SHIFTED_CHANNELS = saved
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
-                                         labels[:, None], 1))
+    return -jnp.mean(
+      jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)
+    )
 
   fast_loss, fast = jax.value_and_grad(loss)(params, True)
   lax_loss, plain = jax.value_and_grad(loss)(params, False)
   np.testing.assert_allclose(fast_loss, lax_loss, rtol=1e-6)
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-      fast, plain)
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    fast,
+    plain,
+  )
   # The first convolution's kernel and bias gradients are not zero.
   assert float(jnp.abs(fast['Conv_0']['kernel']).max()) > 0
   assert float(jnp.abs(fast['Conv_0']['bias']).max()) > 0

@@ -34,8 +34,11 @@ def test_create_model_from_config_and_unknown_name():
   c = config_lib.get_config()
   c.activation, c.pooling = 'tanh', 'avg'
   model = models.create_model(c, 7)
-  assert (model.activation, model.pooling, model.num_classes) == ('tanh',
-                                                                  'avg', 7)
+  assert (model.activation, model.pooling, model.num_classes) == (
+    'tanh',
+    'avg',
+    7,
+  )
   c.model = 'no_such_model'
   with pytest.raises(ValueError, match='unknown model'):
     models.create_model(c, 10)
@@ -53,8 +56,9 @@ def test_dropout_only_when_training():
   model = models.CNN(dropout_rate=0.5)
   x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
   variables = model.init(jax.random.key(0), x)
-  np.testing.assert_array_equal(model.apply(variables, x),
-                                model.apply(variables, x))
+  np.testing.assert_array_equal(
+    model.apply(variables, x), model.apply(variables, x)
+  )
   a = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(1)})
   b = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(2)})
   assert not np.allclose(a, b)
@@ -64,14 +68,19 @@ def test_apply_is_pure_and_jittable():
   model = models.CNN()
   x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
-  np.testing.assert_allclose(jax.jit(model.apply)(variables, x),
-                             model.apply(variables, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(model.apply)(variables, x),
+    model.apply(variables, x),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   model = models.CNN(dtype=jnp.bfloat16)
   x = jnp.ones((2, 28, 28, 1))
   variables = model.init(jax.random.key(0), x)
-  assert all(p.dtype == jnp.float32
-             for p in jax.tree_util.tree_leaves(variables))
+  assert all(
+    p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables)
+  )
   assert model.apply(variables, x).dtype == jnp.float32

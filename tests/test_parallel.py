@@ -14,28 +14,50 @@ import pytest
 from conftest import tiny_config
 from jaxcls import data, local_data, models, optim, parallel, train
 
-pytestmark = [pytest.mark.slow,  # Trains models: the full tier.
-              pytest.mark.skipif(
+pytestmark = [
+  pytest.mark.slow,  # Trains models: the full tier.
+  pytest.mark.skipif(
     not local_data.files_present(),
-    reason='needs dataset-fashion-mnist (see .ci/run)')]
+    reason='needs dataset-fashion-mnist (see .ci/run)',
+  ),
+]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # 16 steps of batch 64; enough for float differences to show if any exist.
-TINY = ['--config.train_examples=1024', '--config.num_epochs=1',
-        '--config.eval_batch_size=512']
+TINY = [
+  '--config.train_examples=1024',
+  '--config.num_epochs=1',
+  '--config.eval_batch_size=512',
+]
 
 
 def run_tiny(workdir, *flags, devices=1, env=None, wait=True):
-  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3', **(env or {}),
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-  cmd = [sys.executable, os.path.join(HERE, 'run_tiny.py'), str(workdir),
-         *TINY, *flags]
+  env = {
+    **os.environ,
+    'TF_CPP_MIN_LOG_LEVEL': '3',
+    **(env or {}),
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+  }
+  cmd = [
+    sys.executable,
+    os.path.join(HERE, 'run_tiny.py'),
+    str(workdir),
+    *TINY,
+    *flags,
+  ]
   if not wait:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-  proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True,
-                        text=True, timeout=600)
+    return subprocess.Popen(
+      cmd,
+      env=env,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+  proc = subprocess.run(
+    cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return proc.stdout
 
@@ -78,8 +100,9 @@ def test_eight_devices_with_pmap_match_one(one_device, tmp_path):
   assert_close(params(tmp_path), params(one_device))
 
 
-def test_checkpoint_saved_on_n_devices_restores_on_m(one_device,
-                                                     eight_devices, tmp_path):
+def test_checkpoint_saved_on_n_devices_restores_on_m(
+  one_device, eight_devices, tmp_path
+):
   eight_then_one, one_then_eight = tmp_path / 'a', tmp_path / 'b'
   shutil.copytree(eight_devices, eight_then_one)
   shutil.copytree(one_device, one_then_eight)
@@ -90,15 +113,28 @@ def test_checkpoint_saved_on_n_devices_restores_on_m(one_device,
 
 def test_global_batch_not_divisible_by_devices_is_one_clear_error(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.fashion_mnist',
-       '--config.batch_size=60', f'--workdir={tmp_path}'], cwd=ROOT,
-      capture_output=True, text=True, timeout=120,
-      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3',
-           'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+    [
+      sys.executable,
+      '-m',
+      'experiments.fashion_mnist',
+      '--config.batch_size=60',
+      f'--workdir={tmp_path}',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={
+      **os.environ,
+      'TF_CPP_MIN_LOG_LEVEL': '3',
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+    },
+  )
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
-      'error: batch_size=60 is not divisible by the 8 devices; set '
-      '--config.batch_size to a multiple of 8')
+    'error: batch_size=60 is not divisible by the 8 devices; set '
+    '--config.batch_size to a multiple of 8'
+  )
 
 
 def _free_port():
@@ -112,9 +148,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
   run_tiny(single, '--config.num_data_shards=2')
   multi = tmp_path / 'multi'
   port = _free_port()
-  procs = [run_tiny(multi, '--config.distributed=true', wait=False, env={
-      'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
-      'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}) for i in range(2)]
+  procs = [
+    run_tiny(
+      multi,
+      '--config.distributed=true',
+      wait=False,
+      env={
+        'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
+        'JAX_NUM_PROCESSES': '2',
+        'JAX_PROCESS_ID': str(i),
+      },
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out
@@ -125,15 +171,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 def test_evaluation_counts_every_example_once_when_the_batch_does_not_divide():
   rng = np.random.default_rng(0)
-  split = data.Split(rng.integers(0, 256, (1001, 28, 28, 1), dtype=np.uint8),
-                     rng.integers(0, 10, 1001).astype(np.int32))
+  split = data.Split(
+    rng.integers(0, 256, (1001, 28, 28, 1), dtype=np.uint8),
+    rng.integers(0, 10, 1001).astype(np.int32),
+  )
   config = tiny_config()
-  state = train.create_train_state(jax.random.key(0),
-                                   models.create_model(config, 10),
-                                   optim.create_optimizer(config, 1),
-                                   (28, 28, 1))
-  logits = state.apply_fn({'params': state.params},
-                          data.normalize(split.images))
+  state = train.create_train_state(
+    jax.random.key(0),
+    models.create_model(config, 10),
+    optim.create_optimizer(config, 1),
+    (28, 28, 1),
+  )
+  logits = state.apply_fn(
+    {'params': state.params}, data.normalize(split.images)
+  )
   exact = float(np.mean(np.argmax(logits, -1) == split.labels))
   mesh = parallel.make_mesh()
   result = train.evaluate(jax.jit(train.eval_step), state, split, 64, mesh)

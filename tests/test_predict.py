@@ -25,8 +25,11 @@ def test_images():
 
 def reference_probs(state, images: np.ndarray) -> np.ndarray:
   """Softmax of the model, normalised by hand as in training (numpy)."""
-  logits = np.asarray(state.apply_fn(
-      {'params': state.params}, (images.astype(np.float32) / 255 - 0.5) / 0.5))
+  logits = np.asarray(
+    state.apply_fn(
+      {'params': state.params}, (images.astype(np.float32) / 255 - 0.5) / 0.5
+    )
+  )
   e = np.exp(logits - logits.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
 
@@ -37,17 +40,25 @@ def test_exact_size_png_is_passed_through(tmp_path, test_images):
   out = predict.load_image(path, (28, 28, 1))
   assert out.dtype == np.uint8 and out.shape == (28, 28, 1)
   np.testing.assert_array_equal(out, test_images[0][0])
-  np.testing.assert_array_equal(predict.load_image(path, (28, 28, 1), True),
-                                255 - test_images[0][0])
+  np.testing.assert_array_equal(
+    predict.load_image(path, (28, 28, 1), True), 255 - test_images[0][0]
+  )
 
 
-@pytest.mark.parametrize('mode,size,fmt', [
-    ('RGB', (300, 200), 'JPEG'), ('RGBA', (17, 40), 'PNG'),
-    ('P', (64, 64), 'PNG'), ('L', (1000, 1000), 'JPEG')])
+@pytest.mark.parametrize(
+  'mode,size,fmt',
+  [
+    ('RGB', (300, 200), 'JPEG'),
+    ('RGBA', (17, 40), 'PNG'),
+    ('P', (64, 64), 'PNG'),
+    ('L', (1000, 1000), 'JPEG'),
+  ],
+)
 def test_any_size_and_mode_becomes_model_shape(tmp_path, mode, size, fmt):
   rng = np.random.default_rng(0)
-  image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3),
-                                       dtype=np.uint8)).convert(mode)
+  image = Image.fromarray(
+    rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+  ).convert(mode)
   path = str(tmp_path / f'x.{fmt.lower()}')
   image.save(path, format=fmt)
   gray = predict.load_image(path, (28, 28, 1))
@@ -63,16 +74,21 @@ def test_constant_image_stays_constant(tmp_path):
   np.testing.assert_array_equal(predict.load_image(path, (28, 28, 1)), 200)
 
 
-@pytest.mark.parametrize('content,message', [
-    (None, 'no such file'), (b'hello', 'not an image'),
-    ('truncated', 'corrupt or truncated')])
+@pytest.mark.parametrize(
+  'content,message',
+  [
+    (None, 'no such file'),
+    (b'hello', 'not an image'),
+    ('truncated', 'corrupt or truncated'),
+  ],
+)
 def test_bad_files_raise_one_clear_error(tmp_path, content, message):
   path = tmp_path / 'bad.png'
   if content == 'truncated':
     Image.new('L', (64, 64), 7).save(tmp_path / 'good.jpg', format='JPEG')
     data_bytes = (tmp_path / 'good.jpg').read_bytes()
     path = tmp_path / 'bad.jpg'
-    path.write_bytes(data_bytes[:len(data_bytes) // 2])
+    path.write_bytes(data_bytes[: len(data_bytes) // 2])
   elif content is not None:
     path.write_bytes(content)
   with pytest.raises(predict.BadImageError, match=message) as e:
@@ -86,19 +102,28 @@ def write_png(path, pixels: np.ndarray, colour_type: int) -> None:
   height, width = pixels.shape[:2]
   big_endian = pixels.astype(pixels.dtype.newbyteorder('>'))
   rows = b''.join(b'\0' + big_endian[r].tobytes() for r in range(height))
-  write_png_chunks(path, width, height, 8 * pixels.itemsize, colour_type,
-                   zlib.compress(rows))
+  write_png_chunks(
+    path, width, height, 8 * pixels.itemsize, colour_type, zlib.compress(rows)
+  )
 
 
 def write_png_chunks(path, width, height, depth, colour_type, idat) -> None:
   def chunk(kind: bytes, body: bytes) -> bytes:
-    return (struct.pack('>I', len(body)) + kind + body
-            + struct.pack('>I', zlib.crc32(kind + body)))
+    return (
+      struct.pack('>I', len(body))
+      + kind
+      + body
+      + struct.pack('>I', zlib.crc32(kind + body))
+    )
 
   header = struct.pack('>IIBBBBB', width, height, depth, colour_type, 0, 0, 0)
   with open(path, 'wb') as f:
-    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
-            + chunk(b'IDAT', idat) + chunk(b'IEND', b''))
+    f.write(
+      b'\x89PNG\r\n\x1a\n'
+      + chunk(b'IHDR', header)
+      + chunk(b'IDAT', idat)
+      + chunk(b'IEND', b'')
+    )
 
 
 @pytest.mark.parametrize('colour_type', [0, 2])  # 16-bit gray, 16-bit RGB
@@ -106,8 +131,9 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path, test_images, colour_type):
   image = test_images[0][0]  # (28, 28, 1) uint8
   wide = image.astype(np.uint16) * 257  # The same picture in 16 bits.
   path = str(tmp_path / 'x16.png')
-  write_png(path, np.repeat(wide, 3 if colour_type == 2 else 1, -1),
-            colour_type)
+  write_png(
+    path, np.repeat(wide, 3 if colour_type == 2 else 1, -1), colour_type
+  )
   np.testing.assert_array_equal(predict.load_image(path, (28, 28, 1)), image)
 
 
@@ -118,20 +144,25 @@ def rgba_png(path, colour: np.ndarray, alpha: np.ndarray) -> str:
 
 @pytest.mark.parametrize('colour', [(0, 0, 0), (255, 255, 255), (200, 0, 0)])
 @pytest.mark.parametrize('invert', [False, True])
-def test_object_drawn_only_in_alpha_survives(tmp_path, test_images, colour,
-                                             invert):
+def test_object_drawn_only_in_alpha_survives(
+  tmp_path, test_images, colour, invert
+):
   # A silhouette: one colour everywhere, the shape only in the alpha channel.
   # The model must see the shape as MNIST ink: opaque = light on dark.
   image = test_images[0][0]
-  path = rgba_png(tmp_path / 'x.png',
-                  np.broadcast_to(np.uint8(colour), (28, 28, 3)), image)
+  path = rgba_png(
+    tmp_path / 'x.png', np.broadcast_to(np.uint8(colour), (28, 28, 3)), image
+  )
   np.testing.assert_array_equal(
-      predict.load_image(path, (28, 28, 1), invert), image)
+    predict.load_image(path, (28, 28, 1), invert), image
+  )
   la = str(tmp_path / 'la.png')
-  Image.fromarray(np.concatenate([np.zeros_like(image), image], -1),
-                  'LA').save(la)
-  np.testing.assert_array_equal(predict.load_image(la, (28, 28, 1), invert),
-                                image)
+  Image.fromarray(np.concatenate([np.zeros_like(image), image], -1), 'LA').save(
+    la
+  )
+  np.testing.assert_array_equal(
+    predict.load_image(la, (28, 28, 1), invert), image
+  )
 
 
 def gray(rgb: np.ndarray) -> np.ndarray:
@@ -140,8 +171,9 @@ def gray(rgb: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize('invert', [False, True])
-def test_transparent_picture_is_composited_onto_the_background(tmp_path,
-                                                               invert):
+def test_transparent_picture_is_composited_onto_the_background(
+  tmp_path, invert
+):
   rng = np.random.default_rng(0)
   colour = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
   alpha = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
@@ -163,10 +195,12 @@ def test_opaque_alpha_changes_nothing(tmp_path):
   Image.fromarray(colour).save(tmp_path / 'rgb.png')
   for shape in ((28, 28, 1), (28, 28, 3)):
     np.testing.assert_array_equal(
-        predict.load_image(rgba, shape),
-        predict.load_image(str(tmp_path / 'rgb.png'), shape))
-  flat = rgba_png(tmp_path / 'flat.png',
-                  np.full((28, 28, 3), 90, np.uint8), opaque)
+      predict.load_image(rgba, shape),
+      predict.load_image(str(tmp_path / 'rgb.png'), shape),
+    )
+  flat = rgba_png(
+    tmp_path / 'flat.png', np.full((28, 28, 3), 90, np.uint8), opaque
+  )
   np.testing.assert_array_equal(predict.load_image(flat, (28, 28, 1)), 90)
 
 
@@ -194,15 +228,19 @@ def test_huge_png_is_refused_before_decoding(huge_png, tmp_path, monkeypatch):
   monkeypatch.setattr(predict, 'MAX_PIXELS', 1000)
   small = str(tmp_path / 'x.png')
   Image.new('L', (40, 40)).save(small)
-  with pytest.raises(predict.BadImageError, match='1,600 pixels, more than '
-                     'the 1,000'):
+  with pytest.raises(
+    predict.BadImageError, match='1,600 pixels, more than the 1,000'
+  ):
     predict.load_image(small, (28, 28, 1))
 
 
 def test_top_k_matches_argsort():
   probs = np.array([0.1, 0.5, 0.05, 0.35])
   assert predict.top_k(probs, list('abcd'), 3) == [
-      ('b', 0.5), ('d', 0.35), ('a', 0.1)]
+    ('b', 0.5),
+    ('d', 0.35),
+    ('a', 0.1),
+  ]
 
 
 def test_predictions_match_the_model(tmp_path, test_images):
@@ -218,8 +256,9 @@ def test_predictions_match_the_model(tmp_path, test_images):
   names = data.get_spec('fashion_mnist').class_names
   for got, probs in zip(out, expected):
     assert [n for n, _ in got] == [names[i] for i in np.argsort(-probs)]
-    np.testing.assert_allclose([p for _, p in got], np.sort(probs)[::-1],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+      [p for _, p in got], np.sort(probs)[::-1], rtol=1e-4, atol=1e-6
+    )
 
 
 def test_top_k_out_of_range_is_refused(tmp_path):
@@ -231,15 +270,21 @@ def test_top_k_out_of_range_is_refused(tmp_path):
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, '-m', 'experiments.predict', *args],
-                        capture_output=True, text=True, timeout=120, cwd=REPO)
+  return subprocess.run(
+    [sys.executable, '-m', 'experiments.predict', *args],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=REPO,
+  )
 
 
 def test_cli_prints_top_k_and_rejects_bad_files(tmp_path, test_images):
   workdir, _ = trained_workdir()
   good = str(tmp_path / 'good.jpg')
   Image.fromarray(test_images[0][1, ..., 0]).resize((280, 280)).convert(
-      'RGB').save(good)
+    'RGB'
+  ).save(good)
   bad = str(tmp_path / 'bad.png')
   with open(bad, 'w') as f:
     f.write('not a png')

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import jaxcls
-from jaxcls import config as config_lib, models, recurrent, train
 from experiments import sequential_mnist
+from jaxcls import config as config_lib
+from jaxcls import models, recurrent, train
 
 HIDDEN, INPUTS, BATCH, STEPS = 8, 5, 3, 6
 
@@ -25,8 +26,9 @@ def _numpy_step(kind, params, carry, x):
   wi = np.asarray(params['input_projection']['kernel'])
   bi = np.asarray(params['input_projection']['bias'])
   wh = np.asarray(params['hidden_projection']['kernel'])
-  bh = np.asarray(params['hidden_projection'].get('bias',
-                                                   np.zeros(wh.shape[1])))
+  bh = np.asarray(
+    params['hidden_projection'].get('bias', np.zeros(wh.shape[1]))
+  )
 
   def blocks(w):  # The fused gate blocks, in order.
     return np.split(w, wi.shape[1] // HIDDEN, axis=-1)
@@ -59,15 +61,18 @@ def _randomize(params, key):
   """Every leaf (biases too) replaced by N(0, 0.5) so each term matters."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(key, len(leaves))
-  return jax.tree_util.tree_unflatten(treedef, [
-      0.5 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)])
+  return jax.tree_util.tree_unflatten(
+    treedef,
+    [0.5 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)],
+  )
 
 
 def _init_cell(kind):
   cell = recurrent.make_cell(kind, HIDDEN)
   carry = jax.tree_util.tree_map(
-      lambda z: jax.random.normal(jax.random.key(1), z.shape),
-      cell.zero_carry(BATCH))
+    lambda z: jax.random.normal(jax.random.key(1), z.shape),
+    cell.zero_carry(BATCH),
+  )
   x = jax.random.normal(jax.random.key(2), (BATCH, INPUTS))
   params = cell.init(jax.random.key(0), carry, x)['params']
   return cell, _randomize(params, jax.random.key(3)), carry, x
@@ -78,31 +83,37 @@ def test_cell_step_matches_numpy_equations(kind):
   cell, params, carry, x = _init_cell(kind)
   new_carry, h = cell.apply({'params': params}, carry, x)
   want_carry, want_h = _numpy_step(
-      kind, params, jax.tree_util.tree_map(np.asarray, carry), np.asarray(x))
+    kind, params, jax.tree_util.tree_map(np.asarray, carry), np.asarray(x)
+  )
   np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-5)
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-      new_carry, want_carry)
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+    new_carry,
+    want_carry,
+  )
 
 
 def test_gru_has_pytorch_parameter_shapes():
   _, params, _, _ = _init_cell('gru')
   shapes = jax.tree_util.tree_map(np.shape, params)
   assert shapes == {
-      'input_projection': {'kernel': (INPUTS, 3 * HIDDEN),
-                           'bias': (3 * HIDDEN,)},
-      'hidden_projection': {'kernel': (HIDDEN, 3 * HIDDEN),
-                            'bias': (3 * HIDDEN,)}}
+    'input_projection': {'kernel': (INPUTS, 3 * HIDDEN), 'bias': (3 * HIDDEN,)},
+    'hidden_projection': {
+      'kernel': (HIDDEN, 3 * HIDDEN),
+      'bias': (3 * HIDDEN,),
+    },
+  }
 
 
 @pytest.mark.parametrize('forget_bias', [0.0, 1.0])
 def test_lstm_forget_bias_initialises_only_the_forget_gate(forget_bias):
   cell = recurrent.LSTMCell(HIDDEN, forget_bias=forget_bias)
   x = jnp.zeros((BATCH, INPUTS))
-  bias = cell.init(jax.random.key(0), cell.zero_carry(BATCH), x)[
-      'params']['input_projection']['bias']
+  bias = cell.init(jax.random.key(0), cell.zero_carry(BATCH), x)['params'][
+    'input_projection'
+  ]['bias']
   want = np.zeros(4 * HIDDEN)
-  want[HIDDEN:2 * HIDDEN] = forget_bias  # PyTorch order i, f, g, o.
+  want[HIDDEN : 2 * HIDDEN] = forget_bias  # PyTorch order i, f, g, o.
   np.testing.assert_array_equal(bias, want)
 
 
@@ -126,42 +137,53 @@ def _sequence(steps=STEPS):
 def test_scanned_layer_matches_python_loop(kind, reverse):
   layer = recurrent.Recurrent(kind, HIDDEN, reverse=reverse)
   xs = _sequence()
-  params = _randomize(layer.init(jax.random.key(0), xs)['params'],
-                      jax.random.key(5))
+  params = _randomize(
+    layer.init(jax.random.key(0), xs)['params'], jax.random.key(5)
+  )
   outputs, last = layer.apply({'params': params}, xs)
   want = _python_loop(kind, params['cell'], xs, reverse)
   np.testing.assert_allclose(outputs, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(last, want[0] if reverse else want[-1],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    last, want[0] if reverse else want[-1], rtol=1e-5, atol=1e-5
+  )
 
 
-@pytest.mark.parametrize('kind,reverse,dtype', [
-    (kind, reverse, jnp.float32) for kind in ('lstm', 'gru')
-    for reverse in (False, True)] + [('lstm', False, jnp.bfloat16),
-                                     ('gru', True, jnp.bfloat16)])
+@pytest.mark.parametrize(
+  'kind,reverse,dtype',
+  [
+    (kind, reverse, jnp.float32)
+    for kind in ('lstm', 'gru')
+    for reverse in (False, True)
+  ]
+  + [('lstm', False, jnp.bfloat16), ('gru', True, jnp.bfloat16)],
+)
 def test_fused_sequence_gradients_match_autodiff_of_the_step_path(
-    kind, reverse, dtype):
+  kind, reverse, dtype
+):
   """The hand-written backward passes against autodiff of nn.scan's steps."""
   xs = _sequence()
   fused = recurrent.Recurrent(kind, HIDDEN, reverse=reverse, dtype=dtype)
-  stepped = recurrent.Recurrent(kind, HIDDEN, reverse=reverse, dtype=dtype,
-                                fused=False)
-  params = _randomize(fused.init(jax.random.key(0), xs)['params'],
-                      jax.random.key(7))
+  stepped = recurrent.Recurrent(
+    kind, HIDDEN, reverse=reverse, dtype=dtype, fused=False
+  )
+  params = _randomize(
+    fused.init(jax.random.key(0), xs)['params'], jax.random.key(7)
+  )
   # Both read the same parameters (initialisation takes the step path).
-  jax.tree_util.tree_map(np.testing.assert_array_equal,
-                         stepped.init(jax.random.key(0), xs)['params'],
-                         fused.init(jax.random.key(0), xs)['params'])
+  jax.tree_util.tree_map(
+    np.testing.assert_array_equal,
+    stepped.init(jax.random.key(0), xs)['params'],
+    fused.init(jax.random.key(0), xs)['params'],
+  )
   weights = jax.random.normal(jax.random.key(8), (STEPS, BATCH, HIDDEN))
 
   def loss(layer, params, xs):
     outputs, last = layer.apply({'params': params}, xs)
     # Both outputs count, with weights, so every cotangent path is used.
-    return (outputs * weights).sum() + (last ** 2).sum()
+    return (outputs * weights).sum() + (last**2).sum()
 
   got = jax.grad(functools.partial(loss, fused), argnums=(0, 1))(params, xs)
-  want = jax.grad(functools.partial(loss, stepped), argnums=(0, 1))(params,
-                                                                     xs)
+  want = jax.grad(functools.partial(loss, stepped), argnums=(0, 1))(params, xs)
   tol = 1e-4 if dtype == jnp.float32 else 0.1
   flat_got, flat_want = (jax.tree_util.tree_leaves(t) for t in (got, want))
   assert len(flat_got) == len(flat_want) == (5 if kind == 'gru' else 4)
@@ -174,8 +196,9 @@ def test_fused_sequence_gradients_match_autodiff_of_the_step_path(
 def test_bidirectional_backward_half_reads_the_sequence_in_reverse():
   layer = recurrent.Bidirectional('lstm', HIDDEN)
   xs = _sequence()
-  params = _randomize(layer.init(jax.random.key(0), xs)['params'],
-                      jax.random.key(6))
+  params = _randomize(
+    layer.init(jax.random.key(0), xs)['params'], jax.random.key(6)
+  )
   outputs, last = layer.apply({'params': params}, xs)
   assert outputs.shape == (STEPS, BATCH, 2 * HIDDEN)
   fwd, bwd = outputs[..., :HIDDEN], outputs[..., HIDDEN:]
@@ -184,11 +207,15 @@ def test_bidirectional_backward_half_reads_the_sequence_in_reverse():
   on_reversed = _python_loop('lstm', params['backward']['cell'], xs[::-1])
   np.testing.assert_allclose(bwd, on_reversed[::-1], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-      fwd, _python_loop('lstm', params['forward']['cell'], xs),
-      rtol=1e-5, atol=1e-5)
+    fwd,
+    _python_loop('lstm', params['forward']['cell'], xs),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   # The final state of each direction: forward after t=T-1, backward after 0.
-  np.testing.assert_allclose(last, np.concatenate([fwd[-1], bwd[0]], -1),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    last, np.concatenate([fwd[-1], bwd[0]], -1), rtol=1e-6
+  )
   # Changing only the last step changes every backward output but only the
   # last forward output.
   changed, _ = layer.apply({'params': params}, xs.at[-1].add(1.0))
@@ -198,8 +225,7 @@ def test_bidirectional_backward_half_reads_the_sequence_in_reverse():
 
 
 def _images(n=4, seed=0, size=28):
-  return jax.random.uniform(jax.random.key(seed), (n, size, size, 1),
-                            minval=-1)
+  return jax.random.uniform(jax.random.key(seed), (n, size, size, 1), minval=-1)
 
 
 @pytest.mark.parametrize('kind', ['rnn', 'lstm', 'gru'])
@@ -212,8 +238,7 @@ def test_gradients_are_finite_and_reach_the_first_row(kind):
     logits = model.apply({'params': params}, images)
     return train.cross_entropy(logits, jnp.arange(4)).mean()
 
-  grads, image_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params,
-                                                                images)
+  grads, image_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, images)
   for g in jax.tree_util.tree_leaves(grads):
     assert np.all(np.isfinite(g))
   # 28 steps back to row 0: the gradient must still be there.
@@ -224,14 +249,17 @@ def test_gradients_are_finite_and_reach_the_first_row(kind):
 def test_stack_applies_dropout_only_between_layers():
   images = _images(size=8)
   for layers, expect_change in [(1, False), (2, True)]:
-    model = recurrent.RecurrentClassifier('gru', hidden_size=HIDDEN,
-                                          num_layers=layers, dropout_rate=0.5)
+    model = recurrent.RecurrentClassifier(
+      'gru', hidden_size=HIDDEN, num_layers=layers, dropout_rate=0.5
+    )
     variables = model.init(jax.random.key(0), images)
     assert sorted(variables['params']['rnn']) == [
-        f'layer_{i}' for i in range(layers)]
+      f'layer_{i}' for i in range(layers)
+    ]
     eval_logits = model.apply(variables, images)
-    train_logits = model.apply(variables, images, train=True,
-                               rngs={'dropout': jax.random.key(1)})
+    train_logits = model.apply(
+      variables, images, train=True, rngs={'dropout': jax.random.key(1)}
+    )
     assert (not np.allclose(eval_logits, train_logits)) == expect_change
 
 
@@ -248,15 +276,21 @@ def test_readouts_and_image_rows():
   def head(features):
     return features @ params['head']['kernel'] + params['head']['bias']
 
-  np.testing.assert_allclose(last.apply({'params': params}, images),
-                             head(final), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(mean.apply({'params': params}, images),
-                             head(outputs.mean(0)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    last.apply({'params': params}, images), head(final), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    mean.apply({'params': params}, images),
+    head(outputs.mean(0)),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   # CIFAR-10: 32 steps of 32 * 3 = 96 features.
   cifar = jnp.zeros((2, 32, 32, 3))
   shapes = jax.eval_shape(last.init, jax.random.key(0), cifar)['params']
   kernel = shapes['rnn']['layer_0']['forward']['cell']['input_projection'][
-      'kernel']
+    'kernel'
+  ]
   assert kernel.shape == (96, 4 * 16)
 
 
@@ -269,10 +303,12 @@ def test_registry_and_config_validation():
     model = models.create_model(config, 10)
     assert isinstance(model, recurrent.RecurrentClassifier)
     assert (model.cell, model.hidden_size) == (kind, 128)
-  for field, bad, words in [('readout', 'max', 'readout'),
-                            ('hidden_size', 0, 'hidden_size must be > 0'),
-                            ('num_layers', -1, 'num_layers must be > 0'),
-                            ('forget_bias', -1.0, 'forget_bias')]:
+  for field, bad, words in [
+    ('readout', 'max', 'readout'),
+    ('hidden_size', 0, 'hidden_size must be > 0'),
+    ('num_layers', -1, 'num_layers must be > 0'),
+    ('forget_bias', -1.0, 'forget_bias'),
+  ]:
     broken = sequential_mnist.get_config()
     broken[field] = bad
     with pytest.raises(ValueError, match=words):
@@ -291,4 +327,5 @@ def test_short_training_on_fashion_mnist_rows(tmp_path):
   with open(os.path.join(tmp_path, 'results.json')) as f:
     saved = json.load(f)
   assert saved['model'] == 'lstm' and saved['test_accuracy'] == pytest.approx(
-      results['test_accuracy'])
+    results['test_accuracy']
+  )

@@ -1,4 +1,4 @@
-"""docs/REPL.md, run as a doctest so that the documented session keeps working."""
+"""docs/REPL.md, run as a doctest so that the documented session works."""
 
 import doctest
 import os
@@ -10,8 +10,9 @@ from trained_workdir import trained_workdir
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                   'docs', 'REPL.md')
+DOC = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'REPL.md'
+)
 
 
 def pycon_blocks(text: str) -> str:

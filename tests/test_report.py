@@ -45,20 +45,24 @@ def test_confusion_matrix_matches_a_plain_loop(reported, test_split):
   # Python loop.
   expected = np.zeros((10, 10), int)
   for start in range(0, len(test_split), 500):
-    images = test_split.images[start:start + 500]
-    logits = state.apply_fn({'params': state.params},
-                            (images.astype(np.float32) / 255 - 0.5) / 0.5)
-    for label, guess in zip(test_split.labels[start:start + 500],
-                            np.asarray(logits).argmax(-1)):
+    images = test_split.images[start : start + 500]
+    logits = state.apply_fn(
+      {'params': state.params}, (images.astype(np.float32) / 255 - 0.5) / 0.5
+    )
+    for label, guess in zip(
+      test_split.labels[start : start + 500], np.asarray(logits).argmax(-1)
+    ):
       expected[label, guess] += 1
   np.testing.assert_array_equal(out['confusion_matrix'], expected)
   # The same best checkpoint, scored by the training loop's own evaluation.
-  assert out['test_accuracy'] == pytest.approx(results['test_accuracy'],
-                                               abs=1e-6)
+  assert out['test_accuracy'] == pytest.approx(
+    results['test_accuracy'], abs=1e-6
+  )
 
 
 def test_class_names_are_fashion_mnist_labels(reported):
   import tensorflow_datasets as tfds
+
   # TFDS's own fashion_mnist builder names the labels (no download needed).
   expected = tfds.builder('fashion_mnist').info.features['label'].names
   assert reported[2]['class_names'] == expected
@@ -86,15 +90,23 @@ def test_model_summary_lists_layers_and_shapes(reported):
   workdir = reported[0]
   config, _ = inspection.load_best(workdir)
   from jaxcls import models
+
   text = inspection.model_summary(models.create_model(config, 10), (28, 28, 1))
-  for needle in ('Conv_0', 'Conv_1', 'Dense_0', 'Dense_1',
-                 'float32[1,28,28,16]', 'float32[1,10]', '206,922', 'flops'):
+  for needle in (
+    'Conv_0',
+    'Conv_1',
+    'Dense_0',
+    'Dense_1',
+    'float32[1,28,28,16]',
+    'float32[1,10]',
+    '206,922',
+    'flops',
+  ):
     assert needle in text
   assert '\x1b[' not in text  # Plain text, no terminal colour codes.
 
 
-def test_misclassified_grid_shows_wrong_predictions_only(reported,
-                                                        test_split):
+def test_misclassified_grid_shows_wrong_predictions_only(reported, test_split):
   _, _, out = reported
   matrix = out['confusion_matrix']
   assert len(out['misclassified']) == min(10, matrix.sum() - np.trace(matrix))
@@ -105,25 +117,35 @@ def test_misclassified_grid_shows_wrong_predictions_only(reported,
   titles = report.misclassified_titles(labels, probs, names, 25)
   assert list(titles) == [2, 7, 11]
   for i, title in titles.items():
-    assert title == (f'#{i} true: c{labels[i]}\n'
-                     f'pred: c{(labels[i] + 1) % 10} (100%)')
+    assert title == (
+      f'#{i} true: c{labels[i]}\npred: c{(labels[i] + 1) % 10} (100%)'
+    )
   assert list(report.misclassified_titles(labels, probs, names, 2)) == [2, 7]
 
 
 def test_curves_need_a_finished_epoch(tmp_path):
   with pytest.raises(ValueError, match='no completed epoch'):
-    report.plot_curves([{'step': 3, 'train_loss_recent': 1.0,
-                         'epoch_progress': 0.3}], str(tmp_path / 'c.png'))
+    report.plot_curves(
+      [{'step': 3, 'train_loss_recent': 1.0, 'epoch_progress': 0.3}],
+      str(tmp_path / 'c.png'),
+    )
 
 
 def test_cli_without_checkpoint_prints_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.report',
-       f'--workdir={tmp_path / "nothing"}'],
-      capture_output=True, text=True, timeout=120,
-      cwd=os.path.dirname(os.path.dirname(__file__)))
+    [
+      sys.executable,
+      '-m',
+      'experiments.report',
+      f'--workdir={tmp_path / "nothing"}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+  )
   assert proc.returncode == 2
-  lines = [l for l in proc.stderr.splitlines() if l.startswith('error')]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('error')]
   assert len(lines) == 1 and 'no best checkpoint' in lines[0]
   assert 'Traceback' not in proc.stderr
   assert not os.path.exists(tmp_path / 'nothing')  # Nothing was created.

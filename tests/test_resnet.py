@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import config as config_lib, models, resnet
+from jaxcls import config as config_lib
+from jaxcls import models, resnet
 
 
 def resnet_param_count(depth, width=1, in_channels=3, num_classes=10):
@@ -28,8 +29,9 @@ def count(tree):
 
 def param_shapes(model, input_shape):
   """The parameters' shapes, without computing anything (fast)."""
-  return jax.eval_shape(model.init, jax.random.key(0),
-                        jnp.zeros(input_shape))['params']
+  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(input_shape))[
+    'params'
+  ]
 
 
 def images(seed, shape=(8, 28, 28, 1)):
@@ -59,8 +61,9 @@ def test_output_shapes_and_resolution(shape):
   model = resnet.ResNet(depth=20, num_classes=10)
   x = images(0, (4, *shape))
   variables = model.init(jax.random.key(0), x)
-  logits, updated = model.apply(variables, x, train=True,
-                                mutable=['batch_stats'])
+  logits, updated = model.apply(
+    variables, x, train=True, mutable=['batch_stats']
+  )
   assert logits.shape == (4, 10) and logits.dtype == jnp.float32
   assert set(updated) == {'batch_stats'}
   # Stride-1 stem, no max-pool: the first stage sees the full image, the
@@ -68,15 +71,24 @@ def test_output_shapes_and_resolution(shape):
   _, inter = model.apply(variables, x, capture_intermediates=True)
   side = shape[0]
   assert inter['intermediates']['BasicBlock_0']['__call__'][0].shape == (
-      4, side, side, 16)
+    4,
+    side,
+    side,
+    16,
+  )
   assert inter['intermediates']['BasicBlock_8']['__call__'][0].shape == (
-      4, side // 4, side // 4, 64)
+    4,
+    side // 4,
+    side // 4,
+    64,
+  )
 
 
 def test_width_multiplier():
   model = resnet.ResNet(depth=8, width=2)
   assert count(param_shapes(model, (1, 28, 28, 1))) == resnet_param_count(
-      8, 2, 1)
+    8, 2, 1
+  )
 
 
 def test_bad_depth_is_one_clear_error():
@@ -96,21 +108,27 @@ def test_batch_stats_update_in_training(name):
   x = images(1) + 0.5
   variables = model.init(jax.random.key(0), x)
   _, updated = model.apply(variables, x, train=True, mutable=['batch_stats'])
-  stem, bn = ('conv_init', 'bn_init') if name == 'resnet' else ('Conv_0',
-                                                                'BatchNorm_0')
+  stem, bn = (
+    ('conv_init', 'bn_init') if name == 'resnet' else ('Conv_0', 'BatchNorm_0')
+  )
   kernel = variables['params'][stem]['kernel']
   pad = 'SAME' if name == 'cnn' else ((1, 1), (1, 1))
-  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), pad,
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   y = np.asarray(y, np.float64)
   stats = updated['batch_stats'][bn]
-  np.testing.assert_allclose(stats['mean'], 0.1 * y.mean(axis=(0, 1, 2)),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(stats['var'],
-                             0.9 + 0.1 * y.var(axis=(0, 1, 2)), rtol=1e-4)
+  np.testing.assert_allclose(
+    stats['mean'], 0.1 * y.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    stats['var'], 0.9 + 0.1 * y.var(axis=(0, 1, 2)), rtol=1e-4
+  )
   # Every BatchNorm moved, not just the first.
-  for old, new in zip(jax.tree.leaves(variables['batch_stats']),
-                      jax.tree.leaves(updated['batch_stats'])):
+  for old, new in zip(
+    jax.tree.leaves(variables['batch_stats']),
+    jax.tree.leaves(updated['batch_stats']),
+  ):
     assert not np.allclose(old, new)
 
 
@@ -121,8 +139,9 @@ def test_eval_uses_running_averages_and_ignores_the_batch():
   # Some training steps so that the running averages are not the initial
   # 0 and 1.
   for seed in range(3):
-    _, updated = model.apply(variables, images(10 + seed) * 3 + 1, train=True,
-                             mutable=['batch_stats'])
+    _, updated = model.apply(
+      variables, images(10 + seed) * 3 + 1, train=True, mutable=['batch_stats']
+    )
     variables = {**variables, **updated}
   other = jnp.concatenate([x[:1], images(3)[1:] * 10 - 5])
   eval_a = model.apply(variables, x)
@@ -130,13 +149,17 @@ def test_eval_uses_running_averages_and_ignores_the_batch():
   np.testing.assert_allclose(eval_a[0], eval_b[0], rtol=1e-5, atol=1e-6)
   # In training mode the same example's output does depend on its batch...
   train_a, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
-  train_b, _ = model.apply(variables, other, train=True,
-                           mutable=['batch_stats'])
+  train_b, _ = model.apply(
+    variables, other, train=True, mutable=['batch_stats']
+  )
   assert not np.allclose(train_a[0], train_b[0], rtol=1e-3)
   # ... and eval mode leaves the statistics as they are.
   _, frozen = model.apply(variables, x, train=False, mutable=['batch_stats'])
-  jax.tree.map(np.testing.assert_array_equal, frozen['batch_stats'],
-               variables['batch_stats'])
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    frozen['batch_stats'],
+    variables['batch_stats'],
+  )
 
 
 def test_zero_init_residual_makes_blocks_start_as_identity():
@@ -154,11 +177,13 @@ def test_bfloat16_keeps_statistics_and_logits_in_float32():
   model = resnet.ResNet(depth=8, dtype=jnp.bfloat16)
   x = images(5)
   variables = model.init(jax.random.key(0), x)
-  logits, updated = model.apply(variables, x, train=True,
-                                mutable=['batch_stats'])
+  logits, updated = model.apply(
+    variables, x, train=True, mutable=['batch_stats']
+  )
   assert logits.dtype == jnp.float32
-  assert all(v.dtype == jnp.float32
-             for v in jax.tree.leaves((variables, updated)))
+  assert all(
+    v.dtype == jnp.float32 for v in jax.tree.leaves((variables, updated))
+  )
 
 
 def test_registry_reads_config_fields_with_defaults():
@@ -166,15 +191,30 @@ def test_registry_reads_config_fields_with_defaults():
   config.model = 'resnet'
   model = models.create_model(config, 10)
   assert (model.depth, model.width, model.shortcut, model.axis_name) == (
-      20, 1.0, 'pad', None)
-  config.update({
-      'model': 'resnet', 'resnet_depth': 32, 'resnet_width': 0.5,
-      'resnet_shortcut': 'projection', 'resnet_zero_init_residual': True,
-      'parallel': 'pmap'})
+    20,
+    1.0,
+    'pad',
+    None,
+  )
+  config.update(
+    {
+      'model': 'resnet',
+      'resnet_depth': 32,
+      'resnet_width': 0.5,
+      'resnet_shortcut': 'projection',
+      'resnet_zero_init_residual': True,
+      'parallel': 'pmap',
+    }
+  )
   model = models.create_model(config, 100)
-  assert (model.num_classes, model.depth, model.width, model.shortcut,
-          model.zero_init_residual, model.axis_name) == (
-              100, 32, 0.5, 'projection', True, 'batch')
+  assert (
+    model.num_classes,
+    model.depth,
+    model.width,
+    model.shortcut,
+    model.zero_init_residual,
+    model.axis_name,
+  ) == (100, 32, 0.5, 'projection', True, 'batch')
 
 
 def test_cnn_without_batchnorm_is_unchanged_and_with_it_drops_conv_bias():
@@ -188,5 +228,6 @@ def test_cnn_without_batchnorm_is_unchanged_and_with_it_drops_conv_bias():
   assert 'bias' not in normed['params']['Conv_0']
   assert normed['params']['BatchNorm_1']['scale'].shape == (32,)
   # Same kernels as without BatchNorm (the names did not shift).
-  np.testing.assert_array_equal(normed['params']['Conv_1']['kernel'],
-                                plain['params']['Conv_1']['kernel'])
+  np.testing.assert_array_equal(
+    normed['params']['Conv_1']['kernel'], plain['params']['Conv_1']['kernel']
+  )

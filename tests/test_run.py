@@ -8,10 +8,13 @@ import pytest
 from conftest import tiny_config
 from jaxcls import checkpoint, local_data, train
 
-pytestmark = [pytest.mark.slow,  # Trains models: the full tier.
-              pytest.mark.skipif(
+pytestmark = [
+  pytest.mark.slow,  # Trains models: the full tier.
+  pytest.mark.skipif(
     not local_data.files_present(),
-    reason='needs dataset-fashion-mnist (see .ci/run)')]
+    reason='needs dataset-fashion-mnist (see .ci/run)',
+  ),
+]
 
 SHORT = dict(train_examples=6000, num_epochs=2)
 
@@ -29,17 +32,26 @@ def test_short_real_run_learns(trained):
   assert results['best_val_accuracy'] > 0.75
   with open(os.path.join(workdir, 'results.json')) as f:
     on_disk = json.load(f)
-  for key in ('dataset', 'model', 'epochs', 'test_accuracy',
-              'best_val_accuracy', 'train_seconds', 'train_images_per_second',
-              'params_sha256', 'compile_seconds'):
+  for key in (
+    'dataset',
+    'model',
+    'epochs',
+    'test_accuracy',
+    'best_val_accuracy',
+    'train_seconds',
+    'train_images_per_second',
+    'params_sha256',
+    'compile_seconds',
+  ):
     assert on_disk[key] == results[key]
   assert on_disk['train_images_per_second'] > 0
 
 
 def test_eval_only_restores_the_best_model_and_scores_it_identically(trained):
   workdir, results = trained
-  again = train.train_and_evaluate(tiny_config(**SHORT), workdir,
-                                   eval_only=True)
+  again = train.train_and_evaluate(
+    tiny_config(**SHORT), workdir, eval_only=True
+  )
   assert again['test_accuracy'] == results['test_accuracy']
   assert again['test_loss'] == results['test_loss']
 
@@ -47,8 +59,9 @@ def test_eval_only_restores_the_best_model_and_scores_it_identically(trained):
 def test_interrupted_run_resumes_to_the_same_parameters(trained, tmp_path):
   _, uninterrupted = trained
   workdir = str(tmp_path)
-  first = train.train_and_evaluate(tiny_config(**{**SHORT, 'num_epochs': 1}),
-                                   workdir)
+  first = train.train_and_evaluate(
+    tiny_config(**{**SHORT, 'num_epochs': 1}), workdir
+  )
   assert first['params_sha256'] != uninterrupted['params_sha256']
   resumed = train.train_and_evaluate(tiny_config(**SHORT), workdir)
   assert resumed['params_sha256'] == uninterrupted['params_sha256']
@@ -58,12 +71,12 @@ def test_interrupted_run_resumes_to_the_same_parameters(trained, tmp_path):
 def test_a_different_config_is_refused(trained):
   workdir, _ = trained
   with pytest.raises(checkpoint.CheckpointError, match='different model or'):
-    train.train_and_evaluate(tiny_config(**SHORT, learning_rate=0.01),
-                             workdir)
+    train.train_and_evaluate(tiny_config(**SHORT, learning_rate=0.01), workdir)
 
 
 def test_a_corrupt_checkpoint_is_refused(trained, tmp_path):
   import shutil
+
   workdir = str(tmp_path / 'copy')
   shutil.copytree(trained[0], workdir)
   latest = os.path.join(workdir, 'checkpoints', 'latest')

@@ -34,15 +34,17 @@ def batch_of(seed, batch=8, shape=(28, 28, 1)):
 
 # Label smoothing.
 
+
 def test_smoothing_zero_is_plain_cross_entropy():
   logits, labels = logits_and_labels(0)
   plain = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   np.testing.assert_array_equal(
-      techniques.cross_entropy_smoothed(logits, labels, 0.0), plain)
+    techniques.cross_entropy_smoothed(logits, labels, 0.0), plain
+  )
   one_hot = jax.nn.one_hot(labels, K)
   np.testing.assert_allclose(
-      techniques.cross_entropy_smoothed(logits, one_hot, 0.0), plain,
-      rtol=1e-6)
+    techniques.cross_entropy_smoothed(logits, one_hot, 0.0), plain, rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize('smoothing', [0.1, 0.3])
@@ -54,14 +56,17 @@ def test_smoothing_against_textbook_formula(smoothing):
   q[np.arange(len(labels)), np.asarray(labels)] += 1 - smoothing
   expected = -(q * log_softmax64(logits)).sum(-1)
   np.testing.assert_allclose(
-      techniques.cross_entropy_smoothed(logits, labels, smoothing), expected,
-      rtol=1e-5)
+    techniques.cross_entropy_smoothed(logits, labels, smoothing),
+    expected,
+    rtol=1e-5,
+  )
   np.testing.assert_allclose(
-      techniques.smooth_labels(jax.nn.one_hot(labels, K), smoothing), q,
-      rtol=1e-6)
+    techniques.smooth_labels(jax.nn.one_hot(labels, K), smoothing), q, rtol=1e-6
+  )
 
 
 # Mixup and cutmix.
+
 
 @pytest.mark.parametrize('fn', [techniques.mixup, techniques.cutmix])
 def test_alpha_zero_is_identity(fn):
@@ -85,10 +90,12 @@ def test_mixup_is_a_convex_combination_with_the_drawn_lambda(seed):
   # The partner of example i is example i-1 (the batch rolled by one).
   partner = np.roll(np.arange(len(images)), 1)
   x, y = np.asarray(images), np.asarray(labels)
-  np.testing.assert_allclose(out_images, lam * x + (1 - lam) * x[partner],
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(out_labels, lam * y + (1 - lam) * y[partner],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    out_images, lam * x + (1 - lam) * x[partner], rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    out_labels, lam * y + (1 - lam) * y[partner], rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_allclose(np.sum(out_labels, -1), 1.0, rtol=1e-6)
   # A function of the key: the same key gives the same batch (exact resume).
   again = mixup(rng, images, labels, 0.4)
@@ -98,8 +105,9 @@ def test_mixup_is_a_convex_combination_with_the_drawn_lambda(seed):
 def test_mixup_lambda_follows_folded_beta():
   images, labels = batch_of(4, batch=2, shape=(2, 2, 1))
   keys = jax.random.split(jax.random.key(0), 400)
-  lams = np.asarray(jax.vmap(
-      lambda k: techniques.mixup(k, images, labels, 1.0)[2])(keys))
+  lams = np.asarray(
+    jax.vmap(lambda k: techniques.mixup(k, images, labels, 1.0)[2])(keys)
+  )
   # Beta(1, 1) is uniform on [0, 1]; max(lam, 1 - lam) is uniform on [0.5, 1].
   assert lams.min() >= 0.5 and lams.max() <= 1.0
   assert abs(lams.mean() - 0.75) < 0.03
@@ -110,11 +118,13 @@ def test_mixup_lambda_follows_folded_beta():
 def test_cutmix_label_weight_is_the_area_kept(seed):
   batch, h, w = 4, 28, 24
   # Example i is constant i + 1, so every pixel says where it came from.
-  images = jnp.broadcast_to(jnp.arange(1.0, batch + 1)[:, None, None, None],
-                            (batch, h, w, 1))
+  images = jnp.broadcast_to(
+    jnp.arange(1.0, batch + 1)[:, None, None, None], (batch, h, w, 1)
+  )
   labels = jnp.eye(K)[jnp.arange(batch)]
   out_images, out_labels, kept = jax.jit(techniques.cutmix, static_argnums=3)(
-      jax.random.key(seed), images, labels, 1.0)
+    jax.random.key(seed), images, labels, 1.0
+  )
   out = np.asarray(out_images)[..., 0]
   for i in range(batch):
     partner = (i - 1) % batch
@@ -123,8 +133,9 @@ def test_cutmix_label_weight_is_the_area_kept(seed):
     # The pasted pixels form one rectangle, the same in every image.
     rows, cols = np.nonzero(pasted)
     if rows.size:
-      assert pasted.sum() == ((rows.max() - rows.min() + 1)
-                              * (cols.max() - cols.min() + 1))
+      assert pasted.sum() == (
+        (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+      )
     np.testing.assert_array_equal(pasted, out[0] == batch)
     np.testing.assert_allclose(float(kept), 1 - pasted.mean(), rtol=1e-6)
     expected = np.zeros(K)
@@ -154,14 +165,15 @@ def test_mixup_or_cutmix_picks_one_per_batch():
 
 # EMA of the weights.
 
+
 def test_ema_of_a_constant_is_that_constant():
-  params = {'w': jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)),
-                             jnp.float32),
-            'b': jnp.float32(0.1)}
+  params = {
+    'w': jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32),
+    'b': jnp.float32(0.1),
+  }
   ema = params
   for step in range(50):
-    ema = techniques.ema_update(ema, params,
-                                techniques.ema_decay(step, 0.999))
+    ema = techniques.ema_update(ema, params, techniques.ema_decay(step, 0.999))
   jax.tree.map(np.testing.assert_array_equal, ema, params)
 
 
@@ -176,8 +188,9 @@ def test_ema_against_numpy_loop(warmup):
   for step, p in enumerate(trajectory[1:]):
     d = min(decay, (1 + step) / (10 + step)) if warmup else decay
     expected = d * expected + (1 - d) * p
-    ema = update(ema, {'w': jnp.asarray(p)},
-                 techniques.ema_decay(step, decay, warmup))
+    ema = update(
+      ema, {'w': jnp.asarray(p)}, techniques.ema_decay(step, decay, warmup)
+    )
   np.testing.assert_allclose(ema['w'], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -186,10 +199,12 @@ def test_ema_decay_warms_up_as_tensorflow():
   assert float(techniques.ema_decay(90, 0.999)) == pytest.approx(0.91)
   assert float(techniques.ema_decay(10**6, 0.999)) == pytest.approx(0.999)
   assert float(techniques.ema_decay(0, 0.999, warmup=False)) == pytest.approx(
-      0.999)
+    0.999
+  )
 
 
 # Flip test-time augmentation.
+
 
 class TinyBatchNormNet(nn.Module):
   """conv -> BatchNorm -> relu -> dense: small, and not mirror-symmetric."""
@@ -206,8 +221,9 @@ def test_flip_tta_is_the_average_of_the_two_softmaxes():
   apply = model.apply
   images, _ = batch_of(6, batch=4, shape=(8, 8, 1))
   variables = model.init(jax.random.key(0), images)
-  _, updated = apply(variables, images * 2 + 1, train=True,
-                     mutable=['batch_stats'])
+  _, updated = apply(
+    variables, images * 2 + 1, train=True, mutable=['batch_stats']
+  )
   variables = {**variables, **updated}
   plain = jax.nn.softmax(apply(variables, images))
   flipped = jax.nn.softmax(apply(variables, images[:, :, ::-1, :]))

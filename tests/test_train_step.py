@@ -20,8 +20,10 @@ def make_state(dropout_rate=0.0, shape=(28, 28, 1)):
 
 def fixed_batch(n=64, shape=(28, 28, 1), seed=0):
   rng = np.random.default_rng(seed)
-  return {'image': rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-          'label': rng.integers(0, 10, n).astype(np.int32)}
+  return {
+    'image': rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+    'label': rng.integers(0, 10, n).astype(np.int32),
+  }
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
@@ -38,10 +40,12 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
 
 def test_metrics_are_sums_matching_a_direct_computation():
   state, batch = make_state(), fixed_batch(32)
-  logits = state.apply_fn({'params': state.params},
-                          (batch['image'] / 255.0 - 0.5) / 0.5)
+  logits = state.apply_fn(
+    {'params': state.params}, (batch['image'] / 255.0 - 0.5) / 0.5
+  )
   loss = optax.softmax_cross_entropy_with_integer_labels(
-      logits, batch['label']).sum()
+    logits, batch['label']
+  ).sum()
   correct = (np.argmax(logits, -1) == batch['label']).sum()
   _, metrics = train.train_step(state, batch, jax.random.key(0))
   np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
@@ -65,8 +69,10 @@ def test_penalties_change_the_update():
   state, batch = make_state(), fixed_batch()
   plain, _ = train.train_step(state, batch, jax.random.key(0))
   l2, _ = train.train_step(state, batch, jax.random.key(0), l2=1.0)
-  assert not np.allclose(jax.tree_util.tree_leaves(plain.params)[1],
-                         jax.tree_util.tree_leaves(l2.params)[1])
+  assert not np.allclose(
+    jax.tree_util.tree_leaves(plain.params)[1],
+    jax.tree_util.tree_leaves(l2.params)[1],
+  )
 
 
 def test_eval_step_counts_only_unmasked_examples():

@@ -12,8 +12,9 @@ import time
 import pytest
 
 from conftest import tiny_config
-from jaxcls import checkpoint, cli, config as config_lib, data, inspection
-from jaxcls import train, workdir as workdir_lib
+from jaxcls import checkpoint, cli, data, inspection, train
+from jaxcls import config as config_lib
+from jaxcls import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.
 
@@ -24,14 +25,18 @@ TWO_EPOCHS = dict(train_examples=1024, num_epochs=2, dropout_rate=0.3)
 def cli_run(*flags, module='experiments.fashion_mnist', timeout=300):
   """The experiment's command line in a subprocess: (rc, stdout, stderr)."""
   proc = subprocess.run(
-      [sys.executable, '-m', module, *flags], cwd=ROOT, capture_output=True,
-      text=True, timeout=timeout,
-      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+    [sys.executable, '-m', module, *flags],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'},
+  )
   return proc.returncode, proc.stdout, proc.stderr
 
 
 def one_error_line(stderr: str) -> str:
-  lines = [l for l in stderr.splitlines() if l.strip()]
+  lines = [ln for ln in stderr.splitlines() if ln.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: '), stderr[-2000:]
   return lines[0]
 
@@ -39,16 +44,21 @@ def one_error_line(stderr: str) -> str:
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   """The uninterrupted two-epoch run: its results."""
-  return train.train_and_evaluate(tiny_config(**TWO_EPOCHS),
-                                  str(tmp_path_factory.mktemp('reference')))
+  return train.train_and_evaluate(
+    tiny_config(**TWO_EPOCHS), str(tmp_path_factory.mktemp('reference'))
+  )
 
 
 # The lock.
 
+
 def test_a_second_run_on_a_locked_workdir_stops_with_one_line(tmp_path):
   with workdir_lib.lock(str(tmp_path)):
-    rc, _, err = cli_run(f'--workdir={tmp_path}',
-                         '--config.train_examples=512', '--config.num_epochs=1')
+    rc, _, err = cli_run(
+      f'--workdir={tmp_path}',
+      '--config.train_examples=512',
+      '--config.num_epochs=1',
+    )
   assert rc == 2
   assert 'in use by another run' in one_error_line(err)
   assert f'pid {os.getpid()}' in err
@@ -57,14 +67,23 @@ def test_a_second_run_on_a_locked_workdir_stops_with_one_line(tmp_path):
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from jaxcls import workdir; '
-       f'cm = workdir.lock({str(tmp_path)!r}); cm.__enter__(); '
-       'print("locked", flush=True); time.sleep(600)'],
-      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      '-c',
+      'import sys, time; from jaxcls import workdir; '
+      f'cm = workdir.lock({str(tmp_path)!r}); cm.__enter__(); '
+      'print("locked", flush=True); time.sleep(600)',
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline().strip() == 'locked'
-  with pytest.raises(workdir_lib.WorkdirBusyError):
-    with workdir_lib.lock(str(tmp_path)):
-      pass
+  with (
+    pytest.raises(workdir_lib.WorkdirBusyError),
+    workdir_lib.lock(str(tmp_path)),
+  ):
+    pass
   holder.kill()  # SIGKILL: no cleanup code runs.
   holder.wait()
   with workdir_lib.lock(str(tmp_path)):  # The kernel released it.
@@ -73,11 +92,13 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 
 # Readers never touch a live run.
 
+
 def test_readers_never_delete_a_writers_unfinished_save(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(train_examples=512), workdir)
-  in_flight = os.path.join(workdir, 'checkpoints', 'best',
-                           '99.orbax-checkpoint-tmp-1234')
+  in_flight = os.path.join(
+    workdir, 'checkpoints', 'best', '99.orbax-checkpoint-tmp-1234'
+  )
   os.makedirs(os.path.join(in_flight, 'state'))
   inspection.load_best(workdir)
   inspection.best_config(workdir)
@@ -86,18 +107,27 @@ def test_readers_never_delete_a_writers_unfinished_save(tmp_path):
 
 
 @pytest.mark.slow
-def test_report_and_predict_against_a_live_run_change_nothing(reference,
-                                                              tmp_path):
+def test_report_and_predict_against_a_live_run_change_nothing(
+  reference, tmp_path
+):
   workdir = str(tmp_path / 'live')
-  flags = [f'--workdir={workdir}', '--config.train_examples=1024',
-           '--config.num_epochs=2', '--config.dropout_rate=0.3',
-           '--config.checkpoint_every_steps=2',
-           '--config.lr_schedule=constant']  # tiny_config's, as the reference
+  flags = [
+    f'--workdir={workdir}',
+    '--config.train_examples=1024',
+    '--config.num_epochs=2',
+    '--config.dropout_rate=0.3',
+    '--config.checkpoint_every_steps=2',
+    '--config.lr_schedule=constant',
+  ]  # tiny_config's, as the reference
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
-  proc = subprocess.Popen([sys.executable, '-m', 'experiments.fashion_mnist',
-                           *flags], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'experiments.fashion_mnist', *flags],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   reads = 0
   while proc.poll() is None:
     try:
@@ -118,8 +148,10 @@ def test_report_and_predict_against_a_live_run_change_nothing(reference,
 
 # Signals at every point where the loop can stop.
 
+
 def test_sigterm_between_epochs_saves_and_exits_then_resumes_exactly(
-    reference, tmp_path, monkeypatch):
+  reference, tmp_path, monkeypatch
+):
   workdir = str(tmp_path)
   permutation = data.epoch_permutation
 
@@ -139,9 +171,9 @@ def test_sigterm_between_epochs_saves_and_exits_then_resumes_exactly(
   assert results['epochs_trained'] == 2
 
 
-def test_sigterm_during_validation_keeps_the_training_time(reference,
-                                                           tmp_path,
-                                                           monkeypatch):
+def test_sigterm_during_validation_keeps_the_training_time(
+  reference, tmp_path, monkeypatch
+):
   workdir = str(tmp_path)
   evaluate, calls = train.evaluate, []
 
@@ -161,10 +193,12 @@ def test_sigterm_during_validation_keeps_the_training_time(reference,
   # Both epochs' images count, the first one trained before the signal.
   steps = results['steps']
   assert results['train_images_per_second'] == pytest.approx(
-      steps * 64 / results['train_seconds'])
+    steps * 64 / results['train_seconds']
+  )
 
 
 # Damaged results and checkpoints.
+
 
 def test_a_corrupt_results_file_is_reported_before_training(tmp_path):
   (tmp_path / 'results.json').write_text('{"test_accuracy": 0.9')
@@ -184,7 +218,8 @@ def test_a_missing_best_checkpoint_is_chosen_again(tmp_path):
   # Extended (constant schedule): the best is picked among the new epochs.
   subprocess.run(['rm', '-rf', best], check=True)
   results = train.train_and_evaluate(
-      tiny_config(**{**TWO_EPOCHS, 'num_epochs': 3}), workdir)
+    tiny_config(**{**TWO_EPOCHS, 'num_epochs': 3}), workdir
+  )
   assert results['best_epoch'] == 3
   meta = inspection.best_config(workdir)
   assert meta.num_epochs == 3
@@ -192,41 +227,51 @@ def test_a_missing_best_checkpoint_is_chosen_again(tmp_path):
 
 # Resume edge cases.
 
+
 def test_fewer_epochs_than_trained_are_refused(tmp_path):
   train.train_and_evaluate(tiny_config(**TWO_EPOCHS), str(tmp_path))
   with pytest.raises(ValueError, match='already holds 2 epochs'):
-    train.train_and_evaluate(tiny_config(**{**TWO_EPOCHS, 'num_epochs': 1}),
-                             str(tmp_path))
+    train.train_and_evaluate(
+      tiny_config(**{**TWO_EPOCHS, 'num_epochs': 1}), str(tmp_path)
+    )
 
 
 def test_extending_a_schedule_that_depends_on_num_epochs_is_refused(tmp_path):
-  config = tiny_config(**{**TWO_EPOCHS, 'num_epochs': 1},
-                       lr_schedule='warmup_cosine')
+  config = tiny_config(
+    **{**TWO_EPOCHS, 'num_epochs': 1}, lr_schedule='warmup_cosine'
+  )
   train.train_and_evaluate(config, str(tmp_path))
   config.num_epochs = 2
   with pytest.raises(ValueError, match='lr_schedule=warmup_cosine'):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_extending_a_constant_schedule_equals_the_longer_run(reference,
-                                                             tmp_path):
-  train.train_and_evaluate(tiny_config(**{**TWO_EPOCHS, 'num_epochs': 1}),
-                           str(tmp_path))
+def test_extending_a_constant_schedule_equals_the_longer_run(
+  reference, tmp_path
+):
+  train.train_and_evaluate(
+    tiny_config(**{**TWO_EPOCHS, 'num_epochs': 1}), str(tmp_path)
+  )
   results = train.train_and_evaluate(tiny_config(**TWO_EPOCHS), str(tmp_path))
   assert results['params_sha256'] == reference['params_sha256']
 
 
 # The one-line promise.
 
-@pytest.mark.parametrize('flag,names', [
+
+@pytest.mark.parametrize(
+  'flag,names',
+  [
     ('--config.learning_rate=abc', 'learning_rate'),
     ('--config.seed=-1', 'seed'),
     ('--config.weight_decay=nan', 'weight_decay'),
     ('--config.train_examples=0', 'train_examples'),
     ('--config.device_data=gpu', 'device_data'),
-])
-def test_bad_flags_are_one_line_before_anything_is_written(tmp_path, flag,
-                                                           names):
+  ],
+)
+def test_bad_flags_are_one_line_before_anything_is_written(
+  tmp_path, flag, names
+):
   workdir = tmp_path / 'w'
   start = time.monotonic()
   rc, _, err = cli_run(f'--workdir={workdir}', flag)
@@ -244,7 +289,8 @@ def test_ctrl_c_outside_the_loop_is_one_line(capsys):
     cli.call(loading)
   assert exit_info.value.code == 130
   assert one_error_line(capsys.readouterr().err).startswith(
-      'error: interrupted (Ctrl-C)')
+    'error: interrupted (Ctrl-C)'
+  )
 
 
 def test_a_failed_save_is_one_line_naming_the_folder(tmp_path, monkeypatch):
@@ -265,12 +311,17 @@ def test_a_full_disk_is_one_line_from_the_command_line(tmp_path):
   """A real full disk: a 3 MB tmpfs (needs root; skipped elsewhere)."""
   mount = tmp_path / 'small'
   mount.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs',
-                     str(mount)], capture_output=True).returncode:
+  if subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)],
+    capture_output=True,
+  ).returncode:
     pytest.skip('cannot mount a tmpfs here')
   try:
-    rc, _, err = cli_run(f'--workdir={mount}/w', '--config.train_examples=512',
-                         '--config.num_epochs=2')
+    rc, _, err = cli_run(
+      f'--workdir={mount}/w',
+      '--config.train_examples=512',
+      '--config.num_epochs=2',
+    )
   finally:
     subprocess.run(['umount', str(mount)], check=False)
   assert rc == 2
