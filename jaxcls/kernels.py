@@ -67,9 +67,12 @@ def _shifted_forward(
   acc = None
   for dy in range(kh):
     for dx in range(kw):
-      window = xp[:, dy : dy + out_h, dx : dx + out_w, :]
+      # lax slices, not indexing: with a symbolic batch (jax.export) indexing
+      # becomes a gather, which the TFLite converter cannot take.
+      window = lax.slice_in_dim(xp, dy, dy + out_h, axis=1)
+      window = lax.slice_in_dim(window, dx, dx + out_w, axis=2)
       for c in range(c_in):
-        term = window[..., c : c + 1] * k[dy, dx, c]
+        term = lax.slice_in_dim(window, c, c + 1, axis=3) * k[dy, dx, c]
         acc = term if acc is None else acc + term
   return acc.astype(x.dtype)
 

@@ -383,3 +383,27 @@ def test_readme_snippets_run_without_jaxcls(tmp_path, cnn_export, fmt):
   )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith('(5, 10)'), proc.stdout
+
+
+def test_the_tflite_converter_takes_the_saved_model(cnn_export):
+  """TFLite is a named target of the SavedModel: it converts, and the
+  converted model gives the same probabilities at a new batch size."""
+  import tensorflow as tf
+
+  _, _, folder, _ = cnn_export
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+    os.path.join(folder, export.SAVED_MODEL_DIR)
+  )
+  interpreter = tf.lite.Interpreter(model_content=converter.convert())
+  images = random_images(3, seed=5)
+  index = interpreter.get_input_details()[0]['index']
+  interpreter.resize_tensor_input(index, images.shape)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(index, images)
+  interpreter.invoke()
+  outputs = [
+    interpreter.get_tensor(d['index'])
+    for d in interpreter.get_output_details()
+  ]
+  expected = run_tf(folder, images)['probabilities']
+  assert any(np.abs(o - expected).max() < 1e-5 for o in outputs)
