@@ -402,8 +402,7 @@ def test_the_tflite_converter_takes_the_saved_model(cnn_export):
   interpreter.set_tensor(index, images)
   interpreter.invoke()
   outputs = [
-    interpreter.get_tensor(d['index'])
-    for d in interpreter.get_output_details()
+    interpreter.get_tensor(d['index']) for d in interpreter.get_output_details()
   ]
   expected = run_tf(folder, images)['probabilities']
   assert any(np.abs(o - expected).max() < 1e-5 for o in outputs)
