@@ -40,6 +40,7 @@ def final_params(config, workdir):
     model,
     optim.create_optimizer(config, 1),
     spec.image_shape,
+    ema=config.ema_decay > 0,
   )
   manager = checkpoint.make_manager(workdir, 'latest')
   state, _ = checkpoint.restore(manager, state, config_lib.fingerprint(config))

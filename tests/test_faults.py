@@ -1,5 +1,6 @@
 """Never lose work: kills, signals, interrupted saves, NaNs and bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -118,6 +119,31 @@ def test_sigkill_twice_then_resume_is_bit_identical(reference, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
   assert finish(start(tmp_path)) == reference
+
+
+# A ResNet with BatchNorm, an EMA, mixup and label smoothing: every piece of
+# state and randomness that the train step gained for issue 16.
+RESNET = [
+  '--config.model=resnet',
+  '--config.resnet_depth=8',
+  '--config.ema_decay=0.99',
+  '--config.mixup_alpha=0.2',
+  '--config.label_smoothing=0.1',
+  '--config.augment=crop_flip',
+  '--config.train_examples=1024',
+]
+
+
+def test_sigkill_with_batchnorm_and_ema_resumes_bit_identically(tmp_path):
+  reference = finish(start(tmp_path / 'ref', *RESNET))
+  with open(tmp_path / 'ref' / 'results.json') as f:
+    assert json.load(f)['test_accuracy'] > 0.3  # A short real run: 3x chance.
+  proc = start(tmp_path / 'run', *RESNET)
+  wait_for_checkpoint(proc, tmp_path / 'run', 8)
+  proc.kill()
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert finish(start(tmp_path / 'run', *RESNET)) == reference
 
 
 @pytest.mark.parametrize(
