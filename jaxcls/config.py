@@ -153,24 +153,22 @@ def matches(config, meta: dict) -> bool:
 
 
 def _validate_image_folder(config) -> None:
-  """The fields of dataset 'image_folder' (absent fields default)."""
+  """The fields of dataset 'image_folder'."""
   is_folder = config.dataset == data.IMAGE_FOLDER
-  if is_folder and not config.get('manual_dir'):
+  if is_folder and not config.manual_dir:
     raise ValueError(
       "dataset 'image_folder' needs --config.manual_dir=PATH, "
       'a folder with one subfolder of images per class'
     )
-  if config.get('channels', 0) not in (0, 1, 3):
+  if config.channels not in (0, 1, 3):
     raise ValueError(
       f'channels must be 1, 3 or 0 (from the data), got {config.channels!r}'
     )
-  if config.get('image_size', 0) < 0 or 0 < config.get('image_size', 0) < 4:
+  if config.image_size < 0 or 0 < config.image_size < 4:
     raise ValueError(
       f'image_size must be >= 4 or 0 (from the data), got {config.image_size!r}'
     )
-  if not is_folder and (
-    config.get('image_size', 0) or config.get('channels', 0)
-  ):
+  if not is_folder and (config.image_size or config.channels):
     raise ValueError(
       f'image_size and channels apply to dataset '
       f"'image_folder' only; {config.dataset} images are "

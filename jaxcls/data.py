@@ -150,17 +150,15 @@ def source_args(config) -> dict:
   """The config fields that say where a dataset's files are and how to shape
   them, as keyword arguments of :func:`get_builder` and :func:`load`."""
   return {
-    'manual_dir': config.get('manual_dir'),
-    'image_size': config.get('image_size', 0),
-    'channels': config.get('channels', 0),
+    'manual_dir': config.manual_dir,
+    'image_size': config.image_size,
+    'channels': config.channels,
   }
 
 
 def builder_for(config):
   """The prepared TFDS builder of ``config.dataset`` (see get_builder)."""
-  return get_builder(
-    config.dataset, config.get('data_dir'), **source_args(config)
-  )
+  return get_builder(config.dataset, config.data_dir, **source_args(config))
 
 
 def dataset_spec(config) -> DatasetSpec:

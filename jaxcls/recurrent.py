@@ -596,13 +596,13 @@ def build_classifier(config, num_classes: int) -> RecurrentClassifier:
   return RecurrentClassifier(
     cell=config.model,
     num_classes=num_classes,
-    hidden_size=config.get('hidden_size', 128),
-    num_layers=config.get('num_layers', 1),
-    bidirectional=config.get('bidirectional', False),
-    readout=config.get('readout', 'last'),
-    dropout_rate=config.get('dropout_rate', 0.0),
-    forget_bias=config.get('forget_bias', 1.0),
-    dtype=jnp.dtype(config.get('compute_dtype', 'float32')),
+    hidden_size=config.hidden_size,
+    num_layers=config.num_layers,
+    bidirectional=config.bidirectional,
+    readout=config.readout,
+    dropout_rate=config.dropout_rate,
+    forget_bias=config.forget_bias,
+    dtype=jnp.dtype(config.compute_dtype),
   )
 
 
