@@ -66,6 +66,14 @@ def resolve_mode(mode: str, backend: str | None = None) -> str:
   return 'loop' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
 
 
+def _nesterov(learning_rate, weight_decay, momentum):
+  """``optim``'s 'nesterov' chain with its numbers as arguments."""
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay, mask=optim.decay_mask),
+    optax.sgd(learning_rate, momentum=momentum, nesterov=True),
+  )
+
+
 def population_optimizer(
   config, steps_per_epoch: int
 ) -> optax.GradientTransformation:
@@ -83,6 +91,12 @@ def population_optimizer(
   elif name == 'momentum':
     opt = optax.inject_hyperparams(optax.sgd, static_args=('nesterov',))(
       learning_rate=1.0, momentum=config.momentum, nesterov=False
+    )
+  elif name == 'nesterov':
+    opt = optax.inject_hyperparams(_nesterov, static_args=('momentum',))(
+      learning_rate=1.0,
+      weight_decay=config.weight_decay,
+      momentum=config.momentum,
     )
   elif name == 'adam':
     opt = optax.inject_hyperparams(optax.adam)(
