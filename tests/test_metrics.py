@@ -135,6 +135,7 @@ def test_epoch_records_keep_last_of_each_epoch():
   ]
 
 
+@pytest.mark.slow
 def test_training_writes_epoch_and_step_records():
   workdir, results = trained_workdir()
   records = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))

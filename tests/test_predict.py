@@ -243,6 +243,7 @@ def test_top_k_matches_argsort():
   ]
 
 
+@pytest.mark.slow
 def test_predictions_match_the_model(tmp_path, test_images):
   workdir, _ = trained_workdir()
   images, _ = test_images
@@ -279,6 +280,7 @@ def run_cli(*args):
   )
 
 
+@pytest.mark.slow
 def test_cli_prints_top_k_and_rejects_bad_files(tmp_path, test_images):
   workdir, _ = trained_workdir()
   good = str(tmp_path / 'good.jpg')
@@ -298,6 +300,7 @@ def test_cli_prints_top_k_and_rejects_bad_files(tmp_path, test_images):
   assert proc.stderr.strip().splitlines()[-1].startswith(f'error: {bad}: ')
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_huge_png_in_one_line(huge_png):
   workdir, _ = trained_workdir()
   proc = run_cli(f'--workdir={workdir}', huge_png)

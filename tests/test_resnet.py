@@ -56,6 +56,7 @@ def test_projection_shortcut_adds_two_1x1_convs_with_bn():
   assert extra == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3)])
 def test_output_shapes_and_resolution(shape):
   model = resnet.ResNet(depth=20, num_classes=10)
