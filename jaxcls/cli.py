@@ -16,6 +16,7 @@ status 2 (130 for Ctrl-C); they never print a traceback.
 import difflib
 import os
 import sys
+import threading
 from typing import NoReturn
 
 from absl import app, flags, logging
@@ -66,16 +67,68 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f'{e}; see --help')
 
 
+class _DropClosedLoopTracebacks:
+  """stderr, less the tracebacks of 'Event loop is closed' from background
+  threads.
+
+  When an Orbax save fails (a full disk), TensorStore's writes still in
+  flight call back into the save's asyncio loop after it has closed, and
+  Python prints each such callback's traceback from a native thread. They
+  say nothing the one error line does not. Lines are assembled per thread
+  (the threads' writes interleave); from threads other than the main one,
+  exactly the lines of that traceback are dropped, and all else passes.
+  """
+
+  _NOISE = (
+    'Traceback (most recent call last):',
+    "raise RuntimeError('Event loop is closed')",
+    'RuntimeError: Event loop is closed',
+    'self._check_closed()',
+  )
+
+  def __init__(self, stream):
+    self._stream, self._pending = stream, {}
+
+  def write(self, text: str) -> int:
+    thread = threading.get_ident()
+    pending = self._pending.get(thread, '') + text
+    *lines, self._pending[thread] = pending.split('\n')
+    for line in lines:
+      if thread == threading.main_thread().ident or not self._noise(line):
+        self._stream.write(line + '\n')
+    return len(text)
+
+  def _noise(self, line: str) -> bool:
+    line = line.strip()
+    return line in self._NOISE or (
+      line.startswith('File ') and 'asyncio/base_events.py' in line
+    )
+
+  def flush(self) -> None:
+    text = self._pending.pop(threading.main_thread().ident, '')
+    if text:
+      self._stream.write(text)
+    self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
 def app_run(main) -> None:
   """``absl.app.run(main)`` with :func:`parse_flags` and quiet logs."""
   quiet_logs()
+  sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
 
   def guarded(argv):
     try:
       call(main, argv)
     except SystemExit as e:
       if e.code not in (0, None):
+        # Every save the exit depends on has finished (a signal's exit waits
+        # for its checkpoint); a failed run's background threads may still
+        # hold the interpreter open, so leave without waiting for them.
         _silence_stderr()
+        os._exit(e.code if isinstance(e.code, int) else 1)
       raise
 
   app.run(guarded, flags_parser=parse_flags)
@@ -123,7 +176,16 @@ def train(config, workdir: str, eval_only: bool = False) -> dict:
   data.builder_for(config)
   from jaxcls import train as train_lib
 
-  return train_lib.train_and_evaluate(config, workdir, eval_only=eval_only)
+  try:
+    return train_lib.train_and_evaluate(config, workdir, eval_only=eval_only)
+  except OSError as e:
+    if e.filename:  # Its message names the file already.
+      raise
+    raise OSError(
+      f'{e.strerror or e} while writing to {workdir}; free disk space or '
+      'fix the folder, then run the same command to resume from the last '
+      'saved checkpoint'
+    ) from None
 
 
 def run(get_config, name: str, main=None) -> None:

@@ -326,7 +326,10 @@ def test_a_full_disk_is_one_line_from_the_command_line(tmp_path):
     subprocess.run(['umount', str(mount)], check=False)
   assert rc == 2
   line = one_error_line(err)
-  assert 'could not save a checkpoint' in line and str(mount) in line
+  # The save's own error, or the OS error of another write: both name the
+  # folder, and nothing else is printed (no tracebacks of Orbax's threads).
+  assert str(mount) in line
+  assert 'could not save a checkpoint' in line or 'No space left' in line
 
 
 def test_results_of_an_earlier_run_are_kept_when_merging(tmp_path):
