@@ -440,7 +440,9 @@ def train_loop(run: Run) -> dict:
       if itstime(step, config.log_every_steps, n):
         window = {
           k: v[-config.log_every_steps :]
-          for k, v in guards.per_step(epoch_metrics).items()
+          for k, v in guards.per_step(
+            epoch_metrics[-config.log_every_steps :]  # calls >= steps: enough
+          ).items()
         }
         writer.write_scalars(
           step, metrics_lib.window_scalars(window, step / spe)
