@@ -1,8 +1,24 @@
 """Shared test set-up: quiet TensorFlow, tiny configs, the mock-data switch."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+# One persistent XLA compilation cache for the whole session: the xdist
+# workers and every subprocess a test starts (they inherit the environment)
+# compile the same tiny programs again and again, and a cache hit returns
+# the same executable, so results stay bit for bit. Made by whichever
+# process sets it first (the xdist controller), removed when that exits.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='jaxcls_test_xla_cache_')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  # Cache every program, not only those that took a second to compile.
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import pytest  # noqa: E402
 

@@ -40,7 +40,7 @@ def plain_loop(state, split, order, batch_size, steps, rng):
   return state, {k: sum(m[k] for m in totals) for k in totals[0]}
 
 
-@pytest.mark.parametrize('k', [1, 3])
+@pytest.mark.parametrize('k', [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_device_feed_matches_the_plain_loop_bit_for_bit(k):
   split, rng = host_split(), jax.random.key(7)
   order = data.epoch_permutation(0, 0, len(split))

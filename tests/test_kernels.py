@@ -1,5 +1,7 @@
 """The small-channel convolution path (jaxcls.kernels) against lax's."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,12 +27,13 @@ def _inputs(shape, kernel_shape, dtype=jnp.float32, seed=0):
   return x, kernel, kg
 
 
-CASES = [  # (input shape, kernel shape, padding)
+# (input shape, kernel shape, padding); the fast tier runs the first two.
+CASES = [
   ((4, 28, 28, 1), (3, 3, 1, 16), 'SAME'),  # the CNN's first convolution
-  ((3, 32, 32, 3), (3, 3, 3, 16), 'SAME'),  # CIFAR-10's first
-  ((2, 9, 7, 16), (3, 3, 16, 8), 'VALID'),
   ((2, 8, 8, 4), (5, 3, 4, 6), ((2, 1), (0, 3))),  # uneven explicit pads
-  ((5, 6, 6, 2), (1, 1, 2, 16), 'SAME'),
+  pytest.param((3, 32, 32, 3), (3, 3, 3, 16), 'SAME', marks=pytest.mark.slow),
+  pytest.param((2, 9, 7, 16), (3, 3, 16, 8), 'VALID', marks=pytest.mark.slow),
+  pytest.param((5, 6, 6, 2), (1, 1, 2, 16), 'SAME', marks=pytest.mark.slow),
 ]
 
 
@@ -40,15 +43,22 @@ def test_shifted_conv_matches_lax_values_and_both_gradients(
 ):
   x, kernel, kg = _inputs(shape, kernel_shape)
   pads = kernels._explicit_padding(padding, shape[1:3], kernel_shape[:2])
-  want = _reference(x, kernel, padding)
-  got = kernels.shifted_conv(x, kernel, pads)
+  reference = functools.partial(_reference, padding=padding)
+  shifted = functools.partial(kernels.shifted_conv, pads=pads)
+  want = jax.jit(reference)(x, kernel)
+  # Jitted, as the models run it (and one compile instead of one per op).
+  got = jax.jit(shifted)(x, kernel)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # A random cotangent, so every output position weighs differently.
   g = jax.random.normal(kg, want.shape)
-  _, vjp_want = jax.vjp(lambda a, b: _reference(a, b, padding), x, kernel)
-  _, vjp_got = jax.vjp(lambda a, b: kernels.shifted_conv(a, b, pads), x, kernel)
-  for got_grad, want_grad in zip(vjp_got(g), vjp_want(g)):
+
+  def both_gradients(conv, a, b):
+    return jax.vjp(conv, a, b)[1](g)
+
+  vjp_want = jax.jit(functools.partial(both_gradients, reference))(x, kernel)
+  vjp_got = jax.jit(functools.partial(both_gradients, shifted))(x, kernel)
+  for got_grad, want_grad in zip(vjp_got, vjp_want):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-4)
 
 
@@ -120,6 +130,7 @@ def test_dispatch_only_where_it_applies():
   np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow  # The CNN gradient test below covers the fast tier.
 def test_conv_module_is_a_drop_in_for_nn_conv():
   x = jax.random.normal(jax.random.key(1), (2, 10, 10, 3))
 

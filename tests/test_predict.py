@@ -262,6 +262,7 @@ def test_predictions_match_the_model(tmp_path, test_images):
     )
 
 
+@pytest.mark.slow  # Reads the shared trained workdir (a training run).
 def test_top_k_out_of_range_is_refused(tmp_path):
   workdir, _ = trained_workdir()
   path = str(tmp_path / 'x.png')

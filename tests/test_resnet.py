@@ -1,5 +1,7 @@
 """ResNet and BatchNorm: statistics in train and eval, sizes, registry."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,8 +109,9 @@ def test_batch_stats_update_in_training(name):
   config.update({'model': name, 'resnet_depth': 8, 'batchnorm': True})
   model = models.create_model(config, 10)
   x = images(1) + 0.5
-  variables = model.init(jax.random.key(0), x)
-  _, updated = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  apply = functools.partial(model.apply, train=True, mutable=['batch_stats'])
+  _, updated = jax.jit(apply)(variables, x)
   stem, bn = (
     ('conv_init', 'bn_init') if name == 'resnet' else ('Conv_0', 'BatchNorm_0')
   )
@@ -136,26 +139,30 @@ def test_batch_stats_update_in_training(name):
 def test_eval_uses_running_averages_and_ignores_the_batch():
   model = resnet.ResNet(depth=8)
   x = images(2)
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  # Jitted applies: one compile each instead of one per operation.
+  train_apply = jax.jit(
+    functools.partial(model.apply, train=True, mutable=['batch_stats'])
+  )
+  eval_apply = jax.jit(model.apply)
   # Some training steps so that the running averages are not the initial
   # 0 and 1.
   for seed in range(3):
-    _, updated = model.apply(
-      variables, images(10 + seed) * 3 + 1, train=True, mutable=['batch_stats']
-    )
+    _, updated = train_apply(variables, images(10 + seed) * 3 + 1)
     variables = {**variables, **updated}
   other = jnp.concatenate([x[:1], images(3)[1:] * 10 - 5])
-  eval_a = model.apply(variables, x)
-  eval_b = model.apply(variables, other)
+  eval_a = eval_apply(variables, x)
+  eval_b = eval_apply(variables, other)
   np.testing.assert_allclose(eval_a[0], eval_b[0], rtol=1e-5, atol=1e-6)
   # In training mode the same example's output does depend on its batch...
-  train_a, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
-  train_b, _ = model.apply(
-    variables, other, train=True, mutable=['batch_stats']
-  )
+  train_a, _ = train_apply(variables, x)
+  train_b, _ = train_apply(variables, other)
   assert not np.allclose(train_a[0], train_b[0], rtol=1e-3)
   # ... and eval mode leaves the statistics as they are.
-  _, frozen = model.apply(variables, x, train=False, mutable=['batch_stats'])
+  frozen_apply = functools.partial(
+    model.apply, train=False, mutable=['batch_stats']
+  )
+  _, frozen = jax.jit(frozen_apply)(variables, x)
   jax.tree.map(
     np.testing.assert_array_equal,
     frozen['batch_stats'],
@@ -163,6 +170,7 @@ def test_eval_uses_running_averages_and_ignores_the_batch():
   )
 
 
+@pytest.mark.slow  # An option of the model; compiles a ResNet twice.
 def test_zero_init_residual_makes_blocks_start_as_identity():
   model = resnet.ResNet(depth=8, zero_init_residual=True)
   x = images(4)
