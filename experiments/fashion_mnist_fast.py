@@ -7,16 +7,24 @@ changes, after the fastest public MNIST runs (tuomaso/train_mnist_fast;
 airbench for the last three):
 
 - the training split stays on the device (jaxcls/feed.py);
-- batch 256, Adam with betas (0.7, 0.9), a one-cycle schedule peaking at
-  0.01 (``lr_schedule='onecycle'``);
+- batch 128, Adam with betas (0.7, 0.9), a one-cycle schedule peaking at
+  0.01 after 0.9 epochs (``lr_schedule='onecycle'``), 3 epochs;
 - no dropout;
 - label smoothing 0.1, random horizontal flips, and flip test-time
   augmentation for validation and test (a shoe mirrored is still a shoe).
 
+Batch 128, not the 256 of the MNIST recipe: on this 2-core CPU a batch of
+256 trained at 10 s per epoch and 128 at 6-7 s (the activations of 128
+images stay in cache), and 3 epochs of 128 score higher than 3 of 256.
+
 The time that counts is ``train_seconds + compile_seconds`` in
 ``results.json``; model selection is unchanged (validation picks the epoch,
-test is scored once). Measured on the 2-core CPU: 92.50% test (best epoch
-8) in 68.6 s of training plus 1.2 s of compiling, 1 min 29 s wall.
+test is scored once). Measured on the idle 2-core CPU: 91.49% test (best
+epoch 3) in 18.5 s of training plus 1.1 s of compiling. For comparison
+(`/tmp` runs of this file with flags, same session): 3 epochs at batch 256
+gave 91.21% in 30.3 + 1.1 s, at batch 64 90.85% in 21.2 + 1.5 s; 2 epochs
+at 128 90.91% in 15.2 + 1.5 s; 4 epochs at 128 91.62% in 29.6 + 1.3 s; the
+old 8-epoch batch-256 preset 92.50% in 68.6 + 1.2 s.
 """
 
 from experiments import fashion_mnist
@@ -25,13 +33,13 @@ from jaxcls import cli
 
 def get_config():
   c = fashion_mnist.get_config()
-  c.num_epochs = 8
-  c.batch_size = 256
+  c.num_epochs = 3
+  c.batch_size = 128
   c.optimizer = 'adam'
   c.learning_rate = 0.01
   c.b1, c.b2 = 0.7, 0.9
   c.lr_schedule = 'onecycle'
-  c.warmup_epochs = 2.0
+  c.warmup_epochs = 0.9
   c.dropout_rate = 0.0
   c.label_smoothing = 0.1
   c.augment = 'flip'
