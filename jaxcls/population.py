@@ -298,14 +298,12 @@ def make_population_steps(
     image_shape=ds.spec.image_shape,
     ema=config.ema_decay > 0,
   )
-  step = functools.partial(
-    train.train_step, **train.step_options(config, ds.spec)
-  )
+  step, eval_step = train.configured_steps(config, ds.spec)
   mesh = parallel.make_mesh()
   if mode == 'vmap':
     init = jax.jit(jax.vmap(one))
     make_feed = lambda: feed_lib.DeviceFeed(vmapped(step), ds.train, mesh)
-    evaluate = jax.jit(jax.vmap(train.eval_step, in_axes=(0, None)))
+    evaluate = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
   else:
     init_one = jax.jit(one)
 
@@ -313,12 +311,12 @@ def make_population_steps(
       pairs = [init_one(*v) for v in zip(seeds, lrs, wds)]
       return tuple(s for s, _ in pairs), [k for _, k in pairs]
 
-    eval_one = jax.jit(train.eval_step)
+    eval_one = jax.jit(eval_step)
     if mode == 'unrolled':
       make_feed = lambda: feed_lib.DeviceFeed(unrolled(step), ds.train, mesh)
       evaluate = jax.jit(
         lambda states, batch: _stack_members(
-          [train.eval_step(s, batch) for s in states]
+          [eval_step(s, batch) for s in states]
         )
       )
     else:

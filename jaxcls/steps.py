@@ -269,6 +269,11 @@ def eval_step(
   }
 
 
+def eval_options(config) -> dict:
+  """The keyword arguments of :func:`eval_step` that ``config`` sets."""
+  return dict(flip_tta=config.flip_tta)
+
+
 def step_options(config, spec: data.DatasetSpec) -> dict:
   """The keyword arguments of :func:`train_step` that ``config`` sets.
 

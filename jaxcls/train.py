@@ -29,6 +29,7 @@ from jaxcls.steps import (
   check_batch,
   create_train_state,
   cross_entropy,
+  eval_options,
   eval_step,
   model_variables,
   step_options,
@@ -99,15 +100,21 @@ def evaluate(
   }
 
 
+def configured_steps(config, spec: data.DatasetSpec):
+  """``(train_step, eval_step)`` with every option ``config`` sets: the
+  regularisers and augmentation (:func:`step_options`) and flip TTA."""
+  return (
+    functools.partial(train_step, **step_options(config, spec)),
+    functools.partial(eval_step, **eval_options(config)),
+  )
+
+
 def make_steps(config, mesh, spec: data.DatasetSpec) -> parallel.Steps:
   """The train/eval steps for ``config``, compiled for ``config.parallel``."""
-  spec = data.dataset_spec(config)
-  step = functools.partial(
-    train_step, augment=spec.augment, l1=config.l1, l2=config.l2
-  )
+  step, evaluate = configured_steps(config, spec)
   if config.parallel == 'pmap':
-    return parallel.pmap_steps(step, eval_step)
-  return parallel.jit_steps(step, eval_step, mesh)
+    return parallel.pmap_steps(step, evaluate)
+  return parallel.jit_steps(step, evaluate, mesh)
 
 
 def _log(*args):
@@ -368,7 +375,7 @@ def end_of_epoch(
 
 def make_feed(run: Run, rng):
   """The device or host feed for ``run`` (see jaxcls.feed)."""
-  step = functools.partial(train_step, **step_options(run.config, run.ds.spec))
+  step, _ = configured_steps(run.config, run.ds.spec)
   if feed_lib.use_device_data(run.config):
     return feed_lib.DeviceFeed(step, run.ds.train, run.steps.mesh)
   return feed_lib.HostFeed(run.steps, run.ds.train)

@@ -98,16 +98,24 @@ def test_k_steps_per_call_and_both_feeds_train_the_same_bits(tmp_path):
     ('k4', dict(steps_per_call=4)),
     ('host', dict(device_data='off')),
   ]:
+    # Every step option on, so a feed that dropped one (the host feed once
+    # ignored smoothing, mixup, the EMA and the config's augmentation)
+    # trains other bits or scores another test accuracy.
     config = tiny_config(
       num_epochs=2,
       train_examples=640,
       dropout_rate=0.3,
       checkpoint_every_steps=3,
+      augment='crop_flip',
+      crop_padding=2,
+      label_smoothing=0.1,
+      mixup_alpha=0.2,
+      ema_decay=0.9,
+      flip_tta=True,
       **overrides,
     )
-    hashes.add(
-      train.train_and_evaluate(config, str(tmp_path / name))['params_sha256']
-    )
+    results = train.train_and_evaluate(config, str(tmp_path / name))
+    hashes.add((results['params_sha256'], results['test_accuracy']))
   assert len(hashes) == 1
 
 

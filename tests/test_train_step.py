@@ -7,7 +7,7 @@ import numpy as np
 import optax
 
 from jaxcls import config as config_lib
-from jaxcls import models, optim, train
+from jaxcls import data, models, optim, parallel, train
 
 
 def make_state(dropout_rate=0.0, shape=(28, 28, 1)):
@@ -104,3 +104,18 @@ def test_params_sha256_depends_on_values_only():
   assert h == train.params_sha256(jax.device_get(state.params))
   bumped = jax.tree_util.tree_map(lambda p: p + 1e-7, state.params)
   assert train.params_sha256(bumped) != h
+
+
+def test_the_loops_eval_step_applies_the_configs_flip_tta():
+  """``--config.flip_tta`` reaches the compiled evaluation the loop runs."""
+  state, batch = make_state(), fixed_batch(16)
+  config = config_lib.get_config()
+  config.flip_tta = True
+  steps = train.make_steps(
+    config, parallel.make_mesh(jax.devices()[:1]), data.get_spec('mnist')
+  )
+  got = steps.evaluate(steps.place(state), steps.put_batch(batch))
+  tta = jax.jit(functools.partial(train.eval_step, flip_tta=True))
+  plain = jax.jit(train.eval_step)(state, batch)
+  np.testing.assert_allclose(got['loss'], tta(state, batch)['loss'], rtol=1e-6)
+  assert abs(float(got['loss']) - float(plain['loss'])) > 1e-4
