@@ -18,11 +18,12 @@ horizontal flip; label smoothing 0.1; an EMA of the weights (0.999) that is
 validated beside them and kept as the best model when better; flip test-time
 augmentation for validation and test.
 
-Measured on the 2-core CPU while other jobs shared it (load average 2-12):
-91.75% test accuracy (best validation 93.17%, epoch 14; the EMA scored
-91.78%), 1,841 s of training at 439 images/s, about 31 minutes wall. That
-misses the 93.5% this experiment aims at; on an idle machine the same run
-would take about 15 minutes of training.
+Measured on the idle 2-core CPU: 92.06% test accuracy (best validation
+93.32%, epoch 13, live weights; the EMA led from epoch 1 to 12), 878 s of
+training at 921 images/s (59 s per epoch), 17 min 9 s wall. That misses the
+93.5% this experiment aims at: 15 minutes buy about 15 epochs of ResNet-8,
+and every wider or deeper variant is 2-4x slower per image on this CPU
+(benchmarks/NOTES.md).
 """
 
 from experiments import fashion_mnist
