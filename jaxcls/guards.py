@@ -51,7 +51,15 @@ def check_finite(
   those steps (optax.apply_if_finite); only more than ``max_in_a_row`` in a
   row stops it.
   """
-  losses = per_step(metrics)['loss']
+  return _check_losses(
+    per_step(metrics)['loss'], first_step, latest, policy, max_in_a_row
+  )
+
+
+def _check_losses(
+  losses: np.ndarray, first_step: int, latest, policy: str, max_in_a_row: int
+) -> int:
+  """:func:`check_finite` on the per-step losses, already on the host."""
   bad = ~np.isfinite(losses)
   if not bad.any():
     return 0
@@ -116,8 +124,10 @@ def epoch_totals(
   policy, steps with a non-finite loss left the parameters unchanged, so they
   are left out of the sums too, and a line says how many there were.
   """
-  skipped = check_finite(metrics, first_step, latest, policy, max_in_a_row)
-  steps = per_step(metrics)
+  steps = per_step(metrics)  # One host fetch for the check and the sums.
+  skipped = _check_losses(
+    steps['loss'], first_step, latest, policy, max_in_a_row
+  )
   kept = np.isfinite(steps['loss'])
   if skipped:
     print(

@@ -587,12 +587,8 @@ class RecurrentClassifier(nn.Module):
 
 
 def build_classifier(config, num_classes: int) -> RecurrentClassifier:
-  """``models.MODELS`` builder: the cell is ``config.model``.
-
-  Recurrent fields missing from ``config`` (e.g. a CNN experiment's config
-  with ``--config.model=lstm``) take the defaults of
-  ``experiments/sequential_mnist.py``.
-  """
+  """``models.MODELS`` builder: the cell is ``config.model``, the rest
+  comes from the base config's recurrent fields (``hidden_size``, ...)."""
   return RecurrentClassifier(
     cell=config.model,
     num_classes=num_classes,

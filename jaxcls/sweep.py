@@ -183,9 +183,7 @@ def member_bytes(config, ds: data.Data, mode: str = 'auto') -> int:
     ),
     'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
   }
-  step = functools.partial(
-    train.train_step, **train.step_options(config, ds.spec)
-  )
+  step, _ = train.configured_steps(config, ds.spec)
   stats = (
     jax.jit(population.vmapped(step))
     .lower(states, batch, (keys, jnp.ones(1, bool)))

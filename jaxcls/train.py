@@ -338,12 +338,13 @@ def end_of_epoch(
   val = run.score(state, run.ds.val)
   candidate, weights, ema_note = state, 'live', ''
   if state.ema is not None:
-    ema_val = run.score(ema_as_state(state), run.ds.val)
+    ema_state = ema_as_state(state)
+    ema_val = run.score(ema_state, run.ds.val)
     ema_note = f' (EMA {ema_val["accuracy"]:.4f})'
     if ema_val['accuracy'] > val['accuracy']:
       ema_note = f' (EMA {ema_val["accuracy"]:.4f}, kept)'
       live_accuracy = val['accuracy']
-      val, candidate, weights = ema_val, ema_as_state(state), 'ema'
+      val, candidate, weights = ema_val, ema_state, 'ema'
       val['live_accuracy'] = live_accuracy
   if val['accuracy'] > progress.best_val_accuracy:
     progress.best_val_accuracy, progress.best_epoch = val['accuracy'], epoch
