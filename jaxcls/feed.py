@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcls import data
+from jaxcls import data, kernels
 
 # backend -> steps per compiled call on the device feed (benchmarks/NOTES.md).
 _STEPS_PER_CALL = {'cpu': 1, 'gpu': 32, 'tpu': 32}
@@ -130,6 +130,7 @@ class DeviceFeed:
         in_shardings=(self._repl, self._repl, self._rows_sharding, self._repl),
         out_shardings=(self._repl, self._repl),
         donate_argnums=0,
+        compiler_options=kernels.compiler_options(),
       )
       rows = jax.ShapeDtypeStruct(
         (n, batch_size), jnp.int32, sharding=self._rows_sharding

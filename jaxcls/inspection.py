@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcls import checkpoint, data, models, optim, train
+from jaxcls import checkpoint, data, kernels, models, optim, train
 from jaxcls import config as config_lib
 
 
@@ -120,7 +120,7 @@ def predict_all(
   state: train.TrainState, images: np.ndarray, batch_size: int = 1000
 ) -> np.ndarray:
   """``predict_probs`` over many images, in fixed-size (padded) batches."""
-  fn = jax.jit(predict_probs)
+  fn = jax.jit(predict_probs, compiler_options=kernels.compiler_options())
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]

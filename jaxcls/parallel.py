@@ -17,6 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxcls import kernels
+
 DATA_AXIS = 'data'
 
 
@@ -122,9 +124,13 @@ def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
     in_shardings=(repl, sharded, repl),
     out_shardings=(repl, repl),
     donate_argnums=0,
+    compiler_options=kernels.compiler_options(),
   )
   evaluate = jax.jit(
-    eval_step, in_shardings=(repl, sharded), out_shardings=repl
+    eval_step,
+    in_shardings=(repl, sharded),
+    out_shardings=repl,
+    compiler_options=kernels.compiler_options(),
   )
   return Steps(
     train,
@@ -139,7 +145,9 @@ def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
 def pmap_steps(train_step, eval_step) -> Steps:
   """``jax.pmap`` over the local devices, gradients averaged by pmean.
 
-  ``train_step`` must take ``axis_name`` (jaxcls.train.train_step does). The
+  ``train_step`` must take ``axis_name`` (jaxcls.train.train_step does).
+  ``jax.pmap`` takes no compiler options, so on XLA:CPU this path keeps
+  XLA's default convolution library (jaxcls.kernels.compiler_options). The
   state is replicated with a leading device axis; metrics come back summed
   over all devices (psum) and are read from device 0.
   """

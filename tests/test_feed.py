@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcls import config as config_lib
-from jaxcls import data, feed, guards, models, optim, parallel, train
+from jaxcls import data, feed, guards, kernels, models, optim, parallel, train
 
 
 def make_state(dropout_rate=0.1):
@@ -30,7 +30,9 @@ def host_split(n=320, seed=0):
 
 def plain_loop(state, split, order, batch_size, steps, rng):
   """The reference: one jitted train_step per host batch, as train.py does."""
-  step = jax.jit(train.train_step)
+  step = jax.jit(
+    train.train_step, compiler_options=kernels.compiler_options()
+  )  # As the loop compiles it.
   totals = []
   for i in range(steps):
     state, metrics = step(
@@ -138,6 +140,32 @@ def test_max_pool_gradient_matches_flax():
     jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), (2, 2))))(x),
     rtol=1e-6,
   )
+
+
+def _reference_max_pool(x):
+  """The plain reshape-and-max pooling whose autodiff the custom VJP keeps."""
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+@pytest.mark.parametrize('shape', [(3, 8, 8, 4), (2, 7, 9, 2)])
+def test_max_pool_2x2_splits_tied_gradients_as_autodiff_does(shape):
+  # Rounded values: many 2-, 3- and 4-way ties, as in uniform backgrounds.
+  x = jnp.round(jax.random.normal(jax.random.key(2), shape) * 2) / 2
+  g = jax.random.normal(jax.random.key(3), _reference_max_pool(x).shape)
+  np.testing.assert_array_equal(models.max_pool_2x2(x), _reference_max_pool(x))
+  _, vjp = jax.vjp(models.max_pool_2x2, x)
+  _, vjp_ref = jax.vjp(_reference_max_pool, x)
+  (dx,), (dx_ref,) = vjp(g), vjp_ref(g)
+  assert dx.shape == x.shape
+  b, h, w, c = shape
+  windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  y = _reference_max_pool(x)[:, :, None, :, None, :]
+  assert int(jnp.sum(jnp.sum(windows == y, axis=(2, 4)) > 1)) > 5  # ties
+  # g * (1/3) and g / 3 may differ in the last bit; everything else is exact.
+  np.testing.assert_allclose(dx, dx_ref, rtol=2e-7, atol=0)
+  np.testing.assert_array_equal(dx == 0, dx_ref == 0)
 
 
 def test_steps_per_call_defaults_per_backend():

@@ -186,3 +186,69 @@ def test_cnn_gradients_match_nn_conv_cnn():
   # The first convolution's kernel and bias gradients are not zero.
   assert float(jnp.abs(fast['Conv_0']['kernel']).max()) > 0
   assert float(jnp.abs(fast['Conv_0']['bias']).max()) > 0
+
+
+def _ynn_fused_convolutions(hlo: str) -> int:
+  """How many YNNPACK fusions of a compiled module contain a convolution."""
+  bodies = {}
+  for block in hlo.split('\n\n'):
+    header = block.lstrip().split(' ', 1)[0]
+    bodies[header.lstrip('%')] = block
+  count = 0
+  for line in hlo.splitlines():
+    if '"kind":"__ynn_fusion"' in line and 'calls=%' in line:
+      called = line.split('calls=%', 1)[1].split(',', 1)[0].split(' ', 1)[0]
+      count += ' convolution(' in bodies.get(called, '')
+  return count
+
+
+def test_compiler_options_send_convolutions_to_eigen_not_ynnpack():
+  # A 32-channel convolution and its gradients: YNNPACK-eligible by default.
+  x, kernel, _ = _inputs((8, 14, 14, 16), (3, 3, 16, 32))
+
+  def loss(x, kernel):
+    return jnp.sum(jnp.tanh(_reference(x, kernel, 'SAME')))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  options = kernels.compiler_options('cpu')
+  lowered = grad.lower(x, kernel)
+  default = lowered.compile()
+  tuned = lowered.compile(compiler_options=options)
+  assert _ynn_fused_convolutions(default.as_text()) > 0
+  assert _ynn_fused_convolutions(tuned.as_text()) == 0
+  for a, b in zip(default(x, kernel), tuned(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_compiler_options_per_backend_and_user_flags(monkeypatch):
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  assert kernels.compiler_options('cpu') == {
+    'xla_cpu_experimental_ynn_fusion_type': kernels.CPU_YNN_FUSION_TYPES
+  }
+  assert kernels.compiler_options('gpu') is None
+  assert kernels.compiler_options('tpu') is None
+  flags = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE'
+  monkeypatch.setenv('XLA_FLAGS', flags)
+  assert kernels.compiler_options('cpu') is None  # The user's flag wins.
+
+
+def test_the_loops_train_step_compiles_with_the_options():
+  from jaxcls import config as config_lib
+  from jaxcls import data, optim, parallel, train
+
+  config = config_lib.get_config()  # The article's CNN: conv 16 -> 32.
+  spec = data.DATASETS['fashion_mnist']
+  run_steps = train.make_steps(config, parallel.make_mesh(), spec)
+  model = models.create_model(config, 10)
+  tx = optim.create_optimizer(config, 100)
+  state = run_steps.place(
+    train.create_train_state(jax.random.key(0), model, tx, (28, 28, 1))
+  )
+  batch = run_steps.put_batch(
+    {
+      'image': np.zeros((64, 28, 28, 1), np.uint8),
+      'label': np.zeros((64,), np.int32),
+    }
+  )
+  hlo = run_steps.train.lower(state, batch, jax.random.key(1)).compile()
+  assert _ynn_fused_convolutions(hlo.as_text()) == 0
