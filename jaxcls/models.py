@@ -13,6 +13,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxcls import activations, kernels, resnet
 
@@ -37,14 +38,20 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   stores ``mask / count`` and the backward pass is one multiply, so the
   convolution stays a plain multithreaded one (benchmarks/NOTES.md, round 4).
   """
-  return _max_pool_2x2_fwd(x)[0]
+  # Without differentiation (evaluation, export) the plain reduction: the
+  # same values, and no slices that a symbolic batch size would make dynamic.
+  return jnp.max(_windows_2x2(x), axis=(2, 4))
 
 
 def _max_pool_2x2_fwd(x):
   windows = _windows_2x2(x)
-  # The four corners as elementwise maxima and sums (not reductions), so XLA
-  # emits one loop fusion instead of a YNNPACK reduction.
-  corners = [windows[:, :, i, :, j, :] for i in (0, 1) for j in (0, 1)]
+  # The four corners, combined by elementwise maxima and sums (not
+  # reductions), so XLA emits one loop fusion instead of a YNNPACK reduction.
+  corners = [
+    lax.index_in_dim(lax.index_in_dim(windows, i, 2, False), j, 3, False)
+    for i in (0, 1)
+    for j in (0, 1)
+  ]
   y = jnp.maximum(
     jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3])
   )
