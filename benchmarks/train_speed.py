@@ -175,7 +175,7 @@ class JaxRunner:
 
     import jaxcls  # Registers the recurrent models, when they exist.
     from jaxcls import config as config_lib
-    from jaxcls import data, feed, models, optim, parallel, train
+    from jaxcls import data, feed, kernels, models, optim, parallel, train
 
     del jaxcls
     self.jax, self.data, self.train = jax, data, train
@@ -208,12 +208,16 @@ class JaxRunner:
         data.Split(self.images, self.labels), order, 0, batch_size
       )
       self.step_fn = (
-        jax.jit(step, donate_argnums=0)
+        jax.jit(
+          step, donate_argnums=0, compiler_options=kernels.compiler_options()
+        )
         .lower(self.state, batch, self.rng)
         .compile()
       )
     self.compile_seconds = time.perf_counter() - start
-    self.eval_fn = jax.jit(train.eval_step)
+    self.eval_fn = jax.jit(
+      train.eval_step, compiler_options=kernels.compiler_options()
+    )
 
   def train_epoch(self, order):
     jax = self.jax

@@ -14,19 +14,19 @@ airbench for the last three):
   augmentation for validation and test (a shoe mirrored is still a shoe).
 
 Batch 128, not the 256 of the MNIST recipe: on this 2-core CPU a batch of
-256 trained at 10 s per epoch and 128 at 6-7 s (the activations of 128
-images stay in cache), and 3 epochs of 128 score higher than 3 of 256.
+256 trained at 10 s per epoch and 128 at 6-7 s (round 3, before the
+convolutions moved to Eigen), and 3 epochs of 128 score higher than 3 of
+256.
 
 The time that counts is ``train_seconds + compile_seconds`` in
 ``results.json``; model selection is unchanged (validation picks the epoch,
-test is scored once). Measured on the idle 2-core CPU: 91.80% test (best
-epoch 3, validation 92.70%) in 18.5 s of training plus 1.0 s of compiling.
-For comparison (runs of this file with flags, same session, scored before
-``flip_tta`` reached the loop's evaluation, so without it; this preset
-scored 91.49% that way): 3 epochs at batch 256 gave 91.21% in 30.3 + 1.1 s,
-at batch 64 90.85% in 21.2 + 1.5 s; 2 epochs at 128 90.91% in 15.2 + 1.5 s;
-4 epochs at 128 91.62% in 29.6 + 1.3 s; the old 8-epoch batch-256 preset
-92.50% in 68.6 + 1.2 s.
+test is scored once). Measured on the idle 2-core CPU: 91.64% test (best
+epoch 3, validation 92.50%) in 13.3 s of training plus 1.2 s of compiling.
+The old 8-epoch preset (``--config.num_epochs=8 --config.batch_size=256
+--config.warmup_epochs=2``) gives 92.67% in 58.9 + 1.1 s. Round 3's
+comparisons (before flip TTA reached the loop's evaluation, and with
+YNNPACK convolutions): 3 epochs at batch 256 gave 91.21%, at batch 64
+90.85%; 2 epochs at 128 90.91%; 4 epochs at 128 91.62%.
 """
 
 from experiments import fashion_mnist
