@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.resnet_width = 1.0  # multiplies the 16/32/64 channels of the stages
   c.resnet_shortcut = 'pad'  # option A ('pad') or B ('projection')
   c.resnet_zero_init_residual = False  # last BN scale of each block at 0
+  c.resnet_stem_pool = False  # 2x2 max pool after the stem (stages at 1/2 size)
   # Regularisers (jaxcls/techniques.py); every one is off at its default.
   c.augment = 'auto'  # auto (the dataset's), none, flip, crop_flip
   c.crop_padding = 4  # crop_flip: zero padding before the random crop

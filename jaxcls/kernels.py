@@ -40,6 +40,10 @@ A function you jit yourself gets them the same way::
 
 Setting ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` yourself
 overrides them (then :func:`compiler_options` returns None).
+
+**Max pooling.** :func:`max_pool_2x2` is 2x2 max pooling whose forward pass
+prepares autodiff's own gradient, so the backward pass is one multiply and
+does not pull the preceding convolution into a single-threaded fusion.
 """
 
 import functools
@@ -55,6 +59,10 @@ from jax import lax
 # under XLA's defaults (ynn_support.cc: IsConvolutionOpSupportedByYnn), and to
 # Eigen under compiler_options() (the CNN step was 3-7x slower with 32).
 MAX_SHIFTED_CHANNELS = 16
+# Up to this many terms per output (kh * kw * C_in: a 3x3 stem on grey or RGB
+# images) the shifted form wins whatever C_out is: a 1 -> 32 stem at 28x28,
+# batch 128, forward + weight gradient 5.2 ms against Eigen's 8.1.
+MAX_SHIFTED_TERMS = 27
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -181,8 +189,9 @@ def use_shifted(
   """Whether :func:`conv_general_dilated` takes the shifted path.
 
   Only on XLA:CPU (elsewhere cuDNN or the TPU's convolution units win), and
-  only for plain 2-D stride-1 NHWC/HWIO convolutions small enough to miss
-  YNNPACK: ``max(C_in, C_out) <= MAX_SHIFTED_CHANNELS``.
+  only for plain 2-D stride-1 NHWC/HWIO convolutions that are small:
+  ``max(C_in, C_out) <= MAX_SHIFTED_CHANNELS``, or few terms per output
+  (``kh * kw * C_in <= MAX_SHIFTED_TERMS``, a stem on grey or RGB images).
   """
   if (backend or jax.default_backend()) != 'cpu':
     return False
@@ -195,7 +204,11 @@ def use_shifted(
     or feature_group_count != 1
   ):
     return False
-  return max(rhs_shape[2], rhs_shape[3]) <= MAX_SHIFTED_CHANNELS
+  kh, kw, c_in, c_out = rhs_shape
+  return (
+    max(c_in, c_out) <= MAX_SHIFTED_CHANNELS
+    or kh * kw * c_in <= MAX_SHIFTED_TERMS
+  )
 
 
 def conv_general_dilated(
@@ -258,12 +271,68 @@ class Conv(nn.Conv):
   conv_general_dilated: Callable | None = conv_general_dilated
 
 
+def _windows_2x2(x: jax.Array) -> jax.Array:
+  """``(B, H, W, C)`` as ``(B, H//2, 2, W//2, 2, C)``, odd edges dropped."""
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling, stride 2, with autodiff's gradient computed up front.
+
+  The value and the gradient are those of ``jnp.max`` over each window
+  (a tie splits the gradient equally, as jax does). Autodiff forms the
+  gradient in the backward pass as ``g / count * mask``; XLA:CPU then fuses
+  that division, with the count's reduction, into the preceding layer's
+  input-gradient convolution or matmul, and runs the fused region on
+  single-threaded YNNPACK (1.2 ms of a 5.4 ms CNN step). Here the forward pass
+  stores ``mask / count`` and the backward pass is one multiply, so the
+  convolution stays a plain multithreaded one (benchmarks/NOTES.md, round 4).
+  """
+  # Without differentiation (evaluation, export) the plain reduction: the
+  # same values, and no slices that a symbolic batch size would make dynamic.
+  return jnp.max(_windows_2x2(x), axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x):
+  windows = _windows_2x2(x)
+  # The four corners, combined by elementwise maxima and sums (not
+  # reductions), so XLA emits one loop fusion instead of a YNNPACK reduction.
+  corners = [
+    lax.index_in_dim(lax.index_in_dim(windows, i, 2, False), j, 3, False)
+    for i in (0, 1)
+    for j in (0, 1)
+  ]
+  y = jnp.maximum(
+    jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3])
+  )
+  hits = [(c == y).astype(x.dtype) for c in corners]
+  count = hits[0] + hits[1] + hits[2] + hits[3]
+  weights = jnp.stack([h / count for h in hits], axis=-2)  # (..., 4, C)
+  return y, (weights, x.shape)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+  weights, (b, h, w, c) = residuals
+  dx = g[..., None, :] * weights  # (B, H/2, W/2, 4, C), corners (i, j)
+  dx = dx.reshape(b, h // 2, w // 2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  dx = dx.reshape(b, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
 __all__ = [
   'CPU_YNN_FUSION_TYPES',
   'MAX_SHIFTED_CHANNELS',
+  'MAX_SHIFTED_TERMS',
   'Conv',
   'compiler_options',
   'conv_general_dilated',
+  'max_pool_2x2',
   'shifted_conv',
   'use_shifted',
 ]

@@ -13,63 +13,10 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxcls import activations, kernels, resnet
-
-
-def _windows_2x2(x: jax.Array) -> jax.Array:
-  """``(B, H, W, C)`` as ``(B, H//2, 2, W//2, 2, C)``, odd edges dropped."""
-  b, h, w, c = x.shape
-  x = x[:, : h // 2 * 2, : w // 2 * 2, :]
-  return x.reshape(b, h // 2, 2, w // 2, 2, c)
-
-
-@jax.custom_vjp
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max pooling, stride 2, with autodiff's gradient computed up front.
-
-  The value and the gradient are those of ``jnp.max`` over each window
-  (a tie splits the gradient equally, as jax does). Autodiff forms the
-  gradient in the backward pass as ``g / count * mask``; XLA:CPU then fuses
-  that division, with the count's reduction, into the preceding layer's
-  input-gradient convolution or matmul, and runs the fused region on
-  single-threaded YNNPACK (1.2 ms of a 5.4 ms CNN step). Here the forward pass
-  stores ``mask / count`` and the backward pass is one multiply, so the
-  convolution stays a plain multithreaded one (benchmarks/NOTES.md, round 4).
-  """
-  # Without differentiation (evaluation, export) the plain reduction: the
-  # same values, and no slices that a symbolic batch size would make dynamic.
-  return jnp.max(_windows_2x2(x), axis=(2, 4))
-
-
-def _max_pool_2x2_fwd(x):
-  windows = _windows_2x2(x)
-  # The four corners, combined by elementwise maxima and sums (not
-  # reductions), so XLA emits one loop fusion instead of a YNNPACK reduction.
-  corners = [
-    lax.index_in_dim(lax.index_in_dim(windows, i, 2, False), j, 3, False)
-    for i in (0, 1)
-    for j in (0, 1)
-  ]
-  y = jnp.maximum(
-    jnp.maximum(corners[0], corners[1]), jnp.maximum(corners[2], corners[3])
-  )
-  hits = [(c == y).astype(x.dtype) for c in corners]
-  count = hits[0] + hits[1] + hits[2] + hits[3]
-  weights = jnp.stack([h / count for h in hits], axis=-2)  # (..., 4, C)
-  return y, (weights, x.shape)
-
-
-def _max_pool_2x2_bwd(residuals, g):
-  weights, (b, h, w, c) = residuals
-  dx = g[..., None, :] * weights  # (B, H/2, W/2, 4, C), corners (i, j)
-  dx = dx.reshape(b, h // 2, w // 2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-  dx = dx.reshape(b, h // 2 * 2, w // 2 * 2, c)
-  return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
-
-
-max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+# max_pool_2x2 lives in kernels (resnet uses it too); kept here for callers.
+from jaxcls.kernels import _windows_2x2, max_pool_2x2  # noqa: F401
 
 
 def pool_2x2(x: jax.Array, reduce=jnp.max) -> jax.Array:

@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcls import kernels
+
 # torchvision's ResNet initialisation (He et al. 2015, fan_out, for ReLU).
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -96,8 +98,12 @@ class ResNet(nn.Module):
   """ResNet-(6n+2) for small images: ``depth`` 20, 32, 44, 56, 110, ...
 
   ``width`` multiplies the stage widths 16, 32, 64 (e.g. 0.5 or 2; each is
-  rounded and at least 1). ``dtype`` is the compute dtype of the convolutions
-  and the dense layer; parameters, BatchNorm and the logits stay float32.
+  rounded and at least 1). ``stem_pool`` adds a 2x2 max pool right after the
+  stem convolution (before its BatchNorm), as ImageNet ResNets pool after
+  their stem: every stage then runs at half the resolution (28 -> 14, 7, 4),
+  about 3x cheaper per image on this CPU, which buys width instead.
+  ``dtype`` is the compute dtype of the convolutions and the dense layer;
+  parameters, BatchNorm and the logits stay float32.
   """
 
   num_classes: int = 10
@@ -105,6 +111,7 @@ class ResNet(nn.Module):
   width: float = 1.0
   shortcut: str = 'pad'
   zero_init_residual: bool = False
+  stem_pool: bool = False
   dtype: Any = jnp.float32
   axis_name: str | None = None
   conv: Any = nn.Conv
@@ -123,7 +130,11 @@ class ResNet(nn.Module):
       )
     blocks_per_stage = (self.depth - 2) // 6
     widths = [max(1, round(f * self.width)) for f in (16, 32, 64)]
-    x = self.conv(
+    # The stem has 9 * C_in terms per output, so on XLA:CPU kernels.Conv
+    # computes it as shifted multiply-adds (faster than Eigen's kernel; the
+    # same parameters and function as nn.Conv).
+    stem_conv = kernels.Conv if self.conv is nn.Conv else self.conv
+    x = stem_conv(
       widths[0],
       (3, 3),
       padding=((1, 1), (1, 1)),
@@ -132,6 +143,10 @@ class ResNet(nn.Module):
       kernel_init=_conv_init,
       name='conv_init',
     )(x.astype(self.dtype))
+    if self.stem_pool:
+      # Pooled before BatchNorm and ReLU, so their passes (and gradients)
+      # run at a quarter of the stem's resolution: 10-13% of the step.
+      x = kernels.max_pool_2x2(x)
     x = nn.BatchNorm(
       use_running_average=not train,
       momentum=0.9,
@@ -179,6 +194,7 @@ def build_resnet(config, num_classes: int) -> ResNet:
     width=config.resnet_width,
     shortcut=config.resnet_shortcut,
     zero_init_residual=config.resnet_zero_init_residual,
+    stem_pool=config.resnet_stem_pool,
     dtype=jnp.dtype(config.compute_dtype),
     axis_name=batchnorm_axis_name(config),
   )

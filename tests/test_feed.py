@@ -154,8 +154,8 @@ def test_max_pool_2x2_splits_tied_gradients_as_autodiff_does(shape):
   # Rounded values: many 2-, 3- and 4-way ties, as in uniform backgrounds.
   x = jnp.round(jax.random.normal(jax.random.key(2), shape) * 2) / 2
   g = jax.random.normal(jax.random.key(3), _reference_max_pool(x).shape)
-  np.testing.assert_array_equal(models.max_pool_2x2(x), _reference_max_pool(x))
-  y, vjp = jax.vjp(models.max_pool_2x2, x)  # The custom forward rule.
+  np.testing.assert_array_equal(kernels.max_pool_2x2(x), _reference_max_pool(x))
+  y, vjp = jax.vjp(kernels.max_pool_2x2, x)  # The custom forward rule.
   _, vjp_ref = jax.vjp(_reference_max_pool, x)
   np.testing.assert_array_equal(y, _reference_max_pool(x))
   (dx,), (dx_ref,) = vjp(g), vjp_ref(g)

@@ -27,10 +27,11 @@ def _inputs(shape, kernel_shape, dtype=jnp.float32, seed=0):
   return x, kernel, kg
 
 
-# (input shape, kernel shape, padding); the fast tier runs the first two.
+# (input shape, kernel shape, padding); the fast tier runs the first three.
 CASES = [
   ((4, 28, 28, 1), (3, 3, 1, 16), 'SAME'),  # the CNN's first convolution
   ((2, 8, 8, 4), (5, 3, 4, 6), ((2, 1), (0, 3))),  # uneven explicit pads
+  ((2, 28, 28, 1), (3, 3, 1, 32), ((1, 1), (1, 1))),  # a ResNet stem
   pytest.param((3, 32, 32, 3), (3, 3, 3, 16), 'SAME', marks=pytest.mark.slow),
   pytest.param((2, 9, 7, 16), (3, 3, 16, 8), 'VALID', marks=pytest.mark.slow),
   pytest.param((5, 6, 6, 2), (1, 1, 2, 16), 'SAME', marks=pytest.mark.slow),
@@ -110,6 +111,10 @@ def test_dispatch_only_where_it_applies():
   assert not kernels.use_shifted(shape, small, backend='gpu')
   assert not kernels.use_shifted(shape, small, backend='tpu')
   assert not kernels.use_shifted((8, 28, 28, 16), big, backend='cpu')  # YNN
+  # A stem: few terms per output (3x3 on grey or RGB), however many outputs.
+  assert kernels.use_shifted(shape, (3, 3, 1, 32), backend='cpu')
+  assert kernels.use_shifted((8, 32, 32, 3), (3, 3, 3, 64), backend='cpu')
+  assert not kernels.use_shifted((8, 28, 28, 4), (3, 3, 4, 32), backend='cpu')
   assert not kernels.use_shifted(
     shape, small, window_strides=(2, 2), backend='cpu'
   )
@@ -165,12 +170,13 @@ def test_cnn_gradients_match_nn_conv_cnn():
   params = model.init(jax.random.key(0), images)['params']
 
   def loss(params, use_fast):
-    limit = kernels.MAX_SHIFTED_CHANNELS if use_fast else 0
-    saved, kernels.MAX_SHIFTED_CHANNELS = kernels.MAX_SHIFTED_CHANNELS, limit
+    saved = kernels.MAX_SHIFTED_CHANNELS, kernels.MAX_SHIFTED_TERMS
+    if not use_fast:
+      kernels.MAX_SHIFTED_CHANNELS = kernels.MAX_SHIFTED_TERMS = 0
     try:
       logits = model.apply({'params': params}, images)
     finally:
-      kernels.MAX_SHIFTED_CHANNELS = saved
+      kernels.MAX_SHIFTED_CHANNELS, kernels.MAX_SHIFTED_TERMS = saved
     return -jnp.mean(
       jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)
     )

@@ -240,3 +240,23 @@ def test_cnn_without_batchnorm_is_unchanged_and_with_it_drops_conv_bias():
   np.testing.assert_array_equal(
     normed['params']['Conv_1']['kernel'], plain['params']['Conv_1']['kernel']
   )
+
+
+def test_stem_pool_halves_every_stage_and_keeps_the_parameters():
+  plain = resnet.ResNet(depth=8, width=2)
+  pooled = resnet.ResNet(depth=8, width=2, stem_pool=True)
+  x = images(0, (2, 28, 28, 1))
+  variables = pooled.init(jax.random.key(0), x)
+  # Pooling has no parameters: the same tree as the plain ResNet's.
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+    jnp.shape, plain.init(jax.random.key(0), x)
+  )
+  _, inter = pooled.apply(variables, x, capture_intermediates=True)
+  blocks = inter['intermediates']
+  # 28 -> 14 after the stem, then 7 and 4 (stride 2 with padding 1).
+  assert blocks['BasicBlock_0']['__call__'][0].shape == (2, 14, 14, 32)
+  assert blocks['BasicBlock_2']['__call__'][0].shape == (2, 4, 4, 128)
+  # The same weights without the pool give a different function.
+  assert not np.allclose(
+    pooled.apply(variables, x), plain.apply(variables, x), atol=1e-3
+  )
