@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcls import activations, kernels, resnet
+
 # max_pool_2x2 lives in kernels (resnet uses it too); kept here for callers.
 from jaxcls.kernels import _windows_2x2, max_pool_2x2  # noqa: F401
 
