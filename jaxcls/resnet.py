@@ -8,6 +8,13 @@ starting with a stride-2 block (32 -> 16 -> 8, or 28 -> 14 -> 7), then global
 average pooling and a dense layer: ``6n + 2`` weighted layers. ResNet-20
 (``n = 3``) has 0.27M parameters, ResNet-56 (``n = 9``) 0.85M.
 
+``stem_pool=True`` departs from that on purpose, for CPU budgets: a 2x2 max
+pool right after the stem convolution (before its BatchNorm), as ImageNet
+ResNets pool after their stem, so the stages run at 14, 7 and 4 for a 28x28
+image (16, 8, 4 for 32x32). ResNet-8 then costs a third per image on a
+2-core CPU, and width 2 with the pool is cheaper than width 1 without it
+(benchmarks/NOTES.md, round 5).
+
 The structure follows flax's ``examples/imagenet/models.py`` (ResNet V1:
 conv -> BN -> ReLU, BN -> add -> ReLU at the end of a block, convolutions
 without bias, BatchNorm momentum 0.9 and epsilon 1e-5). Where the stride-2
