@@ -184,7 +184,9 @@ def predict(
   images = np.stack([load_image(p, spec.image_shape, invert) for p in paths])
   config, state = inspection.load_best(workdir)
   names = inspection.class_names(config)
-  probs = inspection.predict_all(state, images, len(images))
+  probs = inspection.predict_all(
+    state, images, len(images), flip_tta=config.get('flip_tta', False)
+  )
   return [top_k(p, names, k) for p in probs]
 
 

@@ -284,7 +284,14 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
     print(f'note: no {metrics_path}; skipping the curves', file=sys.stderr)
 
   test = data.read_split(data.builder_for(config), 'test')
-  probs = inspection.predict_all(state, test.images, config.eval_batch_size)
+  # Scored as the run scored it (flip TTA when the run used it), so this
+  # matches the test accuracy in results.json.
+  probs = inspection.predict_all(
+    state,
+    test.images,
+    config.eval_batch_size,
+    flip_tta=config.get('flip_tta', False),
+  )
   predicted = probs.argmax(-1)
   matrix = inspection.confusion_matrix(test.labels, predicted, spec.num_classes)
   accuracy = float(np.trace(matrix) / matrix.sum())

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import config as config_lib
-from jaxcls import data
+from jaxcls import data, techniques
 
 SERVING_FILE = 'serving.jax'
 SAVED_MODEL_DIR = 'saved_model'
@@ -76,18 +76,26 @@ def model_variables(state) -> dict:
   return variables
 
 
-def serving_function(state) -> Callable[[jax.Array], dict]:
+def serving_function(
+  state, flip_tta: bool = False
+) -> Callable[[jax.Array], dict]:
   """``images -> {'probabilities', 'logits'}`` with the variables closed over.
 
   ``images`` is uint8 ``(batch, H, W, C)``; both outputs are float32
   ``(batch, num_classes)``. The model runs in inference mode (no dropout,
-  running statistics).
+  running statistics). ``flip_tta`` (the run's ``config.flip_tta``) averages
+  each image's probabilities with its mirror image's, as the run's own
+  evaluation did; ``logits`` are then the log of those probabilities.
   """
   variables = model_variables(state)
   apply_fn = state.apply_fn
 
   def serve(images: jax.Array) -> dict:
-    logits = apply_fn(variables, data.normalize(images), train=False)
+    x = data.normalize(images)
+    if flip_tta:
+      logits = techniques.flip_tta_logits(apply_fn, variables, x, train=False)
+    else:
+      logits = apply_fn(variables, x, train=False)
     logits = logits.astype(jnp.float32)
     return {'probabilities': jax.nn.softmax(logits, axis=-1), 'logits': logits}
 
@@ -95,18 +103,25 @@ def serving_function(state) -> Callable[[jax.Array], dict]:
 
 
 def export_jax(
-  state, image_shape: tuple[int, int, int], platforms=PLATFORMS
+  state,
+  image_shape: tuple[int, int, int],
+  platforms=PLATFORMS,
+  flip_tta: bool = False,
 ) -> jax.export.Exported:
   """The serving function exported for ``platforms``, with a symbolic batch."""
   (batch,) = jax.export.symbolic_shape('batch')
   spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
   return jax.export.export(
-    jax.jit(serving_function(state)), platforms=platforms
+    jax.jit(serving_function(state, flip_tta)), platforms=platforms
   )(spec)
 
 
 def save_saved_model(
-  state, image_shape: tuple[int, int, int], folder: str, platforms=PLATFORMS
+  state,
+  image_shape: tuple[int, int, int],
+  folder: str,
+  platforms=PLATFORMS,
+  flip_tta: bool = False,
 ) -> None:
   """Writes the serving function as a TF SavedModel into ``folder``.
 
@@ -120,7 +135,7 @@ def save_saved_model(
 
   height, width, channels = image_shape
   converted = jax2tf.convert(
-    serving_function(state),
+    serving_function(state, flip_tta),
     polymorphic_shapes=[f'(batch, {height}, {width}, {channels})'],
     native_serialization_platforms=platforms,
     with_gradient=False,
@@ -243,7 +258,10 @@ def write(
     )
   spec = data.dataset_spec(config)
   image_shape = tuple(spec.image_shape)
-  serve = jax.jit(serving_function(state))
+  # The run's evaluation: a model validated and tested with flip TTA is
+  # served with it, so the export scores what results.json reports.
+  flip_tta = bool(config.get('flip_tta', False))
+  serve = jax.jit(serving_function(state, flip_tta))
   folder = os.path.abspath(folder)
   tmp = f'{folder}.tmp-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
@@ -267,6 +285,7 @@ def write(
       for name in OUTPUT_NAMES
     },
     'config_fingerprint': config_lib.fingerprint(config),
+    'flip_tta': flip_tta,  # The served probabilities average the mirror.
     'checkpoint_step': int(jax.device_get(state.step)),
     'test_accuracy': None,
     **(run_results or {}),  # The run's own fingerprint wins, if known.
@@ -281,7 +300,7 @@ def write(
   }
   try:
     if 'jax' in formats:
-      exported = export_jax(state, image_shape)
+      exported = export_jax(state, image_shape, flip_tta=flip_tta)
       path = os.path.join(tmp, SERVING_FILE)
       serialized = exported.serialize()
       with open(path, 'wb') as f:
@@ -299,7 +318,7 @@ def write(
       import tensorflow as tf
 
       path = os.path.join(tmp, SAVED_MODEL_DIR)
-      save_saved_model(state, image_shape, path)
+      save_saved_model(state, image_shape, path, flip_tta=flip_tta)
       signature = tf.saved_model.load(path).signatures[SIGNATURE]
       check_outputs(
         lambda x: signature(**{INPUT_NAME: tf.constant(x)}),

@@ -8,6 +8,7 @@ the compiled forward pass. ``predict_probs`` is the jittable softmax of the
 model on uint8 images, normalised exactly as in training.
 """
 
+import functools
 import os
 
 import flax.linen as nn
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcls import checkpoint, data, kernels, models, optim, train
+from jaxcls import checkpoint, data, kernels, models, optim, techniques, train
 from jaxcls import config as config_lib
 
 
@@ -108,19 +109,33 @@ def class_names(config) -> list[str]:
   return list(spec.class_names or (str(i) for i in range(spec.num_classes)))
 
 
-def predict_probs(state: train.TrainState, images: jax.Array) -> jax.Array:
-  """Class probabilities (B, num_classes) for uint8 images (B, H, W, C)."""
-  logits = state.apply_fn(
-    train.model_variables(state), data.normalize(images), train=False
-  )
+def predict_probs(
+  state: train.TrainState, images: jax.Array, flip_tta: bool = False
+) -> jax.Array:
+  """Class probabilities (B, num_classes) for uint8 images (B, H, W, C).
+
+  ``flip_tta`` averages each image's probabilities with its mirror image's,
+  as a run with ``config.flip_tta`` was validated and tested.
+  """
+  variables, x = train.model_variables(state), data.normalize(images)
+  if flip_tta:
+    logits = techniques.flip_tta_logits(state.apply_fn, variables, x)
+  else:
+    logits = state.apply_fn(variables, x, train=False)
   return jax.nn.softmax(logits, axis=-1)
 
 
 def predict_all(
-  state: train.TrainState, images: np.ndarray, batch_size: int = 1000
+  state: train.TrainState,
+  images: np.ndarray,
+  batch_size: int = 1000,
+  flip_tta: bool = False,
 ) -> np.ndarray:
   """``predict_probs`` over many images, in fixed-size (padded) batches."""
-  fn = jax.jit(predict_probs, compiler_options=kernels.compiler_options())
+  fn = jax.jit(
+    functools.partial(predict_probs, flip_tta=flip_tta),
+    compiler_options=kernels.compiler_options(),
+  )
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]

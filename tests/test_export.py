@@ -406,3 +406,27 @@ def test_the_tflite_converter_takes_the_saved_model(cnn_export):
   ]
   expected = run_tf(folder, images)['probabilities']
   assert any(np.abs(o - expected).max() < 1e-5 for o in outputs)
+
+
+@pytest.mark.parametrize('fmt', export.FORMATS)
+def test_a_flip_tta_run_is_exported_with_flip_tta(tmp_path, fmt):
+  # A run validated and tested with flip TTA must be served the same way, or
+  # the export's accuracy differs from results.json's.
+  workdir, _ = trained_workdir()
+  _, state = inspection.load_best(workdir)
+  config = config_lib.get_config()
+  config.dataset = 'fashion_mnist'
+  config.flip_tta = True
+  folder = str(tmp_path / 'export')
+  meta = export.write(config, state, folder, formats=(fmt,))
+  assert meta['flip_tta'] is True
+  images = random_images(5)
+  out = RUNNERS[fmt](folder, images)
+  plain, _ = reference(state, images)
+  mirrored, _ = reference(state, images[:, :, ::-1, :].copy())
+  want = (plain + mirrored) / 2  # The mean of the two views' probabilities.
+  np.testing.assert_allclose(out['probabilities'], want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(out['probabilities'], plain, atol=1e-4)
+  # And the checkpoint's own predictions (report, predict) agree with it.
+  probs = inspection.predict_all(state, images, 5, flip_tta=True)
+  np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
