@@ -91,12 +91,9 @@ def serving_function(
   apply_fn = state.apply_fn
 
   def serve(images: jax.Array) -> dict:
-    x = data.normalize(images)
-    if flip_tta:
-      logits = techniques.flip_tta_logits(apply_fn, variables, x, train=False)
-    else:
-      logits = apply_fn(variables, x, train=False)
-    logits = logits.astype(jnp.float32)
+    logits = techniques.eval_logits(
+      apply_fn, variables, data.normalize(images), flip_tta
+    ).astype(jnp.float32)
     return {'probabilities': jax.nn.softmax(logits, axis=-1), 'logits': logits}
 
   return serve

@@ -117,11 +117,12 @@ def predict_probs(
   ``flip_tta`` averages each image's probabilities with its mirror image's,
   as a run with ``config.flip_tta`` was validated and tested.
   """
-  variables, x = train.model_variables(state), data.normalize(images)
-  if flip_tta:
-    logits = techniques.flip_tta_logits(state.apply_fn, variables, x)
-  else:
-    logits = state.apply_fn(variables, x, train=False)
+  logits = techniques.eval_logits(
+    state.apply_fn,
+    train.model_variables(state),
+    data.normalize(images),
+    flip_tta,
+  )
   return jax.nn.softmax(logits, axis=-1)
 
 

@@ -255,12 +255,9 @@ def eval_step(
   check_batch(batch)
   variables = state.ema if use_ema else model_variables(state)
   images = data.normalize(batch['image'])
-  if flip_tta:
-    logits = techniques.flip_tta_logits(
-      lambda v, x, **kw: _apply(state, v, x, **kw), variables, images
-    )
-  else:
-    logits = _apply(state, variables, images, train=False)
+  logits = techniques.eval_logits(
+    lambda v, x, **kw: _apply(state, v, x, **kw), variables, images, flip_tta
+  )
   mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
   return {
     'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),

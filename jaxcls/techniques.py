@@ -8,7 +8,8 @@
 * :func:`ema_decay`, :func:`ema_update`: an exponential moving average of the
   weights (Polyak and Juditsky 1992; TF's ``tf.train.ExponentialMovingAverage``
   with ``num_updates`` for the warm-up).
-* :func:`flip_tta_logits`: test-time augmentation with a horizontal flip.
+* :func:`flip_tta_logits`: test-time augmentation with a horizontal flip;
+  :func:`eval_logits` applies a model with it or without.
 
 Every function is a function of its arguments only: the random ones take an
 explicit key (in the train step, the step's key), so a resumed run draws the
@@ -218,3 +219,18 @@ def flip_tta_logits(
   log_probs = jax.nn.log_softmax(apply_fn(variables, both, **kwargs), axis=-1)
   plain, flipped = jnp.split(log_probs, 2, axis=0)
   return jnp.logaddexp(plain, flipped) - jnp.log(2.0)
+
+
+def eval_logits(
+  apply_fn: Callable[..., jax.Array],
+  variables: Any,
+  images: jax.Array,
+  flip_tta: bool = False,
+) -> jax.Array:
+  """The model's logits in eval mode, as a run validates and tests: with
+  :func:`flip_tta_logits` when ``flip_tta`` (``config.flip_tta``), else
+  ``apply_fn(variables, images, train=False)``. The loop's evaluation,
+  ``report``/``predict`` and the exported model all score through this."""
+  if flip_tta:
+    return flip_tta_logits(apply_fn, variables, images)
+  return apply_fn(variables, images, train=False)
