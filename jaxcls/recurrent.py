@@ -15,7 +15,9 @@ autodiff of a scan does. The LSTM multiplies ``[x_t, h]`` by the stacked
 scan, since its reset gate multiplies only the hidden part. The step path
 (``nn.scan`` over :meth:`_Cell.recur`, with the input projection hoisted) is
 kept for the RNN cell, for ``unroll > 1``, for ``Recurrent(fused=False)``, and
-for initialisation, so both paths hold the same parameters. Everything runs
+for initialisation, so both paths hold the same parameters. On an NVIDIA GPU
+a float32 LSTM layer runs on cuDNN instead (:mod:`jaxcls.cudnn_lstm`), from
+the same parameters. Everything runs
 time-major, ``(T, B, F)``. Gate math and the carried state stay float32 when
 ``dtype`` is bfloat16; only the matmuls use ``dtype``.
 
@@ -36,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import models
+from jaxcls import cudnn_lstm, models
 
 Carry = Any  # h (B, H) for RNN and GRU; (c, h) for LSTM.
 
@@ -353,9 +355,11 @@ class LSTMCell(_Cell):
       self._params('input_projection'),
       self._params('hidden_projection'),
     )
-    hs, carry = lstm_sequence(
-      self.dtype, xs, inputs['kernel'], hidden['kernel'], inputs['bias'], carry
-    )
+    args = (xs, inputs['kernel'], hidden['kernel'], inputs['bias'], carry)
+    if cudnn_lstm.use_cudnn(self.dtype):  # NVIDIA GPU: cuDNN's LSTM.
+      hs, carry = cudnn_lstm.lstm_sequence(*args)
+    else:
+      hs, carry = lstm_sequence(self.dtype, *args)
     return carry, hs
 
 

@@ -1,0 +1,74 @@
+"""The LSTM layer on cuDNN, through ``jax.experimental.rnn``, on NVIDIA GPUs.
+
+cuDNN's LSTM is PyTorch's (``nn.LSTM`` calls it): gates in the order i, f,
+g, o, weights ``W_ih (4H, D)`` and ``W_hh (4H, H)`` and two bias vectors.
+:class:`jaxcls.recurrent.LSTMCell` keeps the same gate order with the
+kernels transposed (``(D, 4H)``, ``(H, 4H)``) and one bias (the sum of
+PyTorch's two), so moving to cuDNN is a transpose and a concatenation of
+the parameters, not a change of the math: :func:`pack_weights`. Autodiff
+runs through the packing, so the gradients land on jaxcls's own parameters
+and the checkpoint layout is the same on every backend.
+
+:func:`use_cudnn` decides: the default backend is a GPU, jaxlib was built
+with cuDNN's RNN kernels, the matmul dtype is float32 (cuDNN's RNN in
+``jax.experimental.rnn`` has no bfloat16 path), and :data:`ENABLED` is set.
+Elsewhere the fused scan (:func:`jaxcls.recurrent.lstm_sequence`) runs.
+
+With the default matmul precision, cuDNN may use TF32 on Ampere and newer
+GPUs, as XLA's own float32 matmuls there do;
+``jax.default_matmul_precision('highest')`` turns TF32 off for both.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import rnn
+
+# Set False to run the fused scan on GPUs too (e.g. for an A/B comparison).
+ENABLED = True
+
+
+def use_cudnn(dtype) -> bool:
+  """Whether :class:`LSTMCell` layers in ``dtype`` run on cuDNN here."""
+  return (
+    ENABLED
+    and jnp.dtype(dtype) == jnp.float32
+    and jax.default_backend() == 'gpu'
+    and getattr(rnn, 'gpu_rnn', None) is not None
+  )
+
+
+def pack_weights(w_i: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
+  """jaxcls's LSTM parameters as cuDNN's flat weight vector (one layer).
+
+  ``w_i (D, 4H)``, ``w_h (H, 4H)``, ``b (4H,)`` become
+  ``[W_ih.ravel(), W_hh.ravel(), b_ih, b_hh]`` with ``W_ih = w_i.T``,
+  ``W_hh = w_h.T``, ``b_ih = b`` and ``b_hh = 0``: the layout of
+  ``jax.experimental.rnn.unpack_lstm_weights``.
+  """
+  return jnp.concatenate(
+    [w_i.T.ravel(), w_h.T.ravel(), b, jnp.zeros_like(b)]
+  ).astype(jnp.float32)
+
+
+def lstm_sequence(xs, w_i, w_h, b, carry):
+  """:func:`jaxcls.recurrent.lstm_sequence` (float32) on cuDNN.
+
+  ``xs (T, B, D)`` time-major, ``carry = (c, h)``; returns
+  ``(hs (T, B, H), (c, h))``. Differentiable in every argument.
+  """
+  c0, h0 = carry
+  steps, batch, features = xs.shape
+  hidden = w_h.shape[0]
+  ys, h_n, c_n = rnn.lstm(
+    jnp.swapaxes(xs, 0, 1).astype(jnp.float32),  # cuDNN takes batch-first.
+    h0[None],
+    c0[None],
+    pack_weights(w_i, w_h, b),
+    jnp.full((batch,), steps, jnp.int32),
+    features,
+    hidden,
+    1,  # num_layers
+    0.0,  # dropout
+    False,  # bidirectional
+  )
+  return jnp.swapaxes(ys, 0, 1), (c_n[0], h_n[0])
