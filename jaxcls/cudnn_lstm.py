@@ -9,10 +9,23 @@ the parameters, not a change of the math: :func:`pack_weights`. Autodiff
 runs through the packing, so the gradients land on jaxcls's own parameters
 and the checkpoint layout is the same on every backend.
 
-:func:`use_cudnn` decides: the default backend is a GPU, jaxlib was built
-with cuDNN's RNN kernels, the matmul dtype is float32 (cuDNN's RNN in
-``jax.experimental.rnn`` has no bfloat16 path), and :data:`ENABLED` is set.
-Elsewhere the fused scan (:func:`jaxcls.recurrent.lstm_sequence`) runs.
+:func:`use_cudnn` decides: :data:`ENABLED` is set, the default backend is a
+GPU and the matmul dtype is float32 (cuDNN's RNN in ``jax.experimental.rnn``
+has no bfloat16 path). Elsewhere the fused scan
+(:func:`jaxcls.recurrent.lstm_sequence`) runs.
+
+Off by default, because it is slower here: on one H200 the article's LSTM
+(hidden 128, 28 rows) trained a step 2-4x slower on cuDNN than with the
+fused scan at batch 64 to 4,096 (benchmarks/NOTES.md, round 6). Turn it on
+with ``jaxcls.cudnn_lstm.ENABLED = True`` before the first trace, for
+longer sequences or wider layers where cuDNN's persistent kernels pay off.
+
+jaxlib emits cuDNN's RNN custom call without operand or result layouts, so
+XLA may lay a buffer out in another order (for instance, turn a transpose
+that feeds the call into a relabelling of the same memory), while cuDNN
+reads and writes row-major memory: the results were then wrong
+(benchmarks/NOTES.md). This module re-registers jaxlib's lowerings with
+row-major layouts pinned on the call.
 
 With the default matmul precision, cuDNN may use TF32 on Ampere and newer
 GPUs, as XLA's own float32 matmuls there do;
@@ -21,10 +34,58 @@ GPUs, as XLA's own float32 matmuls there do;
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import rnn
+from jax.interpreters import mlir
+from jaxlib.mlir import ir
 
-# Set False to run the fused scan on GPUs too (e.g. for an A/B comparison).
-ENABLED = True
+# Set True (before tracing) to run float32 LSTM layers on cuDNN on GPUs.
+ENABLED = False
+
+
+def _row_major(types) -> ir.ArrayAttr:
+  """Row-major layouts (minor-to-major ``rank-1, ..., 0``) for ``types``."""
+  return ir.ArrayAttr.get(
+    [
+      ir.DenseIntElementsAttr.get(
+        np.arange(ir.RankedTensorType(t).rank - 1, -1, -1, dtype=np.int64),
+        type=ir.IndexType.get(),
+      )
+      for t in types
+    ]
+  )
+
+
+def _with_row_major_layouts(lowering):
+  """``lowering`` with row-major layouts pinned on the custom call it emits."""
+
+  def lower(ctx, *args, **params):
+    results = lowering(ctx, *args, **params)
+    call = results[0].owner
+    call = getattr(call, 'operation', call)  # An OpView or an Operation.
+    call.attributes['operand_layouts'] = _row_major(
+      [v.type for v in call.operands]
+    )
+    call.attributes['result_layouts'] = _row_major(
+      [v.type for v in call.results]
+    )
+    return results
+
+  return lower
+
+
+_gpu_rnn = getattr(rnn, 'gpu_rnn', None)
+if _gpu_rnn is not None and hasattr(_gpu_rnn, 'cudnn_rnn_bwd_lowering'):
+  mlir.register_lowering(
+    rnn.rnn_fwd_p,
+    _with_row_major_layouts(_gpu_rnn.cudnn_rnn_lowering),
+    platform='cuda',
+  )
+  mlir.register_lowering(
+    rnn.rnn_bwd_p,
+    _with_row_major_layouts(_gpu_rnn.cudnn_rnn_bwd_lowering),
+    platform='cuda',
+  )
 
 
 def use_cudnn(dtype) -> bool:
@@ -33,7 +94,7 @@ def use_cudnn(dtype) -> bool:
     ENABLED
     and jnp.dtype(dtype) == jnp.float32
     and jax.default_backend() == 'gpu'
-    and getattr(rnn, 'gpu_rnn', None) is not None
+    and _gpu_rnn is not None
   )
 
 

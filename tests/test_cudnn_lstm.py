@@ -66,7 +66,9 @@ def test_packed_weights_drive_jax_reference_lstm_like_ours():
   np.testing.assert_allclose(c_n[0], want_c, atol=1e-5)
 
 
-def test_cudnn_runs_only_for_float32_on_gpus(monkeypatch):
+def test_cudnn_runs_only_when_enabled_for_float32_on_gpus(monkeypatch):
+  assert not cudnn_lstm.use_cudnn(jnp.float32)  # Off by default.
+  monkeypatch.setattr(cudnn_lstm, 'ENABLED', True)
   on_this_machine = cudnn_lstm.use_cudnn(jnp.float32)
   assert on_this_machine == (jax.default_backend() == 'gpu')
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
@@ -79,11 +81,14 @@ def test_cudnn_runs_only_for_float32_on_gpus(monkeypatch):
   assert not cudnn_lstm.use_cudnn(jnp.float32)
 
 
-@pytest.mark.skipif(
-  not cudnn_lstm.use_cudnn(jnp.float32), reason='needs an NVIDIA GPU'
-)
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a GPU')
 @pytest.mark.parametrize('reverse', [False, True])
-def test_cudnn_layer_matches_the_step_path_values_and_gradients(reverse):
+def test_cudnn_layer_matches_the_step_path_values_and_gradients(
+  reverse, monkeypatch
+):
+  # The time-major input reaches cuDNN through a transpose, the case where
+  # XLA, left free to choose layouts, gave wrong values.
+  monkeypatch.setattr(cudnn_lstm, 'ENABLED', True)
   xs = _random_lstm(1)[0]
   on_cudnn = recurrent.Recurrent('lstm', HIDDEN, reverse=reverse)
   stepped = recurrent.Recurrent('lstm', HIDDEN, reverse=reverse, fused=False)
@@ -112,3 +117,35 @@ def test_cudnn_layer_matches_the_step_path_values_and_gradients(reverse):
     scale = float(jnp.abs(w).max())
     assert scale > 0
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-4 * scale)
+
+
+def test_pinned_lowering_puts_row_major_layouts_on_the_custom_call():
+  """The wrapper jaxcls puts around jaxlib's cuDNN RNN lowerings, applied to
+  a stand-in custom call (lowered for any platform, never run)."""
+  from jax.extend.core import Primitive
+  from jax.interpreters import mlir
+  from jaxlib.mlir import ir
+  from jaxlib.mlir.dialects import stablehlo
+
+  prim = Primitive('jaxcls_test_layouts')
+  prim.multiple_results = True
+  prim.def_abstract_eval(lambda x, y: (x, y))
+
+  def unpinned(ctx, x, y):  # As jaxlib builds it: no layouts.
+    call = stablehlo.CustomCallOp(
+      [x.type, y.type], [x, y], call_target_name=ir.StringAttr.get('nothing')
+    )
+    return list(call.results)
+
+  mlir.register_lowering(prim, cudnn_lstm._with_row_major_layouts(unpinned))
+  text = (
+    jax.jit(lambda x, y: prim.bind(jnp.swapaxes(x, 0, 1), y))
+    .lower(jnp.zeros((2, 3, 4)), jnp.zeros((5,)))
+    .as_text()
+  )
+  assert 'operand_layouts = [dense<[2, 1, 0]> : tensor<3xindex>, dense<0>' in (
+    text
+  )
+  assert 'result_layouts = [dense<[2, 1, 0]> : tensor<3xindex>, dense<0>' in (
+    text
+  )
