@@ -8,13 +8,16 @@
 #   Dry run on a CPU:         DRY_RUN=1 bash benchmarks/gpu.sh
 #
 # Needs jax with CUDA (`jax[cuda12]`, same version as requirements.txt) and,
-# for the reference, torch with CUDA. Without DATA_NPZ the data come from
+# for the reference, torch with CUDA, plus jaxcls's own needs (flax, optax,
+# orbax-checkpoint, ml_collections; TensorFlow only without DATA_NPZ).
+# jaxcls_cudnn is the LSTM on cuDNN (jaxcls.cudnn_lstm); for the CNN and
+# GRU it repeats jaxcls. Without DATA_NPZ the data come from
 # TFDS. MNIST_NPZ (any MNIST-sized arrays) adds the seconds of training to
 # reach 99% test accuracy. Tables go to benchmarks/results/gpu_*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-common=(--runners="${RUNNERS:-jaxcls,jaxcls_bf16,torch,torch_lean}")
+common=(--runners="${RUNNERS:-jaxcls,jaxcls_cudnn,jaxcls_bf16,torch,torch_lean}")
 if [[ -n "${DRY_RUN:-}" ]]; then
   # Tiny and CPU-only: checks that the script runs end to end.
   common+=(--train_examples=1280 --min_epochs=1)
