@@ -4,7 +4,8 @@ The pieces, each a small pure function or Flax linen module:
 
 * ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
 * ``jaxcls.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, ``RecurrentClassifier``:
-  scanned recurrent cells and a row-by-row image classifier;
+  scanned recurrent cells and a row-by-row image classifier
+  (``jaxcls.cudnn_lstm.ENABLED = True`` runs the LSTM on cuDNN on a GPU);
 * ``jaxcls.ResNet``: the small ResNet of He et al. (2016), with BatchNorm;
 * ``jaxcls.create_train_state``, ``jaxcls.train_step``, ``jaxcls.eval_step``:
   initialisation and the pure, jittable steps (BatchNorm statistics and an
@@ -24,6 +25,7 @@ __version__ = '0.2.0'
 
 from jaxcls import (
   activations,
+  cudnn_lstm,
   inspection,
   metrics,
   recurrent,  # Registers 'rnn', 'lstm', 'gru' in models.MODELS.
@@ -58,6 +60,7 @@ from jaxcls.train import (
 
 __all__ = [
   'activations',
+  'cudnn_lstm',
   'inspection',
   'metrics',
   'check_batch',
