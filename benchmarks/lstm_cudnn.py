@@ -47,7 +47,8 @@ def agreement(steps=7, batch=3, features=5, hidden=6) -> float:
 
 def step_ms(batch: int, use_cudnn: bool, rounds=5, calls=20):
   """(median ms per train step, compile seconds) for the LSTM classifier."""
-  cudnn_lstm.ENABLED = use_cudnn  # Read when the step is traced, below.
+  # Read when the step is traced, below.
+  enabled, cudnn_lstm.ENABLED = cudnn_lstm.ENABLED, use_cudnn
   try:
     config = config_lib.get_config()
     config.model = 'lstm'
@@ -72,7 +73,7 @@ def step_ms(batch: int, use_cudnn: bool, rounds=5, calls=20):
     )
     compile_seconds = time.perf_counter() - start
   finally:
-    cudnn_lstm.ENABLED = False
+    cudnn_lstm.ENABLED = enabled
   for _ in range(3):
     state, _ = step(state, batch_, rng)
   jax.block_until_ready(state)

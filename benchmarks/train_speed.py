@@ -332,11 +332,11 @@ def make_runner(name, model_name, arrays, args):
     # is traced, which JaxRunner does (and compiles) right here.
     from jaxcls import cudnn_lstm
 
-    cudnn_lstm.ENABLED = True
+    enabled, cudnn_lstm.ENABLED = cudnn_lstm.ENABLED, True
     try:
       return make_runner('jaxcls', model_name, arrays, args)
     finally:
-      cudnn_lstm.ENABLED = False
+      cudnn_lstm.ENABLED = enabled
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(
       model_name,

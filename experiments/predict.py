@@ -185,7 +185,7 @@ def predict(
   config, state = inspection.load_best(workdir)
   names = inspection.class_names(config)
   probs = inspection.predict_all(
-    state, images, len(images), flip_tta=config.get('flip_tta', False)
+    state, images, len(images), flip_tta=config.flip_tta
   )
   return [top_k(p, names, k) for p in probs]
 

@@ -290,7 +290,7 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
     state,
     test.images,
     config.eval_batch_size,
-    flip_tta=config.get('flip_tta', False),
+    flip_tta=config.flip_tta,
   )
   predicted = probs.argmax(-1)
   matrix = inspection.confusion_matrix(test.labels, predicted, spec.num_classes)

@@ -257,7 +257,7 @@ def write(
   image_shape = tuple(spec.image_shape)
   # The run's evaluation: a model validated and tested with flip TTA is
   # served with it, so the export scores what results.json reports.
-  flip_tta = bool(config.get('flip_tta', False))
+  flip_tta = bool(config.flip_tta)
   serve = jax.jit(serving_function(state, flip_tta))
   folder = os.path.abspath(folder)
   tmp = f'{folder}.tmp-{os.getpid()}'
