@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import config as config_lib
-from jaxcls import data, techniques
+from jaxcls import cpu_lstm, data, techniques
 
 SERVING_FILE = 'serving.jax'
 SAVED_MODEL_DIR = 'saved_model'
@@ -91,9 +91,11 @@ def serving_function(
   apply_fn = state.apply_fn
 
   def serve(images: jax.Array) -> dict:
-    logits = techniques.eval_logits(
-      apply_fn, variables, data.normalize(images), flip_tta
-    ).astype(jnp.float32)
+    # An export runs where jaxcls is not (TF Serving, GPUs): no custom calls.
+    with cpu_lstm.disabled():
+      logits = techniques.eval_logits(
+        apply_fn, variables, data.normalize(images), flip_tta
+      ).astype(jnp.float32)
     return {'probabilities': jax.nn.softmax(logits, axis=-1), 'logits': logits}
 
   return serve

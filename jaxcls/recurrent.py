@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import cudnn_lstm, models
+from jaxcls import cpu_lstm, cudnn_lstm, models
 
 Carry = Any  # h (B, H) for RNN and GRU; (c, h) for LSTM.
 
@@ -358,6 +358,8 @@ class LSTMCell(_Cell):
     args = (xs, inputs['kernel'], hidden['kernel'], inputs['bias'], carry)
     if cudnn_lstm.use_cudnn(self.dtype):  # NVIDIA GPU: cuDNN's LSTM.
       hs, carry = cudnn_lstm.lstm_sequence(*args)
+    elif cpu_lstm.use_kernel(self.dtype, self.hidden_size):  # CPU kernel.
+      hs, carry = cpu_lstm.lstm_sequence(*args)
     else:
       hs, carry = lstm_sequence(self.dtype, *args)
     return carry, hs

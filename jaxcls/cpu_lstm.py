@@ -1,0 +1,244 @@
+"""The LSTM layer's recurrence on the CPU as a kernel of our own (XLA FFI).
+
+Under XLA:CPU the fused scan (:func:`jaxcls.recurrent.lstm_sequence`) is,
+per time step, a single-threaded matmul and ~15 small kernels that run one
+after another, forward and back. ``jaxcls/csrc/lstm_cpu.cc`` runs all T
+steps in one call instead: per step one matmul and one fused, vectorised
+pass over the gates, with the batch split into row blocks that run the whole
+sequence on XLA's intra-op threads at once (rows never interact). The input
+projection (one big matmul before the loop) and the weight gradients (one
+big matmul each after it) stay in XLA, as in the fused scan.
+
+Same math, same parameters, same gate layout (PyTorch's i, f, g, o): the
+tests compare values and every gradient with the fused scan, and check that
+a row's result does not depend on how the batch was split. The bits are not
+the fused scan's (another order of float sums, another exp), so LSTM runs
+made before this kernel existed do not repeat bit for bit with it on; they
+do with ``ENABLED = False``.
+
+Building: the first LSTM trace on a CPU compiles the source with the
+system's C++ compiler (``$CXX``, else ``c++``; about 3 s) against jaxlib's
+FFI headers, for this machine's CPU (``-march=native``), into
+``$JAXCLS_CACHE`` (default ``~/.cache/jaxcls``), once per source, jaxlib,
+compiler and CPU. Without a compiler, or if the build fails, one warning
+line says why and the fused scan runs: the kernel only ever makes things
+faster, never makes them fail.
+
+:func:`use_kernel` decides per layer: :data:`ENABLED`, the default backend
+is the CPU, float32 matmuls, and a hidden size that is a multiple of 16.
+:func:`disabled` turns it off for a trace; exports use it, since an exported
+model must run where this library is not (TF Serving, other platforms).
+"""
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+# Set False (before tracing) to run LSTM layers on the fused scan instead.
+ENABLED = True
+
+_FORWARD = 'jaxcls_lstm_forward'
+_BACKWARD = 'jaxcls_lstm_backward'
+_FLAGS = (
+  '-O3',
+  '-march=native',
+  '-fopenmp-simd',
+  '-fno-math-errno',
+  '-std=c++17',
+  '-fPIC',
+  '-shared',
+)
+_lock = threading.Lock()
+_state: dict = {'tried': False, 'library': None, 'error': None}
+
+
+def cache_dir() -> str:
+  """Where built kernels live: ``$JAXCLS_CACHE``, else ``~/.cache/jaxcls``."""
+  if os.environ.get('JAXCLS_CACHE'):
+    return os.environ['JAXCLS_CACHE']
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
+    os.path.expanduser('~'), '.cache'
+  )
+  return os.path.join(base, 'jaxcls')
+
+
+def _cpu_signature() -> str:
+  """The CPU's feature flags: ``-march=native`` code runs only on such CPUs."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith(('flags', 'Features')):
+          return line
+  except OSError:
+    pass
+  return platform.machine() + platform.processor()
+
+
+def _compiler_version(compiler: str) -> str:
+  out = subprocess.run(
+    [compiler, '--version'], capture_output=True, text=True, timeout=60
+  )
+  if out.returncode != 0:
+    raise OSError(f'{compiler} --version failed')
+  return out.stdout
+
+
+def _build() -> str:
+  """Compiles the kernel if it is not in the cache; returns the library path."""
+  source = resources.files('jaxcls').joinpath('csrc/lstm_cpu.cc').read_bytes()
+  compiler = os.environ.get('CXX', 'c++')
+  try:
+    version = _compiler_version(compiler)
+  except (OSError, subprocess.SubprocessError):
+    raise RuntimeError(
+      f'no C++ compiler {compiler!r} (install g++ or set CXX)'
+    ) from None
+  key = hashlib.sha256(
+    b'\0'.join(
+      s if isinstance(s, bytes) else s.encode()
+      for s in (
+        source,
+        jaxlib.__version__,
+        version,
+        ' '.join(_FLAGS),
+        _cpu_signature(),
+      )
+    )
+  ).hexdigest()[:16]
+  folder = cache_dir()
+  path = os.path.join(folder, f'lstm_cpu-{key}.so')
+  if os.path.exists(path):
+    return path
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    src = os.path.join(tmp, 'lstm_cpu.cc')
+    with open(src, 'wb') as f:
+      f.write(source)
+    out = os.path.join(tmp, 'lstm_cpu.so')
+    cmd = [compiler, *_FLAGS, '-I', jax.ffi.include_dir(), src, '-o', out]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+      errors = [ln for ln in done.stderr.splitlines() if 'error' in ln]
+      raise RuntimeError(
+        f'{compiler} failed: {(errors or done.stderr.splitlines() or ["?"])[0]}'
+      )
+    # Atomic: another process building the same key sees all or nothing.
+    os.replace(out, path)
+  return path
+
+
+def _load() -> ctypes.CDLL | None:
+  """Builds, loads and registers the kernel once per process."""
+  with _lock:
+    if not _state['tried']:
+      _state['tried'] = True
+      try:
+        library = ctypes.cdll.LoadLibrary(_build())
+        for name in (_FORWARD, _BACKWARD):
+          jax.ffi.register_ffi_target(
+            name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu'
+          )
+        _state['library'] = library
+      except Exception as e:  # noqa: BLE001 - any failure means: fall back.
+        _state['error'] = str(e).splitlines()[0] if str(e) else repr(e)
+        logging.getLogger(__name__).warning(
+          'jaxcls: the CPU LSTM kernel is unavailable (%s); LSTM layers run '
+          'on the fused scan instead',
+          _state['error'],
+        )
+    return _state['library']
+
+
+def available() -> bool:
+  """Whether the kernel is built and registered (builds it on first call)."""
+  return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+  """Why :func:`available` is False (None if it is True or was not asked)."""
+  return _state['error']
+
+
+def use_kernel(dtype, hidden_size: int) -> bool:
+  """Whether an LSTM layer traced now runs on this kernel."""
+  return (
+    ENABLED
+    and jnp.dtype(dtype) == jnp.float32
+    and hidden_size % 16 == 0
+    and jax.default_backend() == 'cpu'
+    and available()
+  )
+
+
+@contextlib.contextmanager
+def disabled():
+  """Traces inside run LSTM layers on the fused scan (for exports)."""
+  global ENABLED
+  previous, ENABLED = ENABLED, False
+  try:
+    yield
+  finally:
+    ENABLED = previous
+
+
+def _f32(shape) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _forward(xs, w_i, w_h, b, carry):
+  c0, h0 = carry
+  steps, batch, features = xs.shape
+  hidden, gates = w_h.shape
+  gates_x = (xs.reshape(-1, features) @ w_i + b).reshape(steps, batch, gates)
+  hs, cs, acts = jax.ffi.ffi_call(
+    _FORWARD,
+    (
+      _f32((steps, batch, hidden)),
+      _f32((steps, batch, hidden)),
+      _f32((steps, batch, gates)),
+    ),
+    vmap_method='sequential',
+  )(gates_x, w_h, c0, h0)
+  return (hs, (cs[-1], hs[-1])), (xs, w_i, w_h, carry, hs, cs, acts)
+
+
+def _backward(residuals, cotangents):
+  xs, w_i, w_h, (c0, h0), hs, cs, acts = residuals
+  d_hs, (d_c, d_h) = cotangents
+  d_gates, d_c0, d_h0 = jax.ffi.ffi_call(
+    _BACKWARD,
+    (_f32(acts.shape), _f32(c0.shape), _f32(h0.shape)),
+    vmap_method='sequential',
+  )(acts, cs, c0, w_h, d_hs, d_c, d_h)
+  # As in the fused scan: each weight gradient is one (T*B)-deep matmul.
+  flat = d_gates.reshape(-1, d_gates.shape[-1])
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+  d_w_i = xs.reshape(-1, xs.shape[-1]).T @ flat
+  d_w_h = h_prev.reshape(-1, w_h.shape[0]).T @ flat
+  d_xs = (flat @ w_i.T).reshape(xs.shape)
+  return d_xs, d_w_i, d_w_h, flat.sum(0), (d_c0, d_h0)
+
+
+@jax.custom_vjp
+def lstm_sequence(xs, w_i, w_h, b, carry):
+  """:func:`jaxcls.recurrent.lstm_sequence` (float32) on the CPU kernel.
+
+  ``xs`` ``(T, B, D)``, ``w_i`` ``(D, 4H)``, ``w_h`` ``(H, 4H)``, ``b``
+  ``(4H,)``, ``carry`` ``(c, h)`` each ``(B, H)``; returns ``(hs (T, B, H),
+  (c, h))``. Call :func:`available` first: the kernel must be registered.
+  """
+  return _forward(xs, w_i, w_h, b, carry)[0]
+
+
+lstm_sequence.defvjp(_forward, _backward)
