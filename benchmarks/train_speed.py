@@ -11,7 +11,10 @@ Runners (``--runners``):
 * ``jaxcls``: jaxcls's device-resident fast path; ``jaxcls_bf16``: the same
   with ``compute_dtype=bfloat16``; ``jaxcls_step``: plain per-step jit fed
   from host numpy; ``jaxcls_cudnn``: ``jaxcls`` with cuDNN's LSTM switched
-  on (``jaxcls.cudnn_lstm.ENABLED``; it changes only the LSTM on a GPU).
+  on (``jaxcls.cudnn_lstm.ENABLED``; it changes only the LSTM on a GPU);
+  ``jaxcls_scan``: ``jaxcls`` with the CPU LSTM kernel switched off
+  (``jaxcls.cpu_lstm.ENABLED``), i.e. the fused scan, the LSTM's path before
+  the kernel (it changes only the LSTM on a CPU).
 * ``torch``: the article's eager loop (per-batch normalisation, a
   ``loss.item()`` sync every step); ``torch_lean``: the lean loop (the split
   as one normalised tensor, no per-step sync); the same model, optimizer and
@@ -61,6 +64,7 @@ def _parse_args(argv):
     '--runners',
     default='jaxcls,jaxcls_step,torch,torch_lean',
     help='comma-separated: jaxcls, jaxcls_bf16, jaxcls_step, jaxcls_cudnn, '
+    'jaxcls_scan, '
     'torch, torch_lean, torch_1thread, torch_lean_1thread, user, '
     'user_fast '
     '(see the module docstring)',
@@ -337,6 +341,15 @@ def make_runner(name, model_name, arrays, args):
       return make_runner('jaxcls', model_name, arrays, args)
     finally:
       cudnn_lstm.ENABLED = enabled
+  if name == 'jaxcls_scan':
+    # The fused scan in place of the CPU LSTM kernel: an A/B in one run.
+    from jaxcls import cpu_lstm
+
+    enabled, cpu_lstm.ENABLED = cpu_lstm.ENABLED, False
+    try:
+      return make_runner('jaxcls', model_name, arrays, args)
+    finally:
+      cpu_lstm.ENABLED = enabled
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(
       model_name,
