@@ -5,7 +5,8 @@ The pieces, each a small pure function or Flax linen module:
 * ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
 * ``jaxcls.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, ``RecurrentClassifier``:
   scanned recurrent cells and a row-by-row image classifier
-  (``jaxcls.cudnn_lstm.ENABLED = True`` runs the LSTM on cuDNN on a GPU);
+  (on a CPU the LSTM runs on a kernel of its own, ``jaxcls.cpu_lstm``;
+  ``jaxcls.cudnn_lstm.ENABLED = True`` runs it on cuDNN on a GPU);
 * ``jaxcls.ResNet``: the small ResNet of He et al. (2016), with BatchNorm;
 * ``jaxcls.create_train_state``, ``jaxcls.train_step``, ``jaxcls.eval_step``:
   initialisation and the pure, jittable steps (BatchNorm statistics and an
@@ -25,6 +26,7 @@ __version__ = '0.2.0'
 
 from jaxcls import (
   activations,
+  cpu_lstm,
   cudnn_lstm,
   inspection,
   metrics,
@@ -60,6 +62,7 @@ from jaxcls.train import (
 
 __all__ = [
   'activations',
+  'cpu_lstm',
   'cudnn_lstm',
   'inspection',
   'metrics',
