@@ -12,9 +12,9 @@ Runners (``--runners``):
   with ``compute_dtype=bfloat16``; ``jaxcls_step``: plain per-step jit fed
   from host numpy; ``jaxcls_cudnn``: ``jaxcls`` with cuDNN's LSTM switched
   on (``jaxcls.cudnn_lstm.ENABLED``; it changes only the LSTM on a GPU);
-  ``jaxcls_scan``: ``jaxcls`` with the CPU LSTM kernel switched off
-  (``jaxcls.cpu_lstm.ENABLED``), i.e. the fused scan, the LSTM's path before
-  the kernel (it changes only the LSTM on a CPU).
+  ``jaxcls_scan``: ``jaxcls`` with the CPU LSTM/GRU kernels switched off
+  (``jaxcls.cpu_rnn.ENABLED``), i.e. the fused scans, the path before the
+  kernels (it changes only the LSTM and GRU on a CPU).
 * ``torch``: the article's eager loop (per-batch normalisation, a
   ``loss.item()`` sync every step); ``torch_lean``: the lean loop (the split
   as one normalised tensor, no per-step sync); the same model, optimizer and
@@ -342,14 +342,14 @@ def make_runner(name, model_name, arrays, args):
     finally:
       cudnn_lstm.ENABLED = enabled
   if name == 'jaxcls_scan':
-    # The fused scan in place of the CPU LSTM kernel: an A/B in one run.
-    from jaxcls import cpu_lstm
+    # The fused scans in place of the CPU LSTM/GRU kernels: an A/B in one run.
+    from jaxcls import cpu_rnn
 
-    enabled, cpu_lstm.ENABLED = cpu_lstm.ENABLED, False
+    enabled, cpu_rnn.ENABLED = cpu_rnn.ENABLED, False
     try:
       return make_runner('jaxcls', model_name, arrays, args)
     finally:
-      cpu_lstm.ENABLED = enabled
+      cpu_rnn.ENABLED = enabled
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(
       model_name,

@@ -15,9 +15,12 @@ autodiff of a scan does. The LSTM multiplies ``[x_t, h]`` by the stacked
 scan, since its reset gate multiplies only the hidden part. The step path
 (``nn.scan`` over :meth:`_Cell.recur`, with the input projection hoisted) is
 kept for the RNN cell, for ``unroll > 1``, for ``Recurrent(fused=False)``, and
-for initialisation, so both paths hold the same parameters. On an NVIDIA GPU
-a float32 LSTM layer runs on cuDNN instead (:mod:`jaxcls.cudnn_lstm`), from
-the same parameters. Everything runs
+for initialisation, so both paths hold the same parameters. On a CPU, float32
+LSTM and GRU layers (hidden size a multiple of 16) run their recurrence on
+C++ kernels of jaxcls's own instead (:mod:`jaxcls.cpu_rnn`; same math and
+parameters, built on first use, the fused scans where they cannot be); on an
+NVIDIA GPU a float32 LSTM layer can run on cuDNN (:mod:`jaxcls.cudnn_lstm`,
+opt-in), from the same parameters. Everything runs
 time-major, ``(T, B, F)``. Gate math and the carried state stay float32 when
 ``dtype`` is bfloat16; only the matmuls use ``dtype``.
 
@@ -38,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import cpu_lstm, cudnn_lstm, models
+from jaxcls import cpu_rnn, cudnn_lstm, models
 
 Carry = Any  # h (B, H) for RNN and GRU; (c, h) for LSTM.
 
@@ -358,8 +361,8 @@ class LSTMCell(_Cell):
     args = (xs, inputs['kernel'], hidden['kernel'], inputs['bias'], carry)
     if cudnn_lstm.use_cudnn(self.dtype):  # NVIDIA GPU: cuDNN's LSTM.
       hs, carry = cudnn_lstm.lstm_sequence(*args)
-    elif cpu_lstm.use_kernel(self.dtype, self.hidden_size):  # CPU kernel.
-      hs, carry = cpu_lstm.lstm_sequence(*args)
+    elif cpu_rnn.use_kernel(self.dtype, self.hidden_size):  # CPU kernel.
+      hs, carry = cpu_rnn.lstm_sequence(*args)
     else:
       hs, carry = lstm_sequence(self.dtype, *args)
     return carry, hs
@@ -394,13 +397,11 @@ class GRUCell(_Cell):
 
   def sequence(self, carry, xs):
     hidden = self._params('hidden_projection')
-    hs, carry = gru_recurrence(
-      self.dtype,
-      self.project_inputs(xs),
-      hidden['kernel'],
-      hidden['bias'],
-      carry,
-    )
+    args = (self.project_inputs(xs), hidden['kernel'], hidden['bias'], carry)
+    if cpu_rnn.use_kernel(self.dtype, self.hidden_size):  # CPU kernel.
+      hs, carry = cpu_rnn.gru_recurrence(*args)
+    else:
+      hs, carry = gru_recurrence(self.dtype, *args)
     return carry, hs
 
 

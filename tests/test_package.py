@@ -43,9 +43,9 @@ batch = {'image': np.random.default_rng(0).integers(
              0, 256, (8, 28, 28, 1), np.uint8),
          'label': np.arange(8, dtype=np.int32)}
 state, metrics = jax.jit(jaxcls.train_step)(state, batch, jax.random.key(1))
-from jaxcls import cpu_lstm  # its C++ source ships as package data
+from jaxcls import cpu_rnn  # its C++ source ships as package data
 print(json.dumps({'jaxcls': jaxcls.__file__, 'version': jaxcls.__version__,
-                  'lstm_kernel': cpu_lstm.available(),
+                  'lstm_kernel': cpu_rnn.available(),
                   'experiments': experiments.fashion_mnist.__file__,
                   'step': int(state.step), 'loss': float(metrics['loss'])}))
 """

@@ -1,14 +1,15 @@
-// The LSTM recurrence on the CPU as two XLA FFI calls: jaxcls_lstm_forward
-// runs all T steps of a float32 layer, jaxcls_lstm_backward runs them back.
-// jaxcls/cpu_lstm.py builds this file with the system's C++ compiler, loads
-// it and registers both targets; the math is LSTMCell's (jaxcls/recurrent.py)
-// and the tests compare the two paths.
+// The LSTM and GRU recurrences on the CPU as XLA FFI calls: each runs all T
+// steps of a float32 layer, forward (jaxcls_{lstm,gru}_forward) or back
+// (jaxcls_{lstm,gru}_backward). jaxcls/cpu_rnn.py builds this file with the
+// system's C++ compiler, loads it and registers the targets; the math is
+// LSTMCell's and GRUCell's (jaxcls/recurrent.py), and the tests compare the
+// two paths.
 //
 // Why a kernel of our own: under XLA:CPU each of the 2 x T steps is ~15
 // small kernels around a single-threaded matmul, and XLA runs them one after
 // another. Here each step is one matmul plus one fused pass over the gates,
 // and the batch is split into row blocks that run the whole sequence at once
-// on XLA's intra-op threads (the rows of an LSTM never interact).
+// on XLA's intra-op threads (the rows of a recurrent layer never interact).
 //
 // Every row is computed the same way whichever block it falls in (same
 // micro-kernel arithmetic, same order of sums), so results do not depend on
@@ -30,6 +31,7 @@ namespace ffi = xla::ffi;
 // Aliases: the handler macros below cannot take a comma inside <>.
 using Array2 = ffi::Buffer<ffi::F32, 2>;
 using Array3 = ffi::Buffer<ffi::F32, 3>;
+using Array1 = ffi::Buffer<ffi::F32, 1>;
 using Result2 = ffi::ResultBuffer<ffi::F32, 2>;
 using Result3 = ffi::ResultBuffer<ffi::F32, 3>;
 
@@ -231,6 +233,70 @@ void BackwardGates(const float* __restrict a, const float* __restrict c,
   }
 }
 
+// One GRU step for m rows. x holds x_t W_i + b_i (r, z, n blocks of h), hh
+// holds h_{t-1} W_h + b_h; acts gets r, z, n and hh's n block (the backward
+// pass needs it: n = tanh(x_n + r * hh_n)).
+void GruForwardGates(const float* __restrict x, const float* __restrict hh,
+                     const float* __restrict h_prev, float* __restrict h,
+                     float* __restrict acts, int64_t m, int64_t hidden) {
+  const int64_t g3 = 3 * hidden, g4 = 4 * hidden;
+  for (int64_t b = 0; b < m; ++b) {
+    const float* __restrict xb = x + b * g3;
+    const float* __restrict hb = hh + b * g3;
+    const float* __restrict hp = h_prev + b * hidden;
+    float* __restrict out = h + b * hidden;
+    float* __restrict ab = acts + b * g4;
+#pragma omp simd
+    for (int64_t j = 0; j < hidden; ++j) {
+      float r = Sigmoid(xb[j] + hb[j]);
+      float z = Sigmoid(xb[hidden + j] + hb[hidden + j]);
+      float h_n = hb[2 * hidden + j];
+      float n = Tanh(xb[2 * hidden + j] + r * h_n);
+      out[j] = (1.0f - z) * n + z * hp[j];
+      ab[j] = r;
+      ab[hidden + j] = z;
+      ab[2 * hidden + j] = n;
+      ab[3 * hidden + j] = h_n;
+    }
+  }
+}
+
+// One GRU step back: d_x (into x_t W_i + b_i) and d_hidden (into h W_h +
+// b_h) from the stored activations; d_h, the carried gradient, is read with
+// this step's output gradient added and left as d_h * z, to which the matmul
+// adds d_hidden @ W_h^T.
+void GruBackwardGates(const float* __restrict acts,
+                      const float* __restrict h_prev,
+                      const float* __restrict d_h_out, float* __restrict d_x,
+                      float* __restrict d_hidden, float* __restrict d_h,
+                      int64_t m, int64_t hidden) {
+  const int64_t g3 = 3 * hidden, g4 = 4 * hidden;
+  for (int64_t b = 0; b < m; ++b) {
+    const float* __restrict ab = acts + b * g4;
+    const float* __restrict hp = h_prev + b * hidden;
+    const float* __restrict dho = d_h_out + b * hidden;
+    float* __restrict dx = d_x + b * g3;
+    float* __restrict dhid = d_hidden + b * g3;
+    float* __restrict dh = d_h + b * hidden;
+#pragma omp simd
+    for (int64_t j = 0; j < hidden; ++j) {
+      float r = ab[j], z = ab[hidden + j], n = ab[2 * hidden + j],
+            h_n = ab[3 * hidden + j];
+      float grad_h = dh[j] + dho[j];
+      float d_n = grad_h * (1.0f - z) * (1.0f - n * n);
+      float d_r = d_n * h_n * r * (1.0f - r);
+      float d_z = grad_h * (hp[j] - n) * z * (1.0f - z);
+      dx[j] = d_r;
+      dx[hidden + j] = d_z;
+      dx[2 * hidden + j] = d_n;
+      dhid[j] = d_r;
+      dhid[hidden + j] = d_z;
+      dhid[2 * hidden + j] = d_n * r;
+      dh[j] = grad_h * z;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- threads
 
 // Runs fn(part) for every part in [0, parts) on the caller and XLA's
@@ -407,4 +473,115 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxcls_lstm_backward, LstmBackward,
                                   .Arg<Array2>()
                                   .Ret<Array3>()
                                   .Ret<Array2>()
+                                  .Ret<Array2>());
+
+// x (T, B, 3H) = x_t W_i + b_i, w_h (H, 3H), b_h (3H), h0 (B, H)
+//   -> hs (T, B, H), acts (T, B, 4H): r, z, n and (h W_h + b_h)'s n block.
+static ffi::Error GruForward(ffi::ThreadPool pool, Array3 x, Array2 w_h,
+                             Array1 b_h, Array2 h0,
+                             Result3 hs, Result3 acts) {
+  auto dims = x.dimensions();
+  const int64_t steps = dims[0], batch = dims[1], g3 = dims[2],
+                hidden = g3 / 3;
+  auto w = w_h.dimensions(), h = h0.dimensions();
+  if (g3 % 3 != 0 || hidden % 16 != 0 || w[0] != hidden || w[1] != g3 ||
+      b_h.dimensions()[0] != g3 || h[0] != batch || h[1] != hidden) {
+    return ffi::Error::InvalidArgument(
+        "jaxcls GRU kernel: shapes do not fit (T, B, 3H) inputs, (H, 3H) "
+        "w_h, (3H,) b_h and a (B, H) state with H a multiple of 16");
+  }
+  Packed packed(hidden, g3);
+  Pack(w_h.typed_data(), g3, 1, packed);
+  const float* x_ = x.typed_data();
+  const float* bias = b_h.typed_data();
+  const float* h_init = h0.typed_data();
+  float* hs_ = hs->typed_data();
+  float* acts_ = acts->typed_data();
+  const int64_t parts = NumParts(pool, batch);
+  ParallelFor(pool, parts, [&](int64_t part) {
+    const int64_t b0 = batch * part / parts;
+    const int64_t m = batch * (part + 1) / parts - b0;
+    std::unique_ptr<float[]> hh(new float[m * g3]);
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t row = t * batch + b0;
+      const float* h_prev =
+          t == 0 ? h_init + b0 * hidden : hs_ + (row - batch) * hidden;
+      for (int64_t b = 0; b < m; ++b) {
+        std::memcpy(hh.get() + b * g3, bias, sizeof(float) * g3);
+      }
+      MatMulAdd(h_prev, hidden, m, packed, hh.get(), g3);
+      GruForwardGates(x_ + row * g3, hh.get(), h_prev, hs_ + row * hidden,
+                      acts_ + row * 4 * hidden, m, hidden);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxcls_gru_forward, GruForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Array3>()
+                                  .Arg<Array2>()
+                                  .Arg<Array1>()
+                                  .Arg<Array2>()
+                                  .Ret<Array3>()
+                                  .Ret<Array3>());
+
+// acts (T, B, 4H), hs (T, B, H), h0 (B, H), w_h (H, 3H), d_hs (T, B, H),
+// d_h (B, H) after the last step
+//   -> d_x (T, B, 3H), d_hidden (T, B, 3H), d_h0 (B, H).
+static ffi::Error GruBackward(ffi::ThreadPool pool, Array3 acts, Array3 hs,
+                              Array2 h0, Array2 w_h, Array3 d_hs,
+                              Array2 d_h_last, Result3 d_x, Result3 d_hidden,
+                              Result2 d_h0) {
+  auto dims = acts.dimensions();
+  const int64_t steps = dims[0], batch = dims[1], hidden = dims[2] / 4,
+                g3 = 3 * hidden;
+  auto w = w_h.dimensions(), h = h0.dimensions();
+  if (dims[2] % 4 != 0 || hidden % 16 != 0 || w[0] != hidden ||
+      w[1] != g3 || h[0] != batch || h[1] != hidden) {
+    return ffi::Error::InvalidArgument(
+        "jaxcls GRU kernel: shapes do not fit (T, B, 4H) activations, "
+        "(H, 3H) w_h and a (B, H) state with H a multiple of 16");
+  }
+  Packed w_t(g3, hidden);  // W_h^T, for d_h += d_hidden @ W_h^T
+  Pack(w_h.typed_data(), 1, g3, w_t);
+  const float* acts_ = acts.typed_data();
+  const float* hs_ = hs.typed_data();
+  const float* h_init = h0.typed_data();
+  const float* d_hs_ = d_hs.typed_data();
+  const float* d_h_in = d_h_last.typed_data();
+  float* d_x_ = d_x->typed_data();
+  float* d_hidden_ = d_hidden->typed_data();
+  float* d_h_ = d_h0->typed_data();
+  const int64_t parts = NumParts(pool, batch);
+  ParallelFor(pool, parts, [&](int64_t part) {
+    const int64_t b0 = batch * part / parts;
+    const int64_t m = batch * (part + 1) / parts - b0;
+    float* d_h = d_h_ + b0 * hidden;
+    std::memcpy(d_h, d_h_in + b0 * hidden, sizeof(float) * m * hidden);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t row = t * batch + b0;
+      const float* h_prev =
+          t == 0 ? h_init + b0 * hidden : hs_ + (row - batch) * hidden;
+      float* dhid = d_hidden_ + row * g3;
+      GruBackwardGates(acts_ + row * 4 * hidden, h_prev, d_hs_ + row * hidden,
+                       d_x_ + row * g3, dhid, d_h, m, hidden);
+      MatMulAdd(dhid, g3, m, w_t, d_h, hidden);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxcls_gru_backward, GruBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Array3>()
+                                  .Arg<Array3>()
+                                  .Arg<Array2>()
+                                  .Arg<Array2>()
+                                  .Arg<Array3>()
+                                  .Arg<Array2>()
+                                  .Ret<Array3>()
+                                  .Ret<Array3>()
                                   .Ret<Array2>());

@@ -1,33 +1,34 @@
-"""The LSTM layer's recurrence on the CPU as a kernel of our own (XLA FFI).
+"""The LSTM's and GRU's recurrences on the CPU, as kernels of our own (XLA FFI).
 
-Under XLA:CPU the fused scan (:func:`jaxcls.recurrent.lstm_sequence`) is,
-per time step, a single-threaded matmul and ~15 small kernels that run one
-after another, forward and back. ``jaxcls/csrc/lstm_cpu.cc`` runs all T
-steps in one call instead: per step one matmul and one fused, vectorised
-pass over the gates, with the batch split into row blocks that run the whole
-sequence on XLA's intra-op threads at once (rows never interact). The input
-projection (one big matmul before the loop) and the weight gradients (one
-big matmul each after it) stay in XLA, as in the fused scan.
+Under XLA:CPU the fused scans (:func:`jaxcls.recurrent.lstm_sequence`,
+:func:`jaxcls.recurrent.gru_recurrence`) are, per time step, a
+single-threaded matmul and ~15 small kernels that run one after another,
+forward and back. ``jaxcls/csrc/rnn_cpu.cc`` runs all T steps in one call
+instead: per step one matmul and one fused, vectorised pass over the gates,
+with the batch split into row blocks that run the whole sequence on XLA's
+intra-op threads at once (rows never interact). The input projection (one
+big matmul before the loop) and the weight gradients (one big matmul each
+after it) stay in XLA, as in the fused scans.
 
-Same math, same parameters, same gate layout (PyTorch's i, f, g, o): the
-tests compare values and every gradient with the fused scan, and check that
-a row's result does not depend on how the batch was split. The bits are not
-the fused scan's (another order of float sums, another exp), so LSTM runs
-made before this kernel existed do not repeat bit for bit with it on; they
-do with ``ENABLED = False``.
+Same math, same parameters, same gate layouts (PyTorch's i, f, g, o and r,
+z, n): the tests compare values and every gradient with the fused scans, and
+check that a row's result does not depend on how the batch was split. The
+bits are not the fused scans' (another order of float sums, another exp), so
+LSTM and GRU runs made before these kernels existed do not repeat bit for bit
+with them on; they do with ``ENABLED = False``.
 
-Building: the first LSTM trace on a CPU compiles the source with the
+Building: the first LSTM or GRU trace on a CPU compiles the source with the
 system's C++ compiler (``$CXX``, else ``c++``; about 3 s) against jaxlib's
 FFI headers, for this machine's CPU (``-march=native``), into
 ``$JAXCLS_CACHE`` (default ``~/.cache/jaxcls``), once per source, jaxlib,
 compiler and CPU. Without a compiler, or if the build fails, one warning
-line says why and the fused scan runs: the kernel only ever makes things
-faster, never makes them fail.
+line says why and the fused scans run: the kernels only ever make things
+faster, never make them fail.
 
 :func:`use_kernel` decides per layer: :data:`ENABLED`, the default backend
 is the CPU, float32 matmuls, and a hidden size that is a multiple of 16.
-:func:`disabled` turns it off for a trace; exports use it, since an exported
-model must run where this library is not (TF Serving, other platforms).
+:func:`disabled` turns them off for a trace; exports use it, since an
+exported model must run where this library is not (TF Serving, GPUs).
 """
 
 import contextlib
@@ -45,11 +46,15 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-# Set False (before tracing) to run LSTM layers on the fused scan instead.
+# Set False (before tracing) to run LSTM and GRU layers on the fused scans.
 ENABLED = True
 
-_FORWARD = 'jaxcls_lstm_forward'
-_BACKWARD = 'jaxcls_lstm_backward'
+_TARGETS = (
+  'jaxcls_lstm_forward',
+  'jaxcls_lstm_backward',
+  'jaxcls_gru_forward',
+  'jaxcls_gru_backward',
+)
 _FLAGS = (
   '-O3',
   '-march=native',
@@ -95,8 +100,8 @@ def _compiler_version(compiler: str) -> str:
 
 
 def _build() -> str:
-  """Compiles the kernel if it is not in the cache; returns the library path."""
-  source = resources.files('jaxcls').joinpath('csrc/lstm_cpu.cc').read_bytes()
+  """Compiles the kernels unless cached; returns the library's path."""
+  source = resources.files('jaxcls').joinpath('csrc/rnn_cpu.cc').read_bytes()
   compiler = os.environ.get('CXX', 'c++')
   try:
     version = _compiler_version(compiler)
@@ -117,15 +122,15 @@ def _build() -> str:
     )
   ).hexdigest()[:16]
   folder = cache_dir()
-  path = os.path.join(folder, f'lstm_cpu-{key}.so')
+  path = os.path.join(folder, f'rnn_cpu-{key}.so')
   if os.path.exists(path):
     return path
   os.makedirs(folder, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=folder) as tmp:
-    src = os.path.join(tmp, 'lstm_cpu.cc')
+    src = os.path.join(tmp, 'rnn_cpu.cc')
     with open(src, 'wb') as f:
       f.write(source)
-    out = os.path.join(tmp, 'lstm_cpu.so')
+    out = os.path.join(tmp, 'rnn_cpu.so')
     cmd = [compiler, *_FLAGS, '-I', jax.ffi.include_dir(), src, '-o', out]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -139,13 +144,13 @@ def _build() -> str:
 
 
 def _load() -> ctypes.CDLL | None:
-  """Builds, loads and registers the kernel once per process."""
+  """Builds, loads and registers the kernels once per process."""
   with _lock:
     if not _state['tried']:
       _state['tried'] = True
       try:
         library = ctypes.cdll.LoadLibrary(_build())
-        for name in (_FORWARD, _BACKWARD):
+        for name in _TARGETS:
           jax.ffi.register_ffi_target(
             name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu'
           )
@@ -153,15 +158,15 @@ def _load() -> ctypes.CDLL | None:
       except Exception as e:  # noqa: BLE001 - any failure means: fall back.
         _state['error'] = str(e).splitlines()[0] if str(e) else repr(e)
         logging.getLogger(__name__).warning(
-          'jaxcls: the CPU LSTM kernel is unavailable (%s); LSTM layers run '
-          'on the fused scan instead',
+          'jaxcls: the CPU LSTM/GRU kernels are unavailable (%s); those '
+          'layers run on the fused scans instead',
           _state['error'],
         )
     return _state['library']
 
 
 def available() -> bool:
-  """Whether the kernel is built and registered (builds it on first call)."""
+  """Whether the kernels are built and registered (builds on first call)."""
   return _load() is not None
 
 
@@ -171,7 +176,7 @@ def unavailable_reason() -> str | None:
 
 
 def use_kernel(dtype, hidden_size: int) -> bool:
-  """Whether an LSTM layer traced now runs on this kernel."""
+  """Whether an LSTM or GRU layer traced now runs on these kernels."""
   return (
     ENABLED
     and jnp.dtype(dtype) == jnp.float32
@@ -183,7 +188,7 @@ def use_kernel(dtype, hidden_size: int) -> bool:
 
 @contextlib.contextmanager
 def disabled():
-  """Traces inside run LSTM layers on the fused scan (for exports)."""
+  """Traces inside run LSTM and GRU layers on the fused scans (exports)."""
   global ENABLED
   previous, ENABLED = ENABLED, False
   try:
@@ -192,17 +197,26 @@ def disabled():
     ENABLED = previous
 
 
+def _require() -> None:
+  """Builds and registers the kernels (at trace time) or says why not."""
+  if _load() is None:
+    raise RuntimeError(
+      f'the CPU LSTM/GRU kernels are unavailable: {_state["error"]}'
+    )
+
+
 def _f32(shape) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
 def _forward(xs, w_i, w_h, b, carry):
+  _require()
   c0, h0 = carry
   steps, batch, features = xs.shape
   hidden, gates = w_h.shape
   gates_x = (xs.reshape(-1, features) @ w_i + b).reshape(steps, batch, gates)
   hs, cs, acts = jax.ffi.ffi_call(
-    _FORWARD,
+    'jaxcls_lstm_forward',
     (
       _f32((steps, batch, hidden)),
       _f32((steps, batch, hidden)),
@@ -217,7 +231,7 @@ def _backward(residuals, cotangents):
   xs, w_i, w_h, (c0, h0), hs, cs, acts = residuals
   d_hs, (d_c, d_h) = cotangents
   d_gates, d_c0, d_h0 = jax.ffi.ffi_call(
-    _BACKWARD,
+    'jaxcls_lstm_backward',
     (_f32(acts.shape), _f32(c0.shape), _f32(h0.shape)),
     vmap_method='sequential',
   )(acts, cs, c0, w_h, d_hs, d_c, d_h)
@@ -236,9 +250,54 @@ def lstm_sequence(xs, w_i, w_h, b, carry):
 
   ``xs`` ``(T, B, D)``, ``w_i`` ``(D, 4H)``, ``w_h`` ``(H, 4H)``, ``b``
   ``(4H,)``, ``carry`` ``(c, h)`` each ``(B, H)``; returns ``(hs (T, B, H),
-  (c, h))``. Call :func:`available` first: the kernel must be registered.
+  (c, h))``. Builds the kernels on first use; RuntimeError if they cannot
+  be (:func:`use_kernel` is the check that falls back instead).
   """
   return _forward(xs, w_i, w_h, b, carry)[0]
 
 
 lstm_sequence.defvjp(_forward, _backward)
+
+
+def _gru_forward(projected, w_h, b_h, h0):
+  _require()
+  steps, batch, gates = projected.shape
+  hidden = w_h.shape[0]
+  hs, acts = jax.ffi.ffi_call(
+    'jaxcls_gru_forward',
+    (_f32((steps, batch, hidden)), _f32((steps, batch, 4 * hidden))),
+    vmap_method='sequential',
+  )(projected, w_h, b_h, h0)
+  return (hs, hs[-1]), (w_h, h0, hs, acts)
+
+
+def _gru_backward(residuals, cotangents):
+  w_h, h0, hs, acts = residuals
+  d_hs, d_h = cotangents
+  gates = w_h.shape[1]
+  per_step = _f32((*hs.shape[:2], gates))
+  d_projected, d_hidden, d_h0 = jax.ffi.ffi_call(
+    'jaxcls_gru_backward',
+    (per_step, per_step, _f32(h0.shape)),
+    vmap_method='sequential',
+  )(acts, hs, h0, w_h, d_hs, d_h)
+  # As in the fused scan: the weight gradient is one (T*B)-deep matmul.
+  flat = d_hidden.reshape(-1, gates)
+  h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+  d_w_h = h_prev.reshape(-1, w_h.shape[0]).T @ flat
+  return d_projected, d_w_h, flat.sum(0), d_h0
+
+
+@jax.custom_vjp
+def gru_recurrence(projected, w_h, b_h, h0):
+  """:func:`jaxcls.recurrent.gru_recurrence` (float32) on the CPU kernel.
+
+  ``projected`` ``(T, B, 3H)`` is ``x_t @ W_i + b_i`` (gates r, z, n),
+  ``w_h`` ``(H, 3H)``, ``b_h`` ``(3H,)``, ``h0`` ``(B, H)``; returns ``(hs
+  (T, B, H), h)``. Builds the kernels on first use; RuntimeError if they
+  cannot be (:func:`use_kernel` is the check that falls back instead).
+  """
+  return _gru_forward(projected, w_h, b_h, h0)[0]
+
+
+gru_recurrence.defvjp(_gru_forward, _gru_backward)
