@@ -190,3 +190,26 @@ def test_evaluation_counts_every_example_once_when_the_batch_does_not_divide():
   result = train.evaluate(jax.jit(train.eval_step), state, split, 64, mesh)
   assert result['count'] == 1001
   assert result['accuracy'] == pytest.approx(exact, abs=1e-7)
+
+
+def test_recurrent_kernels_on_eight_devices_match_one(tmp_path):
+  """An LSTM whose recurrence runs on the CPU kernel (jaxcls.cpu_rnn: a
+  custom call XLA cannot look into) trains on 8 devices, with jit's
+  sharding and with pmap, what it trains on one."""
+  flags = (
+    '--config.model=lstm',
+    '--config.hidden_size=32',
+    '--config.train_examples=512',
+  )
+  runs = {}
+  for name, devices, extra in [
+    ('one', 1, ()),
+    ('jit', 8, ()),
+    ('pmap', 8, ('--config.parallel=pmap',)),
+  ]:
+    workdir = tmp_path / name
+    workdir.mkdir()
+    assert 'RESULT' in run_tiny(workdir, *flags, *extra, devices=devices)
+    runs[name] = params(workdir)
+  assert_close(runs['jit'], runs['one'])
+  assert_close(runs['pmap'], runs['one'])
