@@ -37,6 +37,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -90,9 +91,9 @@ def _cpu_signature() -> str:
   return platform.machine() + platform.processor()
 
 
-def _compiler_version(compiler: str) -> str:
+def _compiler_version(compiler: list[str]) -> str:
   out = subprocess.run(
-    [compiler, '--version'], capture_output=True, text=True, timeout=60
+    [*compiler, '--version'], capture_output=True, text=True, timeout=60
   )
   if out.returncode != 0:
     raise OSError(f'{compiler} --version failed')
@@ -102,12 +103,13 @@ def _compiler_version(compiler: str) -> str:
 def _build() -> str:
   """Compiles the kernels unless cached; returns the library's path."""
   source = resources.files('jaxcls').joinpath('csrc/rnn_cpu.cc').read_bytes()
-  compiler = os.environ.get('CXX', 'c++')
+  cxx = os.environ.get('CXX', 'c++')
+  compiler = shlex.split(cxx)  # e.g. CXX='ccache g++'
   try:
     version = _compiler_version(compiler)
-  except (OSError, subprocess.SubprocessError):
+  except (OSError, ValueError, subprocess.SubprocessError):
     raise RuntimeError(
-      f'no C++ compiler {compiler!r} (install g++ or set CXX)'
+      f'no C++ compiler {cxx!r} (install g++ or set CXX)'
     ) from None
   key = hashlib.sha256(
     b'\0'.join(
@@ -131,12 +133,12 @@ def _build() -> str:
     with open(src, 'wb') as f:
       f.write(source)
     out = os.path.join(tmp, 'rnn_cpu.so')
-    cmd = [compiler, *_FLAGS, '-I', jax.ffi.include_dir(), src, '-o', out]
+    cmd = [*compiler, *_FLAGS, '-I', jax.ffi.include_dir(), src, '-o', out]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
       errors = [ln for ln in done.stderr.splitlines() if 'error' in ln]
       raise RuntimeError(
-        f'{compiler} failed: {(errors or done.stderr.splitlines() or ["?"])[0]}'
+        f'{cxx} failed: {(errors or done.stderr.splitlines() or ["?"])[0]}'
       )
     # Atomic: another process building the same key sees all or nothing.
     os.replace(out, path)
@@ -240,7 +242,7 @@ def _backward(residuals, cotangents):
   h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
   d_w_i = xs.reshape(-1, xs.shape[-1]).T @ flat
   d_w_h = h_prev.reshape(-1, w_h.shape[0]).T @ flat
-  d_xs = (flat @ w_i.T).reshape(xs.shape)
+  d_xs = (flat @ w_i.T).reshape(xs.shape).astype(xs.dtype)
   return d_xs, d_w_i, d_w_h, flat.sum(0), (d_c0, d_h0)
 
 

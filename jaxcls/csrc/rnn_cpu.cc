@@ -13,14 +13,18 @@
 //
 // Every row is computed the same way whichever block it falls in (same
 // micro-kernel arithmetic, same order of sums), so results do not depend on
-// the number of threads. Compiled without -ffast-math for that reason; the
-// gate nonlinearities use the vectorisable exp below instead of libm's.
+// the number of threads. Compiled without -ffast-math for that reason (GCC
+// still contracts a * b + c into one FMA, the same way in every template
+// instance; the exact bits depend on the compiler, which is part of the
+// build's cache key); the gate nonlinearities use the vectorisable exp
+// below instead of libm's.
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <thread>
 
@@ -83,7 +87,7 @@ inline float Tanh(float x) {
 // ---------------------------------------------------------------- matmul
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
-typedef float v16a __attribute__((vector_size(64)));
+typedef float v16a __attribute__((vector_size(64), __may_alias__));
 
 inline v16 Load(const float* p) {
   v16 v;
@@ -106,7 +110,19 @@ struct Packed {
     data = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
   }
   ~Packed() { std::free(data); }
+  bool ok() const { return data != nullptr; }
 };
+
+// Shapes must match exactly: the kernels index raw memory.
+bool Same(ffi::Span<const int64_t> dims, std::initializer_list<int64_t> want) {
+  return dims.size() == want.size() &&
+         std::equal(dims.begin(), dims.end(), want.begin());
+}
+
+ffi::Error OutOfMemory() {
+  return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                    "jaxcls RNN kernel: out of memory for packed weights");
+}
 
 // B(r, j) = src[r * row_stride + j * col_stride].
 void Pack(const float* src, int64_t row_stride, int64_t col_stride,
@@ -368,6 +384,7 @@ static ffi::Error LstmForward(ffi::ThreadPool pool,
     return e;
   }
   Packed w(hidden, g4);
+  if (!w.ok()) return OutOfMemory();
   Pack(w_h.typed_data(), g4, 1, w);
   const float* gx = gates_x.typed_data();
   const float* c_init = c0.typed_data();
@@ -428,7 +445,14 @@ static ffi::Error LstmBackward(ffi::ThreadPool pool,
       e.failure()) {
     return e;
   }
+  if (!Same(cs.dimensions(), {steps, batch, hidden}) ||
+      !Same(d_hs.dimensions(), {steps, batch, hidden}) ||
+      !Same(d_c_last.dimensions(), {batch, hidden})) {
+    return ffi::Error::InvalidArgument(
+        "jaxcls LSTM kernel: cs, d_hs and d_c do not fit the activations");
+  }
   Packed w_t(g4, hidden);  // W_h^T, for d_h = d_gates @ W_h^T
+  if (!w_t.ok()) return OutOfMemory();
   Pack(w_h.typed_data(), 1, g4, w_t);
   const float* acts_ = acts.typed_data();
   const float* cs_ = cs.typed_data();
@@ -491,6 +515,7 @@ static ffi::Error GruForward(ffi::ThreadPool pool, Array3 x, Array2 w_h,
         "w_h, (3H,) b_h and a (B, H) state with H a multiple of 16");
   }
   Packed packed(hidden, g3);
+  if (!packed.ok()) return OutOfMemory();
   Pack(w_h.typed_data(), g3, 1, packed);
   const float* x_ = x.typed_data();
   const float* bias = b_h.typed_data();
@@ -498,19 +523,23 @@ static ffi::Error GruForward(ffi::ThreadPool pool, Array3 x, Array2 w_h,
   float* hs_ = hs->typed_data();
   float* acts_ = acts->typed_data();
   const int64_t parts = NumParts(pool, batch);
+  // h W_h + b_h of the current step, every block's rows: allocated here,
+  // where running out of memory can still be an error, not in the tasks.
+  Packed scratch(batch, g3);
+  if (!scratch.ok()) return OutOfMemory();
   ParallelFor(pool, parts, [&](int64_t part) {
     const int64_t b0 = batch * part / parts;
     const int64_t m = batch * (part + 1) / parts - b0;
-    std::unique_ptr<float[]> hh(new float[m * g3]);
+    float* hh = scratch.data + b0 * g3;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t row = t * batch + b0;
       const float* h_prev =
           t == 0 ? h_init + b0 * hidden : hs_ + (row - batch) * hidden;
       for (int64_t b = 0; b < m; ++b) {
-        std::memcpy(hh.get() + b * g3, bias, sizeof(float) * g3);
+        std::memcpy(hh + b * g3, bias, sizeof(float) * g3);
       }
-      MatMulAdd(h_prev, hidden, m, packed, hh.get(), g3);
-      GruForwardGates(x_ + row * g3, hh.get(), h_prev, hs_ + row * hidden,
+      MatMulAdd(h_prev, hidden, m, packed, hh, g3);
+      GruForwardGates(x_ + row * g3, hh, h_prev, hs_ + row * hidden,
                       acts_ + row * 4 * hidden, m, hidden);
     }
   });
@@ -544,7 +573,14 @@ static ffi::Error GruBackward(ffi::ThreadPool pool, Array3 acts, Array3 hs,
         "jaxcls GRU kernel: shapes do not fit (T, B, 4H) activations, "
         "(H, 3H) w_h and a (B, H) state with H a multiple of 16");
   }
+  if (!Same(hs.dimensions(), {steps, batch, hidden}) ||
+      !Same(d_hs.dimensions(), {steps, batch, hidden}) ||
+      !Same(d_h_last.dimensions(), {batch, hidden})) {
+    return ffi::Error::InvalidArgument(
+        "jaxcls GRU kernel: hs, d_hs and d_h do not fit the activations");
+  }
   Packed w_t(g3, hidden);  // W_h^T, for d_h += d_hidden @ W_h^T
+  if (!w_t.ok()) return OutOfMemory();
   Pack(w_h.typed_data(), 1, g3, w_t);
   const float* acts_ = acts.typed_data();
   const float* hs_ = hs.typed_data();
