@@ -13,6 +13,7 @@ what to read. Results: benchmarks/NOTES.md, round 7.
 """
 
 import argparse
+import contextlib
 import functools
 import time
 
@@ -21,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcls  # noqa: F401  (registers the recurrent models)
-from jaxcls import config as config_lib
-from jaxcls import cpu_rnn, kernels, models, optim, recurrent, train
+from benchmarks import lstm_cudnn
+from jaxcls import cpu_rnn, recurrent
 
 
 def agreement(kind, steps=28, batch=64, features=28, hidden=128) -> float:
@@ -65,35 +66,11 @@ def agreement(kind, steps=28, batch=64, features=28, hidden=128) -> float:
 
 
 def compiled_step(kind: str, batch: int, use_kernel: bool):
-  """``(step, state, batch, rng, compile seconds)`` for the classifier."""
-  # Read when the step is traced, below.
-  enabled, cpu_rnn.ENABLED = cpu_rnn.ENABLED, use_kernel
-  try:
-    config = config_lib.get_config()
-    config.model = kind
-    model = models.create_model(config, 10)
-    tx = optim.create_optimizer(config, 1)
-    state = train.create_train_state(jax.random.key(0), model, tx, (28, 28, 1))
-    images = jax.random.randint(
-      jax.random.key(1), (batch, 28, 28, 1), 0, 256
-    ).astype(jnp.uint8)
-    labels = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-    batch_ = {'image': images, 'label': labels}
-    rng = jax.random.key(3)
-    start = time.perf_counter()
-    step = (
-      jax.jit(
-        functools.partial(train.train_step, augment=False),
-        donate_argnums=0,
-        compiler_options=kernels.compiler_options(),
-      )
-      .lower(state, batch_, rng)
-      .compile()
-    )
-    compile_seconds = time.perf_counter() - start
-  finally:
-    cpu_rnn.ENABLED = enabled
-  return step, state, batch_, rng, compile_seconds
+  """``(step, state, batch, rng, compile seconds)`` for the classifier, on
+  the CPU kernels or (``use_kernel=False``) the fused scans."""
+  off = contextlib.nullcontext() if use_kernel else cpu_rnn.disabled()
+  with off:
+    return lstm_cudnn.compiled_step(kind, batch)
 
 
 def main(argv=None):

@@ -345,11 +345,8 @@ def make_runner(name, model_name, arrays, args):
     # The fused scans in place of the CPU LSTM/GRU kernels: an A/B in one run.
     from jaxcls import cpu_rnn
 
-    enabled, cpu_rnn.ENABLED = cpu_rnn.ENABLED, False
-    try:
+    with cpu_rnn.disabled():
       return make_runner('jaxcls', model_name, arrays, args)
-    finally:
-      cpu_rnn.ENABLED = enabled
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(
       model_name,

@@ -5,7 +5,7 @@ The pieces, each a small pure function or Flax linen module:
 * ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
 * ``jaxcls.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, ``RecurrentClassifier``:
   scanned recurrent cells and a row-by-row image classifier
-  (on a CPU the LSTM runs on a kernel of its own, ``jaxcls.cpu_rnn``;
+  (on a CPU the LSTM and GRU run on kernels of their own, ``jaxcls.cpu_rnn``;
   ``jaxcls.cudnn_lstm.ENABLED = True`` runs it on cuDNN on a GPU);
 * ``jaxcls.ResNet``: the small ResNet of He et al. (2016), with BatchNorm;
 * ``jaxcls.create_train_state``, ``jaxcls.train_step``, ``jaxcls.eval_step``:

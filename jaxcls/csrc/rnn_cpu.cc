@@ -315,37 +315,34 @@ void GruBackwardGates(const float* __restrict acts,
 
 // ---------------------------------------------------------------- threads
 
-// Runs fn(part) for every part in [0, parts) on the caller and XLA's
-// intra-op pool. The caller claims parts as well, so it only ever waits for
-// parts already running: no deadlock when the pool's threads are busy.
+// Runs fn(b0, m) for each row block [b0, b0 + m) of a batch: blocks of at
+// least 8 rows, one per intra-op thread, run on the caller and XLA's
+// intra-op pool. The caller claims blocks as well, so it only ever waits for
+// blocks already running: no deadlock when the pool's threads are busy.
 template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t parts, const Fn& fn) {
+void ForEachRowBlock(ffi::ThreadPool& pool, int64_t batch, const Fn& fn) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>(threads, batch / 8));
   struct State {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
   };
   auto state = std::make_shared<State>();
-  auto work = [state, parts, &fn]() {
+  auto work = [state, parts, batch, &fn]() {
     for (int64_t p; (p = state->next.fetch_add(1)) < parts;) {
-      fn(p);
+      const int64_t b0 = batch * p / parts;
+      fn(b0, batch * (p + 1) / parts - b0);
       state->done.fetch_add(1, std::memory_order_release);
     }
   };
-  // A task that starts after the caller returned finds no part left and
+  // A task that starts after the caller returned finds no block left and
   // touches nothing but `state`, which it shares.
-  for (int64_t k = 1; k < parts; ++k) {
-    pool.Schedule([state, parts, work]() { work(); });
-  }
+  for (int64_t k = 1; k < parts; ++k) pool.Schedule(decltype(work)(work));
   work();
   while (state->done.load(std::memory_order_acquire) < parts) {
     std::this_thread::yield();
   }
-}
-
-// Row blocks of at least 8 rows, one per intra-op thread.
-int64_t NumParts(ffi::ThreadPool& pool, int64_t batch) {
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  return std::max<int64_t>(1, std::min<int64_t>(threads, batch / 8));
 }
 
 ffi::Error CheckShapes(int64_t hidden, int64_t g4, int64_t batch,
@@ -392,10 +389,7 @@ static ffi::Error LstmForward(ffi::ThreadPool pool,
   float* hs_ = hs->typed_data();
   float* cs_ = cs->typed_data();
   float* acts_ = acts->typed_data();
-  const int64_t parts = NumParts(pool, batch);
-  ParallelFor(pool, parts, [&](int64_t part) {
-    const int64_t b0 = batch * part / parts;
-    const int64_t m = batch * (part + 1) / parts - b0;
+  ForEachRowBlock(pool, batch, [&](int64_t b0, int64_t m) {
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t row = t * batch + b0;
       float* a = acts_ + row * g4;
@@ -463,10 +457,7 @@ static ffi::Error LstmBackward(ffi::ThreadPool pool,
   float* d_gates_ = d_gates->typed_data();
   float* d_c_ = d_c0->typed_data();
   float* d_h_ = d_h0->typed_data();
-  const int64_t parts = NumParts(pool, batch);
-  ParallelFor(pool, parts, [&](int64_t part) {
-    const int64_t b0 = batch * part / parts;
-    const int64_t m = batch * (part + 1) / parts - b0;
+  ForEachRowBlock(pool, batch, [&](int64_t b0, int64_t m) {
     float* d_c = d_c_ + b0 * hidden;
     float* d_h = d_h_ + b0 * hidden;
     std::memcpy(d_c, d_c_in + b0 * hidden, sizeof(float) * m * hidden);
@@ -522,14 +513,11 @@ static ffi::Error GruForward(ffi::ThreadPool pool, Array3 x, Array2 w_h,
   const float* h_init = h0.typed_data();
   float* hs_ = hs->typed_data();
   float* acts_ = acts->typed_data();
-  const int64_t parts = NumParts(pool, batch);
   // h W_h + b_h of the current step, every block's rows: allocated here,
   // where running out of memory can still be an error, not in the tasks.
   Packed scratch(batch, g3);
   if (!scratch.ok()) return OutOfMemory();
-  ParallelFor(pool, parts, [&](int64_t part) {
-    const int64_t b0 = batch * part / parts;
-    const int64_t m = batch * (part + 1) / parts - b0;
+  ForEachRowBlock(pool, batch, [&](int64_t b0, int64_t m) {
     float* hh = scratch.data + b0 * g3;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t row = t * batch + b0;
@@ -590,10 +578,7 @@ static ffi::Error GruBackward(ffi::ThreadPool pool, Array3 acts, Array3 hs,
   float* d_x_ = d_x->typed_data();
   float* d_hidden_ = d_hidden->typed_data();
   float* d_h_ = d_h0->typed_data();
-  const int64_t parts = NumParts(pool, batch);
-  ParallelFor(pool, parts, [&](int64_t part) {
-    const int64_t b0 = batch * part / parts;
-    const int64_t m = batch * (part + 1) / parts - b0;
+  ForEachRowBlock(pool, batch, [&](int64_t b0, int64_t m) {
     float* d_h = d_h_ + b0 * hidden;
     std::memcpy(d_h, d_h_in + b0 * hidden, sizeof(float) * m * hidden);
     for (int64_t t = steps - 1; t >= 0; --t) {
