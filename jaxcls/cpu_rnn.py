@@ -17,13 +17,13 @@ bits are not the fused scans' (another order of float sums, another exp), so
 LSTM and GRU runs made before these kernels existed do not repeat bit for bit
 with them on; they do with ``ENABLED = False``.
 
-Building: the first LSTM or GRU trace on a CPU compiles the source with the
-system's C++ compiler (``$CXX``, else ``c++``; about 3 s) against jaxlib's
-FFI headers, for this machine's CPU (``-march=native``), into
-``$JAXCLS_CACHE`` (default ``~/.cache/jaxcls``), once per source, jaxlib,
-compiler and CPU. Without a compiler, or if the build fails, one warning
-line says why and the fused scans run: the kernels only ever make things
-faster, never make them fail.
+Building (:mod:`jaxcls.native`): the first LSTM or GRU trace on a CPU
+compiles the source with the system's C++ compiler (``$CXX``, else ``c++``;
+about 3 s) against jaxlib's FFI headers, for this machine's CPU
+(``-march=native``), into ``$JAXCLS_CACHE`` (default ``~/.cache/jaxcls``),
+once per source, jaxlib, compiler and CPU. Without a compiler, or if the
+build fails, one warning line says why and the fused scans run: the kernels
+only ever make things faster, never make them fail.
 
 :func:`use_kernel` decides per layer: :data:`ENABLED`, the default backend
 is the CPU, float32 matmuls, and a hidden size that is a multiple of 16.
@@ -33,19 +33,12 @@ exported model must run where this library is not (TF Serving, GPUs).
 
 import contextlib
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shlex
-import subprocess
-import tempfile
-import threading
-from importlib import resources
 
 import jax
 import jax.numpy as jnp
-import jaxlib
+
+from jaxcls import native
+from jaxcls.native import cache_dir  # noqa: F401 - where the builds live
 
 # Set False (before tracing) to run LSTM and GRU layers on the fused scans.
 ENABLED = True
@@ -56,115 +49,18 @@ _TARGETS = (
   'jaxcls_gru_forward',
   'jaxcls_gru_backward',
 )
-_FLAGS = (
-  '-O3',
-  '-march=native',
-  '-fopenmp-simd',
-  '-fno-math-errno',
-  '-std=c++17',
-  '-fPIC',
-  '-shared',
-)
-_lock = threading.Lock()
 _state: dict = {'tried': False, 'library': None, 'error': None}
-
-
-def cache_dir() -> str:
-  """Where built kernels live: ``$JAXCLS_CACHE``, else ``~/.cache/jaxcls``."""
-  if os.environ.get('JAXCLS_CACHE'):
-    return os.environ['JAXCLS_CACHE']
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
-    os.path.expanduser('~'), '.cache'
-  )
-  return os.path.join(base, 'jaxcls')
-
-
-def _cpu_signature() -> str:
-  """The CPU's feature flags: ``-march=native`` code runs only on such CPUs."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith(('flags', 'Features')):
-          return line
-  except OSError:
-    pass
-  return platform.machine() + platform.processor()
-
-
-def _compiler_version(compiler: list[str]) -> str:
-  out = subprocess.run(
-    [*compiler, '--version'], capture_output=True, text=True, timeout=60
-  )
-  if out.returncode != 0:
-    raise OSError(f'{compiler} --version failed')
-  return out.stdout
-
-
-def _build() -> str:
-  """Compiles the kernels unless cached; returns the library's path."""
-  source = resources.files('jaxcls').joinpath('csrc/rnn_cpu.cc').read_bytes()
-  cxx = os.environ.get('CXX', 'c++')
-  compiler = shlex.split(cxx)  # e.g. CXX='ccache g++'
-  try:
-    version = _compiler_version(compiler)
-  except (OSError, ValueError, subprocess.SubprocessError):
-    raise RuntimeError(
-      f'no C++ compiler {cxx!r} (install g++ or set CXX)'
-    ) from None
-  key = hashlib.sha256(
-    b'\0'.join(
-      s if isinstance(s, bytes) else s.encode()
-      for s in (
-        source,
-        jaxlib.__version__,
-        version,
-        ' '.join(_FLAGS),
-        _cpu_signature(),
-      )
-    )
-  ).hexdigest()[:16]
-  folder = cache_dir()
-  path = os.path.join(folder, f'rnn_cpu-{key}.so')
-  if os.path.exists(path):
-    return path
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=folder) as tmp:
-    src = os.path.join(tmp, 'rnn_cpu.cc')
-    with open(src, 'wb') as f:
-      f.write(source)
-    out = os.path.join(tmp, 'rnn_cpu.so')
-    cmd = [*compiler, *_FLAGS, '-I', jax.ffi.include_dir(), src, '-o', out]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-      errors = [ln for ln in done.stderr.splitlines() if 'error' in ln]
-      raise RuntimeError(
-        f'{cxx} failed: {(errors or done.stderr.splitlines() or ["?"])[0]}'
-      )
-    # Atomic: another process building the same key sees all or nothing.
-    os.replace(out, path)
-  return path
 
 
 def _load() -> ctypes.CDLL | None:
   """Builds, loads and registers the kernels once per process."""
-  with _lock:
-    if not _state['tried']:
-      _state['tried'] = True
-      try:
-        library = ctypes.cdll.LoadLibrary(_build())
-        for name in _TARGETS:
-          jax.ffi.register_ffi_target(
-            name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu'
-          )
-        _state['library'] = library
-      except Exception as e:  # noqa: BLE001 - any failure means: fall back.
-        _state['error'] = str(e).splitlines()[0] if str(e) else repr(e)
-        logging.getLogger(__name__).warning(
-          'jaxcls: the CPU LSTM/GRU kernels are unavailable (%s); those '
-          'layers run on the fused scans instead',
-          _state['error'],
-        )
-    return _state['library']
+  return native.load(
+    _state,
+    'rnn_cpu',
+    _TARGETS,
+    'the CPU LSTM/GRU kernels are',
+    'those layers run on the fused scans',
+  )
 
 
 def available() -> bool:
