@@ -2,7 +2,9 @@
 
 The pieces, each a small pure function or Flax linen module:
 
-* ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
+* ``jaxcls.CNN``: the tutorial article's two-convolution CNN (on a CPU each
+  convolution-ReLU-pool block runs as one kernel of its own,
+  ``jaxcls.cpu_conv``);
 * ``jaxcls.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, ``RecurrentClassifier``:
   scanned recurrent cells and a row-by-row image classifier
   (on a CPU the LSTM and GRU run on kernels of their own, ``jaxcls.cpu_rnn``;
@@ -26,6 +28,7 @@ __version__ = '0.2.0'
 
 from jaxcls import (
   activations,
+  cpu_conv,
   cpu_rnn,
   cudnn_lstm,
   inspection,
@@ -62,6 +65,7 @@ from jaxcls.train import (
 
 __all__ = [
   'activations',
+  'cpu_conv',
   'cpu_rnn',
   'cudnn_lstm',
   'inspection',

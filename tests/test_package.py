@@ -43,9 +43,10 @@ batch = {'image': np.random.default_rng(0).integers(
              0, 256, (8, 28, 28, 1), np.uint8),
          'label': np.arange(8, dtype=np.int32)}
 state, metrics = jax.jit(jaxcls.train_step)(state, batch, jax.random.key(1))
-from jaxcls import cpu_rnn  # its C++ source ships as package data
+from jaxcls import cpu_conv, cpu_rnn  # C++ sources ship as package data
 print(json.dumps({'jaxcls': jaxcls.__file__, 'version': jaxcls.__version__,
                   'lstm_kernel': cpu_rnn.available(),
+                  'conv_kernel': cpu_conv.available(),
                   'experiments': experiments.fashion_mnist.__file__,
                   'step': int(state.step), 'loss': float(metrics['loss'])}))
 """
@@ -73,7 +74,7 @@ def one_train_step_loss() -> float:
 
 def source_files(package: str) -> set[str]:
   """``package/...`` paths of the checkout's sources (``.py``, and the C++
-  kernel's ``.cc``), as in a wheel."""
+  kernels' ``.cc``), as in a wheel."""
   found = set()
   for folder, dirs, files in os.walk(os.path.join(ROOT, package)):
     dirs[:] = [d for d in dirs if d != '__pycache__']
@@ -196,6 +197,7 @@ def test_installed_copy_imports_and_trains_from_outside(built, tmp_path):
   assert out['version'] == jaxcls.__version__
   assert out['step'] == 1
   assert out['lstm_kernel'] is True
+  assert out['conv_kernel'] is True
   # The installed code computes exactly what the checkout computes.
   np.testing.assert_allclose(out['loss'], one_train_step_loss(), rtol=1e-6)
 
