@@ -14,7 +14,9 @@ Runners (``--runners``):
   on (``jaxcls.cudnn_lstm.ENABLED``; it changes only the LSTM on a GPU);
   ``jaxcls_scan``: ``jaxcls`` with the CPU LSTM/GRU kernels switched off
   (``jaxcls.cpu_rnn.ENABLED``), i.e. the fused scans, the path before the
-  kernels (it changes only the LSTM and GRU on a CPU).
+  kernels (it changes only the LSTM and GRU on a CPU); ``jaxcls_xla``: with
+  every CPU kernel of jaxcls's own off (also ``jaxcls.cpu_conv``'s CNN
+  blocks), XLA's ops alone.
 * ``torch``: the article's eager loop (per-batch normalisation, a
   ``loss.item()`` sync every step); ``torch_lean``: the lean loop (the split
   as one normalised tensor, no per-step sync); the same model, optimizer and
@@ -64,7 +66,7 @@ def _parse_args(argv):
     '--runners',
     default='jaxcls,jaxcls_step,torch,torch_lean',
     help='comma-separated: jaxcls, jaxcls_bf16, jaxcls_step, jaxcls_cudnn, '
-    'jaxcls_scan, '
+    'jaxcls_scan, jaxcls_xla, '
     'torch, torch_lean, torch_1thread, torch_lean_1thread, user, '
     'user_fast '
     '(see the module docstring)',
@@ -346,6 +348,13 @@ def make_runner(name, model_name, arrays, args):
     from jaxcls import cpu_rnn
 
     with cpu_rnn.disabled():
+      return make_runner('jaxcls', model_name, arrays, args)
+  if name == 'jaxcls_xla':
+    # All of jaxcls's own CPU kernels off (CNN blocks and LSTM/GRU): XLA's
+    # ops alone, the path before round 7.
+    from jaxcls import cpu_conv, cpu_rnn
+
+    with cpu_rnn.disabled(), cpu_conv.disabled():
       return make_runner('jaxcls', model_name, arrays, args)
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(
