@@ -18,7 +18,17 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcls import checkpoint, data, kernels, models, optim, techniques, train
+from jaxcls import (
+  checkpoint,
+  cpu_conv,
+  cpu_rnn,
+  data,
+  kernels,
+  models,
+  optim,
+  techniques,
+  train,
+)
 from jaxcls import config as config_lib
 
 
@@ -160,14 +170,20 @@ def confusion_matrix(
 
 
 def model_summary(model: nn.Module, image_shape: tuple[int, int, int]) -> str:
-  """Flax's table of layers, input/output shapes, FLOPs and parameters."""
+  """Flax's table of layers, input/output shapes, FLOPs and parameters.
+
+  With jaxcls's CPU kernels off: the table shows the architecture's layers
+  (a CNN block's convolution, not its fused kernel op), whose FLOPs Flax can
+  count.
+  """
   table = nn.tabulate(
     model,
     jax.random.key(0),
     compute_flops=True,
     console_kwargs={'width': 120, 'force_terminal': False, 'no_color': True},
   )
-  return table(jnp.zeros((1, *image_shape), jnp.float32))
+  with cpu_conv.disabled(), cpu_rnn.disabled():
+    return table(jnp.zeros((1, *image_shape), jnp.float32))
 
 
 def flops_per_example(
@@ -178,10 +194,14 @@ def flops_per_example(
   """Forward-pass FLOPs per example, from XLA's cost analysis.
 
   The forward pass is lowered and compiled for ``batch_size`` uint8 images;
-  XLA counts the floating-point operations of the compiled program.
+  XLA counts the floating-point operations of the compiled program, traced
+  with jaxcls's CPU kernels off (XLA cannot see inside a custom call).
   """
   images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8)
-  compiled = jax.jit(predict_probs).lower(state, images).compile()
+  with cpu_conv.disabled(), cpu_rnn.disabled():
+    # A fresh function: a cached trace of predict_probs may hold the kernels.
+    forward = jax.jit(lambda state, images: predict_probs(state, images))
+    compiled = forward.lower(state, images).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
     cost = cost[0]

@@ -18,8 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from backends import CPU_ONLY
 from jaxcls import activations, cpu_conv, export, kernels, models, optim, steps
 from jaxcls import config as config_lib
+
+pytestmark = CPU_ONLY
 
 
 def _xla_block(x, kernel, bias):

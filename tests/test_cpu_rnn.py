@@ -16,8 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from backends import CPU_ONLY
 from jaxcls import config as config_lib
 from jaxcls import cpu_rnn, export, models, optim, recurrent, steps
+
+pytestmark = CPU_ONLY
 
 
 def _random_lstm(steps, batch, features, hidden, seed=0, scale=0.3):

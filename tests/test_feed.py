@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from backends import BIT_EXACT
 from jaxcls import config as config_lib
 from jaxcls import data, feed, guards, kernels, models, optim, parallel, train
 
@@ -42,6 +43,7 @@ def plain_loop(state, split, order, batch_size, steps, rng):
   return state, {k: sum(m[k] for m in totals) for k in totals[0]}
 
 
+@BIT_EXACT
 @pytest.mark.parametrize('k', [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_device_feed_matches_the_plain_loop_bit_for_bit(k):
   split, rng = host_split(), jax.random.key(7)
@@ -90,6 +92,7 @@ def test_epoch_rows_match_the_host_batches_of_every_shard():
     np.testing.assert_array_equal(joined.labels[rows[i]], expected['label'])
 
 
+@BIT_EXACT
 @pytest.mark.slow
 def test_k_steps_per_call_and_both_feeds_train_the_same_bits(tmp_path):
   from conftest import tiny_config

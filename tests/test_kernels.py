@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from backends import CPU_ONLY
 from jaxcls import kernels, models
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -38,6 +39,7 @@ CASES = [
 ]
 
 
+@CPU_ONLY  # on a GPU lax's convolution rounds through TF32
 @pytest.mark.parametrize('shape,kernel_shape,padding', CASES)
 def test_shifted_conv_matches_lax_values_and_both_gradients(
   shape, kernel_shape, padding
@@ -208,6 +210,7 @@ def _ynn_fused_convolutions(hlo: str) -> int:
   return count
 
 
+@CPU_ONLY
 def test_compiler_options_send_convolutions_to_eigen_not_ynnpack():
   # A 32-channel convolution and its gradients: YNNPACK-eligible by default.
   x, kernel, _ = _inputs((8, 14, 14, 16), (3, 3, 16, 32))
