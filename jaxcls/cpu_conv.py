@@ -216,4 +216,5 @@ class ConvReluPool(nn.Module):
       'kernel', self.kernel_init, (3, 3, x.shape[-1], self.features)
     )
     bias = self.param('bias', self.bias_init, (self.features,))
-    return conv_relu_pool(x.astype(jnp.float32), kernel, bias)
+    f32 = jnp.float32
+    return conv_relu_pool(x.astype(f32), kernel.astype(f32), bias.astype(f32))

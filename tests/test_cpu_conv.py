@@ -150,6 +150,16 @@ def test_weight_gradient_sums_fixed_chunks_of_eight_images_in_order():
   np.testing.assert_array_equal(d_b, halves[0][3] + halves[1][3])
 
 
+def test_an_empty_batch_gives_zero_gradients():
+  x, kernel, bias, g = _random(0, 4, 4, 16, 32)
+  y, d_x, d_k, d_b = _value_and_grads(
+    cpu_conv.conv_relu_pool, x, kernel, bias, g
+  )
+  assert y.shape == (0, 2, 2, 32) and d_x.shape == x.shape
+  assert d_k.shape == kernel.shape and not np.asarray(d_k).any()
+  assert d_b.shape == bias.shape and not np.asarray(d_b).any()
+
+
 def test_vmap_over_members_matches_xla():
   x, kernel, bias, _ = _random(4, 6, 6, 16, 16)
   kernels_ = jnp.stack([kernel, -kernel, 2 * kernel])

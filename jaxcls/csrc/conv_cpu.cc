@@ -29,6 +29,9 @@
 // chunks of 8 images, then the chunks in order, so no result depends on the
 // number of threads. Compiled without -ffast-math (GCC contracts a * b + c
 // into FMAs, the same way in every instance).
+//
+// Written for GCC (vector extensions: `?:` on vectors, __builtin_shuffle);
+// with another compiler a failed build means one warning and XLA's ops.
 
 #include <algorithm>
 #include <atomic>
@@ -340,15 +343,19 @@ ffi::Error GetShape(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
 
 // Forward: route may be null (inference).
 ffi::Error BlockForward(ffi::ThreadPool& pool, const Array4& x,
-                        const Array4& w, const Array1& b, float* pooled,
-                        uint8_t* route) {
+                        const Array4& w, const Array1& b,
+                        ffi::Span<const int64_t> pooled_dims, float* pooled,
+                        ffi::Span<const int64_t> route_dims, uint8_t* route) {
   Shape s;
   if (ffi::Error e = GetShape(x.dimensions(), w.dimensions(), &s);
       e.failure()) {
     return e;
   }
-  if (!Same(b.dimensions(), {s.cout})) {
-    return ffi::Error::InvalidArgument("jaxcls conv kernel: bias is not (C_out,)");
+  if (!Same(b.dimensions(), {s.cout}) ||
+      !Same(pooled_dims, {s.batch, s.h / 2, s.w / 2, s.cout}) ||
+      (route != nullptr && !Same(route_dims, {s.batch, s.h, s.w, s.cout}))) {
+    return ffi::Error::InvalidArgument(
+        "jaxcls conv kernel: bias, pooled or route do not fit x and w");
   }
   Floats packed(9 * s.cin * s.cout);
   if (!packed.ok()) return OutOfMemory();
@@ -379,7 +386,8 @@ ffi::Error BlockForward(ffi::ThreadPool& pool, const Array4& x,
 static ffi::Error ConvBlockForward(ffi::ThreadPool pool, Array4 x, Array4 w,
                                    Array1 b, Result4 pooled,
                                    ResultBytes4 route) {
-  return BlockForward(pool, x, w, b, pooled->typed_data(),
+  return BlockForward(pool, x, w, b, pooled->dimensions(),
+                      pooled->typed_data(), route->dimensions(),
                       route->typed_data());
 }
 
@@ -395,7 +403,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxcls_conv_block_forward, ConvBlockForward,
 // The forward pass alone (evaluation): x, w, b -> pooled.
 static ffi::Error ConvBlockInfer(ffi::ThreadPool pool, Array4 x, Array4 w,
                                  Array1 b, Result4 pooled) {
-  return BlockForward(pool, x, w, b, pooled->typed_data(), nullptr);
+  return BlockForward(pool, x, w, b, pooled->dimensions(),
+                      pooled->typed_data(), {}, nullptr);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxcls_conv_block_infer, ConvBlockInfer,
@@ -468,6 +477,11 @@ ffi::Error BlockBackward(ffi::ThreadPool& pool, const Array4& x,
   // threads.
   const int64_t chunk = 8, chunks = (s.batch + chunk - 1) / chunk;
   const int64_t k = 9 * s.cin, n = s.cout, partial = k * n + n;
+  if (chunks == 0) {  // an empty batch: zero gradients
+    std::memset(d_w.typed_data(), 0, sizeof(float) * k * n);
+    std::memset(d_b.typed_data(), 0, sizeof(float) * n);
+    return ffi::Error::Success();
+  }
   Floats partials(chunks * partial);
   const int64_t per_part =
       s.padded() * s.cin + (d_zp_out == nullptr ? s.padded() * n : 0);
