@@ -352,9 +352,9 @@ def make_runner(name, model_name, arrays, args):
   if name == 'jaxcls_xla':
     # All of jaxcls's own CPU kernels off (CNN blocks and LSTM/GRU): XLA's
     # ops alone, the path before round 7.
-    from jaxcls import cpu_conv, cpu_rnn
+    from jaxcls import native
 
-    with cpu_rnn.disabled(), cpu_conv.disabled():
+    with native.kernels_disabled():
       return make_runner('jaxcls', model_name, arrays, args)
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(

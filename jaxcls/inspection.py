@@ -20,11 +20,10 @@ import orbax.checkpoint as ocp
 
 from jaxcls import (
   checkpoint,
-  cpu_conv,
-  cpu_rnn,
   data,
   kernels,
   models,
+  native,
   optim,
   techniques,
   train,
@@ -182,7 +181,7 @@ def model_summary(model: nn.Module, image_shape: tuple[int, int, int]) -> str:
     compute_flops=True,
     console_kwargs={'width': 120, 'force_terminal': False, 'no_color': True},
   )
-  with cpu_conv.disabled(), cpu_rnn.disabled():
+  with native.kernels_disabled():
     return table(jnp.zeros((1, *image_shape), jnp.float32))
 
 
@@ -198,7 +197,7 @@ def flops_per_example(
   with jaxcls's CPU kernels off (XLA cannot see inside a custom call).
   """
   images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8)
-  with cpu_conv.disabled(), cpu_rnn.disabled():
+  with native.kernels_disabled():
     # A fresh function: a cached trace of predict_probs may hold the kernels.
     forward = jax.jit(lambda state, images: predict_probs(state, images))
     compiled = forward.lower(state, images).compile()

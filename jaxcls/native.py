@@ -11,6 +11,7 @@ says why and the caller falls back to XLA's own ops: the kernels only ever
 make things faster, never make them fail.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -143,3 +144,17 @@ def load(
           fallback,
         )
     return state['library']
+
+
+@contextlib.contextmanager
+def kernels_disabled():
+  """Traces inside use none of jaxcls's C++ kernels, only XLA's own ops.
+
+  For programs that must run without jaxcls (exports), that XLA must see
+  through (FLOP counts, Flax's summary table), and A/B benchmarks; a new
+  kernel module adds its switch here, not at each of those places.
+  """
+  from jaxcls import cpu_conv, cpu_rnn  # Lazy: both import this module.
+
+  with cpu_conv.disabled(), cpu_rnn.disabled():
+    yield
