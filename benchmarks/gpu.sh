@@ -10,7 +10,7 @@
 # Needs jax with CUDA (`jax[cuda12]`, same version as requirements.txt) and,
 # for the reference, torch with CUDA, plus jaxcls's own needs (flax, optax,
 # orbax-checkpoint, ml_collections; TensorFlow only without DATA_NPZ).
-# jaxcls_cudnn is the LSTM on cuDNN (jaxcls.cudnn_lstm); for the CNN and
+# jaxcls_cudnn is the LSTM on cuDNN (jaxcls.accel.cudnn_lstm); for the CNN and
 # GRU it repeats jaxcls. Without DATA_NPZ the data come from
 # TFDS. MNIST_NPZ (any MNIST-sized arrays) adds the seconds of training to
 # reach 99% test accuracy. Tables go to benchmarks/results/gpu_*.json.

@@ -27,7 +27,7 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c 'import sys, jax, flax, optax, torch; print(sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "torch", torch.__version__, jax.devices())' 2>&1 | tee -a "$OUT/gpu.txt"
-python3 -c 'import jax.numpy as jnp; from jaxcls import cpu_conv, cpu_rnn; print("CPU kernels on this backend:", cpu_rnn.use_kernel(jnp.float32, 128), cpu_conv.use_kernel((8, 28, 28, 1), 16, jnp.float32))' 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+python3 -c 'import jax.numpy as jnp; from jaxcls.accel import cpu_conv, cpu_rnn; print("why no CPU kernel on this backend:", cpu_rnn.why_not(jnp.float32, 128), "/", cpu_conv.why_not((8, 28, 28, 1), 16, jnp.float32))' 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_cudnn_lstm.py > "$OUT/pytest_cudnn.txt" 2>&1
 echo "cudnn tests rc $?"; tail -2 "$OUT/pytest_cudnn.txt"
 RUNNERS=${RUNNERS:-jaxcls,jaxcls_cudnn,jaxcls_bf16,torch,torch_lean} \
@@ -43,6 +43,7 @@ if ((left > 40)); then
     -q -p no:cacheprovider -n 4 -rf tests/test_models.py \
     tests/test_train_step.py tests/test_kernels.py tests/test_activations.py \
     tests/test_optim.py tests/test_resnet.py tests/test_feed.py \
-    tests/test_cpu_conv.py tests/test_cpu_rnn.py > "$OUT/pytest_gpu.txt" 2>&1
+    tests/test_cpu_conv.py tests/test_cpu_rnn.py tests/test_accel.py \
+    > "$OUT/pytest_gpu.txt" 2>&1
   echo "portable tests rc $?"; tail -8 "$OUT/pytest_gpu.txt"
 fi

@@ -4,7 +4,7 @@
   python -m benchmarks.lstm_cudnn --batches=64,256,1024,4096
 
 On an NVIDIA GPU: first the largest difference between
-``jaxcls.cudnn_lstm.lstm_sequence`` and the fused scan
+``jaxcls.accel.cudnn_lstm.lstm_sequence`` and the fused scan
 (``jaxcls.recurrent.lstm_sequence``) on random inputs that reach cuDNN through
 a transpose, at the highest matmul precision. Then a table of the LSTM
 classifier's jitted train step (hidden 128, 28 rows of 28, Adam), the scan
@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcls  # noqa: F401  (registers the recurrent models)
+from jaxcls import accel, fastpath, models, optim, recurrent, train
 from jaxcls import config as config_lib
-from jaxcls import cpu_rnn, cudnn_lstm, kernels, models, optim, recurrent, train
+from jaxcls.accel import cudnn_lstm
 
 
 def agreement(steps=7, batch=3, features=5, hidden=6) -> float:
@@ -48,8 +49,8 @@ def agreement(steps=7, batch=3, features=5, hidden=6) -> float:
 def compiled_step(kind: str, batch: int):
   """``(step, state, batch, rng, compile seconds)``: the ``kind`` classifier's
   jitted train step (hidden 128, 28 rows of 28, Adam), traced and compiled
-  here, so the backend switches in force now (``cudnn_lstm.ENABLED``,
-  ``cpu_rnn.ENABLED``) are the ones it uses."""
+  here, so the settings in force now (``jaxcls.accel.using``) are the ones
+  it uses."""
   config = config_lib.get_config()
   config.model = kind
   model = models.create_model(config, 10)
@@ -63,10 +64,8 @@ def compiled_step(kind: str, batch: int):
   rng = jax.random.key(3)
   start = time.perf_counter()
   step = (
-    jax.jit(
-      functools.partial(train.train_step, augment=False),
-      donate_argnums=0,
-      compiler_options=kernels.compiler_options(),
+    fastpath.jit(
+      functools.partial(train.train_step, augment=False), donate_argnums=0
     )
     .lower(state, batch_, rng)
     .compile()
@@ -76,12 +75,9 @@ def compiled_step(kind: str, batch: int):
 
 def step_ms(batch: int, use_cudnn: bool, rounds=5, calls=20):
   """(median ms per train step, compile seconds) for the LSTM classifier."""
-  enabled, cudnn_lstm.ENABLED = cudnn_lstm.ENABLED, use_cudnn
-  try:
-    with cpu_rnn.disabled():  # on a CPU, too, "scan" is the fused scan
-      step, state, batch_, rng, compile_seconds = compiled_step('lstm', batch)
-  finally:
-    cudnn_lstm.ENABLED = enabled
+  # On a CPU, too, "scan" is the fused scan: no kernel of jaxcls's own.
+  with accel.using(kernels='off', cudnn_lstm=use_cudnn):
+    step, state, batch_, rng, compile_seconds = compiled_step('lstm', batch)
   for _ in range(3):
     state, _ = step(state, batch_, rng)
   jax.block_until_ready(state)

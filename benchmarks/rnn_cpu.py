@@ -3,9 +3,10 @@
   python -m benchmarks.rnn_cpu               # LSTM and GRU, batches 64, 256
   python -m benchmarks.rnn_cpu --models=lstm --batches=16,64,256 --rounds=9
 
-On a CPU: first the largest difference between ``jaxcls.cpu_rnn``'s kernels
-and the fused scans (``jaxcls.recurrent.lstm_sequence``,
-``gru_recurrence``), value and every gradient, relative to the largest. Then
+On a CPU: first the largest difference between the kernels
+(``jaxcls.accel.cpu_rnn``) and the fused scans
+(``jaxcls.recurrent.lstm_sequence``, ``gru_recurrence``), value and every
+gradient, relative to the largest. Then
 a table of the classifier's jitted train step (hidden 128, 28 rows of 28,
 Adam), both programs compiled first and then timed in alternating rounds in
 one process, so that a shared machine's drift hits both alike; the ratio is
@@ -13,7 +14,6 @@ what to read. Results: benchmarks/NOTES.md, round 7.
 """
 
 import argparse
-import contextlib
 import functools
 import time
 
@@ -23,7 +23,8 @@ import numpy as np
 
 import jaxcls  # noqa: F401  (registers the recurrent models)
 from benchmarks import lstm_cudnn
-from jaxcls import cpu_rnn, recurrent
+from jaxcls import accel, recurrent
+from jaxcls.accel import cpu_rnn
 
 
 def agreement(kind, steps=28, batch=64, features=28, hidden=128) -> float:
@@ -68,8 +69,7 @@ def agreement(kind, steps=28, batch=64, features=28, hidden=128) -> float:
 def compiled_step(kind: str, batch: int, use_kernel: bool):
   """``(step, state, batch, rng, compile seconds)`` for the classifier, on
   the CPU kernels or (``use_kernel=False``) the fused scans."""
-  off = contextlib.nullcontext() if use_kernel else cpu_rnn.disabled()
-  with off:
+  with accel.using(kernels='on' if use_kernel else 'off'):
     return lstm_cudnn.compiled_step(kind, batch)
 
 

@@ -11,12 +11,11 @@ Runners (``--runners``):
 * ``jaxcls``: jaxcls's device-resident fast path; ``jaxcls_bf16``: the same
   with ``compute_dtype=bfloat16``; ``jaxcls_step``: plain per-step jit fed
   from host numpy; ``jaxcls_cudnn``: ``jaxcls`` with cuDNN's LSTM switched
-  on (``jaxcls.cudnn_lstm.ENABLED``; it changes only the LSTM on a GPU);
-  ``jaxcls_scan``: ``jaxcls`` with the CPU LSTM/GRU kernels switched off
-  (``jaxcls.cpu_rnn.ENABLED``), i.e. the fused scans, the path before the
-  kernels (it changes only the LSTM and GRU on a CPU); ``jaxcls_xla``: with
-  every CPU kernel of jaxcls's own off (also ``jaxcls.cpu_conv``'s CNN
-  blocks), XLA's ops alone.
+  on (``jaxcls.accel.using(cudnn_lstm=True)``; only the LSTM on a GPU).
+  ``jaxcls`` takes the default path, jaxcls's CPU kernels where they
+  measured faster here (``JAXCLS_KERNELS=auto``); ``jaxcls_kernels``: every
+  kernel wherever it applies (``on``); ``jaxcls_xla``: none of them
+  (``off``), XLA's ops alone. The three are an A/B/C inside one run.
 * ``torch``: the article's eager loop (per-batch normalisation, a
   ``loss.item()`` sync every step); ``torch_lean``: the lean loop (the split
   as one normalised tensor, no per-step sync); the same model, optimizer and
@@ -66,7 +65,7 @@ def _parse_args(argv):
     '--runners',
     default='jaxcls,jaxcls_step,torch,torch_lean',
     help='comma-separated: jaxcls, jaxcls_bf16, jaxcls_step, jaxcls_cudnn, '
-    'jaxcls_scan, jaxcls_xla, '
+    'jaxcls_kernels, jaxcls_xla, '
     'torch, torch_lean, torch_1thread, torch_lean_1thread, user, '
     'user_fast '
     '(see the module docstring)',
@@ -182,7 +181,7 @@ class JaxRunner:
 
     import jaxcls  # Registers the recurrent models, when they exist.
     from jaxcls import config as config_lib
-    from jaxcls import data, feed, kernels, models, optim, parallel, train
+    from jaxcls import data, fastpath, feed, models, optim, parallel, train
 
     del jaxcls
     self.jax, self.data, self.train = jax, data, train
@@ -215,15 +214,15 @@ class JaxRunner:
         data.Split(self.images, self.labels), order, 0, batch_size
       )
       self.step_fn = (
-        jax.jit(
-          step, donate_argnums=0, compiler_options=kernels.compiler_options()
-        )
+        fastpath.jit(step, donate_argnums=0)
         .lower(self.state, batch, self.rng)
         .compile()
       )
     self.compile_seconds = time.perf_counter() - start
-    self.eval_fn = jax.jit(
-      train.eval_step, compiler_options=kernels.compiler_options()
+    # Compiled now, under the settings this runner was made with.
+    batch = next(iter(data.eval_batches(self.test, 1000)))
+    self.eval_fn = (
+      fastpath.jit(train.eval_step).lower(self.state, batch).compile()
     )
 
   def train_epoch(self, order):
@@ -332,29 +331,17 @@ def make_runner(name, model_name, arrays, args):
       threads=1 if name.endswith('_1thread') else 0,
       lean=name.startswith('torch_lean'),
     )
-  if name == 'jaxcls_cudnn':
-    # cuDNN's LSTM on a GPU (an A/B against the fused scan; the same as
-    # ``jaxcls`` elsewhere). The switch is read when the training program
-    # is traced, which JaxRunner does (and compiles) right here.
-    from jaxcls import cudnn_lstm
+  # The settings are read when a program is traced, which JaxRunner does
+  # (and compiles) right here, for training and evaluation.
+  settings = {
+    'jaxcls_cudnn': {'cudnn_lstm': True},  # cuDNN's LSTM on a GPU.
+    'jaxcls_kernels': {'kernels': 'on'},  # Every CPU kernel that applies.
+    'jaxcls_xla': {'kernels': 'off'},  # XLA's own ops alone.
+  }
+  if name in settings:
+    from jaxcls import accel
 
-    enabled, cudnn_lstm.ENABLED = cudnn_lstm.ENABLED, True
-    try:
-      return make_runner('jaxcls', model_name, arrays, args)
-    finally:
-      cudnn_lstm.ENABLED = enabled
-  if name == 'jaxcls_scan':
-    # The fused scans in place of the CPU LSTM/GRU kernels: an A/B in one run.
-    from jaxcls import cpu_rnn
-
-    with cpu_rnn.disabled():
-      return make_runner('jaxcls', model_name, arrays, args)
-  if name == 'jaxcls_xla':
-    # All of jaxcls's own CPU kernels off (CNN blocks and LSTM/GRU): XLA's
-    # ops alone, the path before round 7.
-    from jaxcls import native
-
-    with native.kernels_disabled():
+    with accel.using(**settings[name]):
       return make_runner('jaxcls', model_name, arrays, args)
   if name in ('jaxcls', 'jaxcls_bf16', 'jaxcls_step'):
     return JaxRunner(
@@ -612,7 +599,10 @@ def benchmark_model(model_name, runner_names, arrays, args):
 def machine_info() -> dict:
   import jax
 
+  from jaxcls import fastpath
+
   info = {
+    'cpu_model': fastpath.cpu_model(),  # lscpu's model name
     'platform': platform.platform(),
     'python': platform.python_version(),
     'cpu_count': os.cpu_count(),
@@ -726,7 +716,11 @@ def main(argv=None):
       continue
     rows += benchmark_model(model_name, runner_names, arrays, args)
   info['load_average_end'] = os.getloadavg()
+  from jaxcls import fastpath
+
+  info['kernel_path'] = fastpath.path()  # What 'auto' chose, per shape.
   table = format_table(rows, args.target)
+  print(f'CPU: {info["cpu_model"]}')
   print(table)
   print(
     f'load average: {info["load_average"]} at the start, '

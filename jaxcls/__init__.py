@@ -2,13 +2,14 @@
 
 The pieces, each a small pure function or Flax linen module:
 
-* ``jaxcls.CNN``: the tutorial article's two-convolution CNN (on a CPU each
-  convolution-ReLU-pool block runs as one kernel of its own,
-  ``jaxcls.cpu_conv``);
+* ``jaxcls.CNN``: the tutorial article's two-convolution CNN;
 * ``jaxcls.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, ``RecurrentClassifier``:
-  scanned recurrent cells and a row-by-row image classifier
-  (on a CPU the LSTM and GRU run on kernels of their own, ``jaxcls.cpu_rnn``;
-  ``jaxcls.cudnn_lstm.ENABLED = True`` runs it on cuDNN on a GPU);
+  scanned recurrent cells and a row-by-row image classifier;
+* ``jaxcls.accel``: C++ kernels for the CNN block and the LSTM/GRU on a CPU,
+  each run only where it measured faster than XLA's ops here
+  (``JAXCLS_KERNELS=auto|on|off``), cuDNN's LSTM on a GPU (opt-in), and
+  ``jaxcls.accel.jit``, ``jax.jit`` with the options and kernel settings
+  jaxcls compiles with;
 * ``jaxcls.ResNet``: the small ResNet of He et al. (2016), with BatchNorm;
 * ``jaxcls.create_train_state``, ``jaxcls.train_step``, ``jaxcls.eval_step``:
   initialisation and the pure, jittable steps (BatchNorm statistics and an
@@ -28,9 +29,7 @@ __version__ = '0.2.0'
 
 from jaxcls import (
   activations,
-  cpu_conv,
-  cpu_rnn,
-  cudnn_lstm,
+  fastpath,
   inspection,
   metrics,
   recurrent,  # Registers 'rnn', 'lstm', 'gru' in models.MODELS.
@@ -63,11 +62,13 @@ from jaxcls.train import (
   train_step,
 )
 
+# The accelerators are optional: without jaxcls/accel/ the library runs on
+# XLA's ops (jaxcls.fastpath).
+accel = fastpath.accel
+
 __all__ = [
+  'accel',
   'activations',
-  'cpu_conv',
-  'cpu_rnn',
-  'cudnn_lstm',
   'inspection',
   'metrics',
   'check_batch',

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import config as config_lib
-from jaxcls import data, native, techniques
+from jaxcls import data, fastpath, techniques
 
 SERVING_FILE = 'serving.jax'
 SAVED_MODEL_DIR = 'saved_model'
@@ -92,7 +92,7 @@ def serving_function(
 
   def serve(images: jax.Array) -> dict:
     # An export runs where jaxcls is not (TF Serving, GPUs): no custom calls.
-    with native.kernels_disabled():
+    with fastpath.disabled():
       logits = techniques.eval_logits(
         apply_fn, variables, data.normalize(images), flip_tta
       ).astype(jnp.float32)

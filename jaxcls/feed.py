@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcls import data, kernels
+from jaxcls import data, fastpath
 
 # backend -> steps per compiled call on the device feed (benchmarks/NOTES.md).
 _STEPS_PER_CALL = {'cpu': 1, 'gpu': 32, 'tpu': 32}
@@ -125,12 +125,11 @@ class DeviceFeed:
   def compile(self, state, rng, n: int, batch_size: int):
     """Compiles (once) the call of ``n`` steps; returns it."""
     if n not in self._compiled:
-      fn = jax.jit(
+      fn = fastpath.jit(
         multi_step(self._step_fn, n),
         in_shardings=(self._repl, self._repl, self._rows_sharding, self._repl),
         out_shardings=(self._repl, self._repl),
         donate_argnums=0,
-        compiler_options=kernels.compiler_options(),
       )
       rows = jax.ShapeDtypeStruct(
         (n, batch_size), jnp.int32, sharding=self._rows_sharding

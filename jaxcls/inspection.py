@@ -21,9 +21,8 @@ import orbax.checkpoint as ocp
 from jaxcls import (
   checkpoint,
   data,
-  kernels,
+  fastpath,
   models,
-  native,
   optim,
   techniques,
   train,
@@ -142,10 +141,7 @@ def predict_all(
   flip_tta: bool = False,
 ) -> np.ndarray:
   """``predict_probs`` over many images, in fixed-size (padded) batches."""
-  fn = jax.jit(
-    functools.partial(predict_probs, flip_tta=flip_tta),
-    compiler_options=kernels.compiler_options(),
-  )
+  fn = fastpath.jit(functools.partial(predict_probs, flip_tta=flip_tta))
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]
@@ -181,7 +177,7 @@ def model_summary(model: nn.Module, image_shape: tuple[int, int, int]) -> str:
     compute_flops=True,
     console_kwargs={'width': 120, 'force_terminal': False, 'no_color': True},
   )
-  with native.kernels_disabled():
+  with fastpath.disabled():
     return table(jnp.zeros((1, *image_shape), jnp.float32))
 
 
@@ -197,7 +193,7 @@ def flops_per_example(
   with jaxcls's CPU kernels off (XLA cannot see inside a custom call).
   """
   images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8)
-  with native.kernels_disabled():
+  with fastpath.disabled():
     # A fresh function: a cached trace of predict_probs may hold the kernels.
     forward = jax.jit(lambda state, images: predict_probs(state, images))
     compiled = forward.lower(state, images).compile()

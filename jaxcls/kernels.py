@@ -25,29 +25,12 @@ The fast forward sums its terms in a different order from Eigen, so outputs
 differ from ``lax.conv_general_dilated`` by float32 rounding (about 1e-7
 relative), not bit for bit; the gradients are lax's own.
 
-**Which library runs the convolutions.** In jaxlib 0.10.2, XLA:CPU's default
-sends convolutions with more than 16 channels to YNNPACK, which runs them on
-one thread here, while Eigen's convolution uses every core of the intra-op
-pool: on this 2-core machine Eigen was 1.5-1.9x faster per convolution, and
-the CNN's train step 1.35x faster (benchmarks/NOTES.md, round 4).
-:func:`compiler_options` are the XLA:CPU options that keep YNNPACK for
-matmuls and reductions (where it wins) and leave convolutions to Eigen; every
-function jaxcls compiles passes them to ``jax.jit(compiler_options=...)``.
-A function you jit yourself gets them the same way::
-
-    options = jaxcls.kernels.compiler_options()
-    jax.jit(jaxcls.train_step, compiler_options=options)
-
-Setting ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` yourself
-overrides them (then :func:`compiler_options` returns None).
-
 **Max pooling.** :func:`max_pool_2x2` is 2x2 max pooling whose forward pass
 prepares autodiff's own gradient, so the backward pass is one multiply and
 does not pull the preceding convolution into a single-threaded fusion.
 """
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -65,29 +48,6 @@ MAX_SHIFTED_CHANNELS = 16
 MAX_SHIFTED_TERMS = 27
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
-
-
-# XLA:CPU's default YNNPACK fusion types in jaxlib 0.10.2 (REDUCE,
-# INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION: the compiled HLO is identical),
-# less INDIVIDUAL_CONVOLUTION. The enum names are xla.proto's.
-CPU_YNN_FUSION_TYPES = (
-  'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
-)
-_YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
-
-
-def compiler_options(backend: str | None = None) -> dict[str, str] | None:
-  """XLA options for ``jax.jit(compiler_options=...)``; None off XLA:CPU.
-
-  On XLA:CPU: convolutions go to Eigen (multithreaded), not YNNPACK (one
-  thread here); the math is the same, the float summation order differs.
-  None as well when ``XLA_FLAGS`` already sets the YNNPACK fusion types.
-  """
-  if (backend or jax.default_backend()) != 'cpu':
-    return None
-  if _YNN_OPTION in os.environ.get('XLA_FLAGS', ''):
-    return None
-  return {_YNN_OPTION: CPU_YNN_FUSION_TYPES}
 
 
 def _explicit_padding(padding, in_hw, kernel_hw) -> tuple[tuple[int, int], ...]:
@@ -326,11 +286,9 @@ max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 __all__ = [
-  'CPU_YNN_FUSION_TYPES',
   'MAX_SHIFTED_CHANNELS',
   'MAX_SHIFTED_TERMS',
   'Conv',
-  'compiler_options',
   'conv_general_dilated',
   'max_pool_2x2',
   'shifted_conv',

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import activations, cpu_conv, kernels, resnet
+from jaxcls import activations, fastpath, kernels, resnet
 
 # max_pool_2x2 lives in kernels (resnet uses it too); kept here for callers.
 from jaxcls.kernels import _windows_2x2, max_pool_2x2  # noqa: F401
@@ -32,6 +32,17 @@ def pool_2x2(x: jax.Array, reduce=jnp.max) -> jax.Array:
   if reduce is jnp.max:
     return max_pool_2x2(x)
   return reduce(_windows_2x2(x), axis=(2, 4))
+
+
+def conv_relu_pool(x, kernel, bias):
+  """``max_pool_2x2(relu(conv3x3(x, kernel, 'SAME') + bias))`` on XLA's ops.
+
+  What :class:`CNN`'s block computes without BatchNorm, as a function.
+  """
+  y = kernels.conv_general_dilated(
+    x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+  return max_pool_2x2(activations.relu(y + bias))
 
 
 class CNN(nn.Module):
@@ -57,17 +68,17 @@ class CNN(nn.Module):
   batchnorm: bool = False
   batchnorm_axis_name: str | None = None  # the pmap axis, under pmap
 
-  def fused_block(self, x_shape, features: int) -> bool:
-    """Whether a conv-ReLU-max-pool block runs as one CPU kernel op.
+  def fused_block(self, x_shape, features: int, wrt=(0, 1, 2)):
+    """The module that runs a conv-ReLU-max-pool block as one op, or None.
 
-    :mod:`jaxcls.cpu_conv`: the same function and parameters, faster on
-    XLA:CPU; only without BatchNorm, with ReLU and max pooling in float32.
+    :mod:`jaxcls.accel.cpu_conv`: the same function and parameters, where
+    it measured faster than XLA's ops; only without BatchNorm, with ReLU
+    and max pooling.
     """
-    return (
-      not self.batchnorm
-      and self.activation == 'relu'
-      and self.pooling == 'max'
-      and cpu_conv.use_kernel(x_shape, features, self.dtype)
+    if self.batchnorm or self.activation != 'relu' or self.pooling != 'max':
+      return None
+    return fastpath.conv_block(
+      x_shape, features, self.dtype, conv_relu_pool, wrt
     )
 
   @nn.compact
@@ -94,8 +105,12 @@ class CNN(nn.Module):
       )(y).astype(y.dtype)
 
     def block(x, features, name):
-      if self.fused_block(x.shape, features):
-        return cpu_conv.ConvReluPool(features, name=name)(x)
+      # What a train step differentiates: (x, kernel, bias), but not the
+      # image; in evaluation nothing (a measured choice times what runs).
+      wrt = ((1, 2) if name == 'Conv_0' else (0, 1, 2)) if train else ()
+      fused = self.fused_block(x.shape, features, wrt)
+      if fused is not None:
+        return fused(features, name=name)(x)
       conv = kernels.Conv(
         features,
         (3, 3),

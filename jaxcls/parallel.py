@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcls import kernels
+from jaxcls import fastpath
 
 DATA_AXIS = 'data'
 
@@ -119,18 +119,14 @@ class Steps(NamedTuple):
 def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
   """``jax.jit`` with NamedSharding: replicated state, batch split on mesh."""
   repl, sharded = replicated(mesh), batch_sharding(mesh)
-  train = jax.jit(
+  train = fastpath.jit(
     train_step,
     in_shardings=(repl, sharded, repl),
     out_shardings=(repl, repl),
     donate_argnums=0,
-    compiler_options=kernels.compiler_options(),
   )
-  evaluate = jax.jit(
-    eval_step,
-    in_shardings=(repl, sharded),
-    out_shardings=repl,
-    compiler_options=kernels.compiler_options(),
+  evaluate = fastpath.jit(
+    eval_step, in_shardings=(repl, sharded), out_shardings=repl
   )
   return Steps(
     train,
@@ -147,7 +143,7 @@ def pmap_steps(train_step, eval_step) -> Steps:
 
   ``train_step`` must take ``axis_name`` (jaxcls.train.train_step does).
   ``jax.pmap`` takes no compiler options, so on XLA:CPU this path keeps
-  XLA's default convolution library (jaxcls.kernels.compiler_options). The
+  XLA's default convolution library (jaxcls.accel.compiler_options). The
   state is replicated with a leading device axis; metrics come back summed
   over all devices (psum) and are read from device 0.
   """

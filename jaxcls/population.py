@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcls import data, guards, kernels, models, optim, parallel, train
+from jaxcls import data, fastpath, guards, models, optim, parallel, train
 from jaxcls import feed as feed_lib
 
 MODES = ('auto', 'vmap', 'unrolled', 'loop')
@@ -300,13 +300,10 @@ def make_population_steps(
   )
   step, eval_step = train.configured_steps(config, ds.spec)
   mesh = parallel.make_mesh()
-  options = kernels.compiler_options()
   if mode == 'vmap':
     init = jax.jit(jax.vmap(one))
     make_feed = lambda: feed_lib.DeviceFeed(vmapped(step), ds.train, mesh)
-    evaluate = jax.jit(
-      jax.vmap(eval_step, in_axes=(0, None)), compiler_options=options
-    )
+    evaluate = fastpath.jit(jax.vmap(eval_step, in_axes=(0, None)))
   else:
     init_one = jax.jit(one)
 
@@ -314,14 +311,13 @@ def make_population_steps(
       pairs = [init_one(*v) for v in zip(seeds, lrs, wds)]
       return tuple(s for s, _ in pairs), [k for _, k in pairs]
 
-    eval_one = jax.jit(eval_step, compiler_options=options)
+    eval_one = fastpath.jit(eval_step)
     if mode == 'unrolled':
       make_feed = lambda: feed_lib.DeviceFeed(unrolled(step), ds.train, mesh)
-      evaluate = jax.jit(
+      evaluate = fastpath.jit(
         lambda states, batch: _stack_members(
           [eval_step(s, batch) for s in states]
-        ),
-        compiler_options=options,
+        )
       )
     else:
       make_feed = lambda: MemberFeed(

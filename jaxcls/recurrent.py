@@ -17,9 +17,9 @@ scan, since its reset gate multiplies only the hidden part. The step path
 kept for the RNN cell, for ``unroll > 1``, for ``Recurrent(fused=False)``, and
 for initialisation, so both paths hold the same parameters. On a CPU, float32
 LSTM and GRU layers (hidden size a multiple of 16) run their recurrence on
-C++ kernels of jaxcls's own instead (:mod:`jaxcls.cpu_rnn`; same math and
-parameters, built on first use, the fused scans where they cannot be); on an
-NVIDIA GPU a float32 LSTM layer can run on cuDNN (:mod:`jaxcls.cudnn_lstm`,
+C++ kernels of jaxcls's own where they measured faster
+(:mod:`jaxcls.accel.cpu_rnn`; same math and parameters); on an NVIDIA GPU a
+float32 LSTM layer can run on cuDNN (:mod:`jaxcls.accel.cudnn_lstm`,
 opt-in), from the same parameters. Everything runs
 time-major, ``(T, B, F)``. Gate math and the carried state stay float32 when
 ``dtype`` is bfloat16; only the matmuls use ``dtype``.
@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import cpu_rnn, cudnn_lstm, models
+from jaxcls import fastpath, models
 
 Carry = Any  # h (B, H) for RNN and GRU; (c, h) for LSTM.
 
@@ -359,12 +359,9 @@ class LSTMCell(_Cell):
       self._params('hidden_projection'),
     )
     args = (xs, inputs['kernel'], hidden['kernel'], inputs['bias'], carry)
-    if cudnn_lstm.use_cudnn(self.dtype):  # NVIDIA GPU: cuDNN's LSTM.
-      hs, carry = cudnn_lstm.lstm_sequence(*args)
-    elif cpu_rnn.use_kernel(self.dtype, self.hidden_size):  # CPU kernel.
-      hs, carry = cpu_rnn.lstm_sequence(*args)
-    else:
-      hs, carry = lstm_sequence(self.dtype, *args)
+    xla = functools.partial(lstm_sequence, self.dtype)
+    fast = fastpath.lstm_sequence(self.dtype, self.hidden_size, args, xla)
+    hs, carry = (fast or xla)(*args)
     return carry, hs
 
 
@@ -398,10 +395,9 @@ class GRUCell(_Cell):
   def sequence(self, carry, xs):
     hidden = self._params('hidden_projection')
     args = (self.project_inputs(xs), hidden['kernel'], hidden['bias'], carry)
-    if cpu_rnn.use_kernel(self.dtype, self.hidden_size):  # CPU kernel.
-      hs, carry = cpu_rnn.gru_recurrence(*args)
-    else:
-      hs, carry = gru_recurrence(self.dtype, *args)
+    xla = functools.partial(gru_recurrence, self.dtype)
+    fast = fastpath.gru_recurrence(self.dtype, self.hidden_size, args, xla)
+    hs, carry = (fast or xla)(*args)
     return carry, hs
 
 

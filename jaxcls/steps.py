@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxcls import data, optim, techniques
+from jaxcls import data, fastpath, optim, techniques
 
 
 class TrainState(train_state.TrainState):
@@ -45,7 +45,10 @@ def create_train_state(
 
   ``ema`` starts the moving average as a copy of the initial variables.
   """
-  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+  # On XLA's ops: every path holds the same parameters, and a batch-1
+  # dummy should neither run a kernel nor time one.
+  with fastpath.disabled():
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
   batch_stats = variables.get('batch_stats')
   state = TrainState.create(
     apply_fn=model.apply,

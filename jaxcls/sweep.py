@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcls import checkpoint, data, kernels, models, population, train
+from jaxcls import checkpoint, data, fastpath, models, population, train
 from jaxcls import config as config_lib
 from jaxcls import workdir as workdir_lib
 
@@ -185,9 +185,7 @@ def member_bytes(config, ds: data.Data, mode: str = 'auto') -> int:
   }
   step, _ = train.configured_steps(config, ds.spec)
   stats = (
-    jax.jit(
-      population.vmapped(step), compiler_options=kernels.compiler_options()
-    )
+    fastpath.jit(population.vmapped(step))
     .lower(states, batch, (keys, jnp.ones(1, bool)))
     .compile()
     .memory_analysis()

@@ -93,6 +93,39 @@ def read_results(workdir: str) -> dict:
   return results
 
 
+def kernels_path(workdir: str) -> str:
+  return os.path.join(workdir, 'kernels.json')
+
+
+def read_kernels(workdir: str) -> dict | None:
+  """The accelerated path a run recorded (``kernels.json``), or None.
+
+  Raises ValueError in one line if the file is not a JSON object.
+  """
+  path = kernels_path(workdir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    recorded = None
+  if not isinstance(recorded, dict):
+    raise ValueError(
+      f'{path} is not a JSON object; delete it to let this run choose its '
+      'path again (a resume may then not repeat bit for bit)'
+    )
+  return recorded
+
+
+def write_kernels(workdir: str, recorded: dict) -> None:
+  """Writes the path a run took (``fastpath.path()``), atomically."""
+  path = kernels_path(workdir)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(recorded, f, indent=1, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
 def write_results(workdir: str, results: dict) -> None:
   """Merges ``results`` into ``results.json``, atomically.
 

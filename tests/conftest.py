@@ -6,6 +6,10 @@ import shutil
 import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# The kernels wherever they apply, as before measured choices: a test's
+# program must not depend on which path measured faster on this machine.
+# tests/test_accel.py covers 'auto' and 'off'; the environment may override.
+os.environ.setdefault('JAXCLS_KERNELS', 'on')
 
 # One persistent XLA compilation cache for the whole session: the xdist
 # workers and every subprocess a test starts (they inherit the environment)

@@ -1,4 +1,4 @@
-"""The CPU CNN-block kernel (jaxcls.cpu_conv) against XLA's ops.
+"""The CPU CNN-block kernel (jaxcls.accel.cpu_conv) against XLA's ops.
 
 The reference is the path the CNN takes without the kernel: ``kernels.Conv``'s
 convolution (itself tested against ``lax.conv_general_dilated`` in
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from backends import CPU_ONLY
-from jaxcls import activations, cpu_conv, export, kernels, models, optim, steps
+from jaxcls import accel, activations, export, kernels, models, optim, steps
 from jaxcls import config as config_lib
+from jaxcls.accel import cpu_conv
 
 pytestmark = CPU_ONLY
 
@@ -196,13 +197,16 @@ def _train_step_hlo(state, image_shape=(28, 28, 1)):
 
 
 def test_which_cnn_blocks_take_the_kernel():
-  assert cpu_conv.use_kernel((4, 28, 28, 1), 16, jnp.float32)
-  assert not cpu_conv.use_kernel((4, 28, 28, 1), 16, jnp.bfloat16)
-  assert not cpu_conv.use_kernel((4, 28, 28, 1), 20, jnp.float32)  # 16 | C
-  assert not cpu_conv.use_kernel((4, 15, 28, 1), 16, jnp.float32)  # odd H
-  with cpu_conv.disabled():
-    assert not cpu_conv.use_kernel((4, 28, 28, 1), 16, jnp.float32)
-  assert cpu_conv.use_kernel((4, 28, 28, 1), 16, jnp.float32)
+  assert cpu_conv.why_not((4, 28, 28, 1), 16, jnp.float32) is None
+  assert cpu_conv.why_not((4, 28, 28, 1), 16, jnp.bfloat16)
+  assert cpu_conv.why_not((4, 28, 28, 1), 20, jnp.float32)  # 16 | C
+  assert cpu_conv.why_not((4, 15, 28, 1), 16, jnp.float32)  # odd H
+  xla = models.conv_relu_pool
+  with accel.using(kernels='on'):
+    assert accel.conv_block((4, 28, 28, 1), 16, jnp.float32, xla)
+    with accel.disabled():
+      assert accel.conv_block((4, 28, 28, 1), 16, jnp.float32, xla) is None
+    assert accel.conv_block((4, 28, 28, 1), 16, jnp.float32, xla)
 
   text = _train_step_hlo(_cnn_state())
   assert text.count('@jaxcls_conv_block_forward(') == 2
@@ -223,7 +227,7 @@ def test_which_cnn_blocks_take_the_kernel():
 
 
 def test_same_parameters_and_the_same_training_with_and_without_the_kernel():
-  with cpu_conv.disabled():
+  with accel.disabled():
     plain = _cnn_state()
   state = _cnn_state()
   assert jax.tree.structure(state.params) == jax.tree.structure(plain.params)
@@ -240,7 +244,7 @@ def test_same_parameters_and_the_same_training_with_and_without_the_kernel():
   ]
 
   def train(state, off):
-    with cpu_conv.disabled() if off else jax.named_scope('kernel'):
+    with accel.disabled() if off else jax.named_scope('kernel'):
       step = jax.jit(lambda s, b: steps.train_step(s, b, jax.random.key(0)))
       assert ('jaxcls_conv' in step.lower(state, batches[0]).as_text()) != off
       losses = []
@@ -274,5 +278,5 @@ def test_without_a_compiler_xla_runs(monkeypatch, tmp_path):
   assert not cpu_conv.available()
   reason = cpu_conv.unavailable_reason()
   assert 'no C++ compiler' in reason and 'no-such-compiler' in reason
-  assert not cpu_conv.use_kernel((4, 28, 28, 1), 16, jnp.float32)
+  assert cpu_conv.why_not((4, 28, 28, 1), 16, jnp.float32)
   assert 'jaxcls_conv' not in _train_step_hlo(_cnn_state())

@@ -1,4 +1,4 @@
-"""The CPU LSTM and GRU kernels (jaxcls.cpu_rnn) against the fused scans.
+"""The CPU LSTM and GRU kernels (jaxcls.accel.cpu_rnn) against the fused scans.
 
 The fused scans (``recurrent.lstm_sequence``, ``recurrent.gru_recurrence``)
 are themselves tested against the textbook equations and autodiff of the
@@ -18,7 +18,8 @@ import pytest
 
 from backends import CPU_ONLY
 from jaxcls import config as config_lib
-from jaxcls import cpu_rnn, export, models, optim, recurrent, steps
+from jaxcls import export, models, optim, recurrent, steps
+from jaxcls.accel import cpu_rnn
 
 pytestmark = CPU_ONLY
 
@@ -223,12 +224,9 @@ def _state(kind, hidden):
 
 
 def test_which_layers_take_the_kernel():
-  assert cpu_rnn.use_kernel(jnp.float32, 128)
-  assert not cpu_rnn.use_kernel(jnp.bfloat16, 128)  # float32 only
-  assert not cpu_rnn.use_kernel(jnp.float32, 20)  # H % 16 != 0
-  with cpu_rnn.disabled():
-    assert not cpu_rnn.use_kernel(jnp.float32, 128)
-  assert cpu_rnn.use_kernel(jnp.float32, 128)  # restored afterwards
+  assert cpu_rnn.why_not(jnp.float32, 128) is None
+  assert cpu_rnn.why_not(jnp.bfloat16, 128)  # float32 only
+  assert cpu_rnn.why_not(jnp.float32, 20)  # H % 16 != 0
 
   batch = {
     'image': jnp.zeros((4, 28, 28, 1), jnp.uint8),
@@ -256,7 +254,7 @@ def test_without_a_compiler_the_fused_scans_run(monkeypatch, tmp_path):
   assert not cpu_rnn.available()
   reason = cpu_rnn.unavailable_reason()
   assert 'no C++ compiler' in reason and 'no-such-compiler' in reason
-  assert not cpu_rnn.use_kernel(jnp.float32, 128)
+  assert cpu_rnn.why_not(jnp.float32, 128)
   for kind in ('lstm', 'gru'):
     layer = recurrent.Recurrent(kind, 16)
     xs = jnp.ones((3, 2, 4))

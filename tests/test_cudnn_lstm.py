@@ -5,6 +5,7 @@ LSTM (which reads cuDNN's layout), and the dispatch rule. On an NVIDIA GPU
 also: cuDNN's LSTM layer against jaxcls's step path, values and gradients.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from jax.experimental import rnn
 
-from jaxcls import cudnn_lstm, recurrent
+from jaxcls import accel, recurrent
+from jaxcls.accel import cudnn_lstm
 
 STEPS, BATCH, FEATURES, HIDDEN = 7, 3, 5, 6
 
@@ -67,18 +69,15 @@ def test_packed_weights_drive_jax_reference_lstm_like_ours():
 
 
 def test_cudnn_runs_only_when_enabled_for_float32_on_gpus(monkeypatch):
-  assert not cudnn_lstm.use_cudnn(jnp.float32)  # Off by default.
-  monkeypatch.setattr(cudnn_lstm, 'ENABLED', True)
-  on_this_machine = cudnn_lstm.use_cudnn(jnp.float32)
+  assert not accel.Settings().cudnn_lstm  # Off by default.
+  on_this_machine = cudnn_lstm.use_cudnn(jnp.float32, True)
   assert on_this_machine == (jax.default_backend() == 'gpu')
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert cudnn_lstm.use_cudnn(jnp.float32)
-  assert not cudnn_lstm.use_cudnn(jnp.bfloat16)
-  monkeypatch.setattr(cudnn_lstm, 'ENABLED', False)
-  assert not cudnn_lstm.use_cudnn(jnp.float32)
-  monkeypatch.setattr(cudnn_lstm, 'ENABLED', True)
+  assert cudnn_lstm.use_cudnn(jnp.float32, True)
+  assert not cudnn_lstm.use_cudnn(jnp.bfloat16, True)
+  assert not cudnn_lstm.use_cudnn(jnp.float32, False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
-  assert not cudnn_lstm.use_cudnn(jnp.float32)
+  assert not cudnn_lstm.use_cudnn(jnp.float32, True)
 
 
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a GPU')
@@ -88,7 +87,9 @@ def test_cudnn_layer_matches_the_step_path_values_and_gradients(
 ):
   # The time-major input reaches cuDNN through a transpose, the case where
   # XLA, left free to choose layouts, gave wrong values.
-  monkeypatch.setattr(cudnn_lstm, 'ENABLED', True)
+  monkeypatch.setattr(
+    accel, '_settings', dataclasses.replace(accel.settings(), cudnn_lstm=True)
+  )
   xs = _random_lstm(1)[0]
   on_cudnn = recurrent.Recurrent('lstm', HIDDEN, reverse=reverse)
   stepped = recurrent.Recurrent('lstm', HIDDEN, reverse=reverse, fused=False)

@@ -10,7 +10,17 @@ import pytest
 
 from backends import BIT_EXACT
 from jaxcls import config as config_lib
-from jaxcls import data, feed, guards, kernels, models, optim, parallel, train
+from jaxcls import (
+  data,
+  fastpath,
+  feed,
+  guards,
+  kernels,
+  models,
+  optim,
+  parallel,
+  train,
+)
 
 
 def make_state(dropout_rate=0.1):
@@ -31,9 +41,7 @@ def host_split(n=320, seed=0):
 
 def plain_loop(state, split, order, batch_size, steps, rng):
   """The reference: one jitted train_step per host batch, as train.py does."""
-  step = jax.jit(
-    train.train_step, compiler_options=kernels.compiler_options()
-  )  # As the loop compiles it.
+  step = fastpath.jit(train.train_step)  # As the loop compiles it.
   totals = []
   for i in range(steps):
     state, metrics = step(

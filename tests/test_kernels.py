@@ -11,6 +11,7 @@ from jax import lax
 
 from backends import CPU_ONLY
 from jaxcls import kernels, models
+from jaxcls.accel import xla_options
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -219,7 +220,7 @@ def test_compiler_options_send_convolutions_to_eigen_not_ynnpack():
     return jnp.sum(jnp.tanh(_reference(x, kernel, 'SAME')))
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  options = kernels.compiler_options('cpu')
+  options = xla_options.compiler_options('cpu')
   lowered = grad.lower(x, kernel)
   default = lowered.compile()
   tuned = lowered.compile(compiler_options=options)
@@ -231,14 +232,14 @@ def test_compiler_options_send_convolutions_to_eigen_not_ynnpack():
 
 def test_compiler_options_per_backend_and_user_flags(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  assert kernels.compiler_options('cpu') == {
-    'xla_cpu_experimental_ynn_fusion_type': kernels.CPU_YNN_FUSION_TYPES
+  assert xla_options.compiler_options('cpu') == {
+    'xla_cpu_experimental_ynn_fusion_type': xla_options.CPU_YNN_FUSION_TYPES
   }
-  assert kernels.compiler_options('gpu') is None
-  assert kernels.compiler_options('tpu') is None
+  assert xla_options.compiler_options('gpu') is None
+  assert xla_options.compiler_options('tpu') is None
   flags = '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE'
   monkeypatch.setenv('XLA_FLAGS', flags)
-  assert kernels.compiler_options('cpu') is None  # The user's flag wins.
+  assert xla_options.compiler_options('cpu') is None  # The user's flag wins.
 
 
 def test_the_loops_train_step_compiles_with_the_options():

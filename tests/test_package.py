@@ -43,7 +43,7 @@ batch = {'image': np.random.default_rng(0).integers(
              0, 256, (8, 28, 28, 1), np.uint8),
          'label': np.arange(8, dtype=np.int32)}
 state, metrics = jax.jit(jaxcls.train_step)(state, batch, jax.random.key(1))
-from jaxcls import cpu_conv, cpu_rnn  # C++ sources ship as package data
+from jaxcls.accel import cpu_conv, cpu_rnn  # C++ sources: package data
 print(json.dumps({'jaxcls': jaxcls.__file__, 'version': jaxcls.__version__,
                   'lstm_kernel': cpu_rnn.available(),
                   'conv_kernel': cpu_conv.available(),

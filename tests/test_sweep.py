@@ -13,7 +13,7 @@ from benchmarks import sweep_speed
 from experiments import fashion_mnist
 from experiments import sweep as sweep_exp
 from jaxcls import config as config_lib
-from jaxcls import data, kernels, models, optim, population, sweep, train
+from jaxcls import data, fastpath, models, optim, population, sweep, train
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.
 
@@ -58,9 +58,7 @@ def _single_run(config, ds):
   tx = optim.create_optimizer(config, steps)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   state = train.create_train_state(init_rng, model, tx, ds.spec.image_shape)
-  step_fn = jax.jit(
-    train.train_step, compiler_options=kernels.compiler_options()
-  )  # As the loop compiles it.
+  step_fn = fastpath.jit(train.train_step)  # As the loop compiles it.
   losses = []
   for epoch in range(config.num_epochs):
     order = data.epoch_permutation(config.seed, epoch, len(ds.train))

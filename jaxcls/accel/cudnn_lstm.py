@@ -9,7 +9,8 @@ the parameters, not a change of the math: :func:`pack_weights`. Autodiff
 runs through the packing, so the gradients land on jaxcls's own parameters
 and the checkpoint layout is the same on every backend.
 
-:func:`use_cudnn` decides: :data:`ENABLED` is set, the default backend is a
+:func:`use_cudnn` decides: ``cudnn_lstm=True`` in
+:func:`jaxcls.accel.settings`, the default backend is a
 GPU and the matmul dtype is float32 (cuDNN's RNN in ``jax.experimental.rnn``
 has no bfloat16 path). Elsewhere the fused scan
 (:func:`jaxcls.recurrent.lstm_sequence`) runs.
@@ -17,7 +18,8 @@ has no bfloat16 path). Elsewhere the fused scan
 Off by default, because it is slower here: on one H200 the article's LSTM
 (hidden 128, 28 rows) trained a step 2-4x slower on cuDNN than with the
 fused scan at batch 64 to 4,096 (benchmarks/NOTES.md, round 6). Turn it on
-with ``jaxcls.cudnn_lstm.ENABLED = True`` before the first trace, for
+with ``jaxcls.accel.configure(cudnn_lstm=True)`` (or
+``with jaxcls.accel.using(cudnn_lstm=True):`` around a trace), for
 longer sequences or wider layers where cuDNN's persistent kernels pay off.
 
 jaxlib emits cuDNN's RNN custom call without operand or result layouts, so
@@ -38,9 +40,6 @@ import numpy as np
 from jax.experimental import rnn
 from jax.interpreters import mlir
 from jaxlib.mlir import ir
-
-# Set True (before tracing) to run float32 LSTM layers on cuDNN on GPUs.
-ENABLED = False
 
 
 def _row_major(types) -> ir.ArrayAttr:
@@ -88,10 +87,10 @@ if _gpu_rnn is not None and hasattr(_gpu_rnn, 'cudnn_rnn_bwd_lowering'):
   )
 
 
-def use_cudnn(dtype) -> bool:
+def use_cudnn(dtype, enabled: bool) -> bool:
   """Whether :class:`LSTMCell` layers in ``dtype`` run on cuDNN here."""
   return (
-    ENABLED
+    enabled
     and jnp.dtype(dtype) == jnp.float32
     and jax.default_backend() == 'gpu'
     and _gpu_rnn is not None

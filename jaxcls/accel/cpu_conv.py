@@ -17,21 +17,19 @@ image). Images are split over XLA's intra-op threads.
 Same function and parameters as :class:`jaxcls.kernels.Conv` followed by
 :func:`jaxcls.activations.relu` and :func:`jaxcls.kernels.max_pool_2x2`: the
 tests compare values and every gradient with that path. The bits are not
-Eigen's (another order of float sums), so CNN runs made before this kernel
-do not repeat bit for bit with it on; they do with ``ENABLED = False``.
-Results do not depend on the number of threads: the weight gradient sums
-fixed chunks of 8 images, then the chunks in order.
+Eigen's (another order of float sums), so a run on the kernel does not
+repeat bit for bit on XLA's ops (``JAXCLS_KERNELS=off``), nor the other way
+round. Results do not depend on the number of threads: the weight gradient
+sums fixed chunks of 8 images, then the chunks in order.
 
-:func:`use_kernel` decides per block: :data:`ENABLED`, the default backend is
-the CPU, float32, a 3x3 kernel on ``(B, H, W, C_in)`` images with H and W
-even and ``C_out`` a multiple of 16. The input gradient runs on the kernel
-when ``C_in`` is a multiple of 16 too, else on lax's convolution. Built on
-first use like :mod:`jaxcls.cpu_rnn` (:mod:`jaxcls.native`); without a
-compiler the XLA path runs. :func:`disabled` turns it off for a trace;
-exports use it.
+:func:`why_not` says where it cannot run: the default backend is the CPU,
+float32, a 3x3 kernel on ``(B, H, W, C_in)`` images with H and W even and
+``C_out`` a multiple of 16. The input gradient runs on the kernel when
+``C_in`` is a multiple of 16 too, else on lax's convolution. Built on first
+use (:mod:`jaxcls.accel.build`); without a compiler the XLA path runs.
+Where it can run, :mod:`jaxcls.accel.choice` decides whether it does.
 """
 
-import contextlib
 import ctypes
 from collections.abc import Sequence
 
@@ -40,10 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcls import native
-
-# Set False (before tracing) to run CNN blocks on XLA's ops.
-ENABLED = True
+from jaxcls.accel import build
 
 _TARGETS = (
   'jaxcls_conv_block_forward',
@@ -56,7 +51,7 @@ _state: dict = {'tried': False, 'library': None, 'error': None}
 
 
 def _load() -> ctypes.CDLL | None:
-  return native.load(
+  return build.load(
     _state,
     'conv_cpu',
     _TARGETS,
@@ -75,31 +70,19 @@ def unavailable_reason() -> str | None:
   return _state['error']
 
 
-def use_kernel(x_shape: Sequence[int], features: int, dtype) -> bool:
-  """Whether a block on ``x_shape`` images traced now runs on the kernel."""
-  return (
-    ENABLED
-    and jnp.dtype(dtype) == jnp.float32
-    and len(x_shape) == 4
-    and x_shape[1] % 2 == 0
-    and x_shape[2] % 2 == 0
-    and x_shape[1] >= 2
-    and x_shape[2] >= 2
-    and features % 16 == 0
-    and jax.default_backend() == 'cpu'
-    and available()
-  )
-
-
-@contextlib.contextmanager
-def disabled():
-  """Traces inside run CNN blocks on XLA's ops (exports)."""
-  global ENABLED
-  previous, ENABLED = ENABLED, False
-  try:
-    yield
-  finally:
-    ENABLED = previous
+def why_not(x_shape: Sequence[int], features: int, dtype) -> str | None:
+  """Why a block on ``x_shape`` images cannot run on the kernel, or None."""
+  if jax.default_backend() != 'cpu':
+    return f'the backend is {jax.default_backend()}'
+  if jnp.dtype(dtype) != jnp.float32:
+    return f'{jnp.dtype(dtype).name} compute'
+  if len(x_shape) != 4 or x_shape[1] % 2 or x_shape[2] % 2 or 0 in x_shape:
+    return f'images {tuple(x_shape)} are not (B, H, W, C) with H, W even'
+  if features % 16:
+    return f'{features} output channels (needs a multiple of 16)'
+  if not available():
+    return unavailable_reason()
+  return None
 
 
 def _require() -> None:
@@ -130,7 +113,7 @@ def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array):
   ``x`` ``(B, H, W, C_in)`` float32 with H and W even, ``kernel`` ``(3, 3,
   C_in, C_out)`` with ``C_out`` a multiple of 16, ``bias`` ``(C_out,)``;
   returns ``(B, H/2, W/2, C_out)``. Builds the kernel on first use;
-  RuntimeError if it cannot be (:func:`use_kernel` is the check that falls
+  RuntimeError if it cannot be (:func:`why_not` is the check that falls
   back instead).
   """
   _require()
@@ -203,7 +186,7 @@ class ConvReluPool(nn.Module):
   The same parameters as ``jaxcls.kernels.Conv(features, (3, 3),
   padding='SAME')`` (``kernel`` ``(3, 3, C_in, features)``, ``bias``; same
   initialisers), so a model can switch between the two with the same
-  checkpoint. Only for inputs where :func:`use_kernel` holds.
+  checkpoint. Only for inputs where :func:`why_not` is None.
   """
 
   features: int

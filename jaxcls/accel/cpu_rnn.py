@@ -14,34 +14,28 @@ Same math, same parameters, same gate layouts (PyTorch's i, f, g, o and r,
 z, n): the tests compare values and every gradient with the fused scans, and
 check that a row's result does not depend on how the batch was split. The
 bits are not the fused scans' (another order of float sums, another exp), so
-LSTM and GRU runs made before these kernels existed do not repeat bit for bit
-with them on; they do with ``ENABLED = False``.
+a run on the kernels does not repeat bit for bit on the fused scans
+(``JAXCLS_KERNELS=off``), nor the other way round.
 
-Building (:mod:`jaxcls.native`): the first LSTM or GRU trace on a CPU
+Building (:mod:`jaxcls.accel.build`): the first LSTM or GRU trace on a CPU
 compiles the source with the system's C++ compiler (``$CXX``, else ``c++``;
 about 3 s) against jaxlib's FFI headers, for this machine's CPU
 (``-march=native``), into ``$JAXCLS_CACHE`` (default ``~/.cache/jaxcls``),
 once per source, jaxlib, compiler and CPU. Without a compiler, or if the
-build fails, one warning line says why and the fused scans run: the kernels
-only ever make things faster, never make them fail.
+build fails, one warning line says why and the fused scans run: a kernel
+never makes a run fail.
 
-:func:`use_kernel` decides per layer: :data:`ENABLED`, the default backend
-is the CPU, float32 matmuls, and a hidden size that is a multiple of 16.
-:func:`disabled` turns them off for a trace; exports use it, since an
-exported model must run where this library is not (TF Serving, GPUs).
+:func:`why_not` says where they cannot run: the default backend is the CPU,
+float32 matmuls, and a hidden size that is a multiple of 16. Where they can,
+:mod:`jaxcls.accel.choice` decides whether they do.
 """
 
-import contextlib
 import ctypes
 
 import jax
 import jax.numpy as jnp
 
-from jaxcls import native
-from jaxcls.native import cache_dir  # noqa: F401 - where the builds live
-
-# Set False (before tracing) to run LSTM and GRU layers on the fused scans.
-ENABLED = True
+from jaxcls.accel import build
 
 _TARGETS = (
   'jaxcls_lstm_forward',
@@ -54,7 +48,7 @@ _state: dict = {'tried': False, 'library': None, 'error': None}
 
 def _load() -> ctypes.CDLL | None:
   """Builds, loads and registers the kernels once per process."""
-  return native.load(
+  return build.load(
     _state,
     'rnn_cpu',
     _TARGETS,
@@ -73,26 +67,17 @@ def unavailable_reason() -> str | None:
   return _state['error']
 
 
-def use_kernel(dtype, hidden_size: int) -> bool:
-  """Whether an LSTM or GRU layer traced now runs on these kernels."""
-  return (
-    ENABLED
-    and jnp.dtype(dtype) == jnp.float32
-    and hidden_size % 16 == 0
-    and jax.default_backend() == 'cpu'
-    and available()
-  )
-
-
-@contextlib.contextmanager
-def disabled():
-  """Traces inside run LSTM and GRU layers on the fused scans (exports)."""
-  global ENABLED
-  previous, ENABLED = ENABLED, False
-  try:
-    yield
-  finally:
-    ENABLED = previous
+def why_not(dtype, hidden_size: int) -> str | None:
+  """Why an LSTM or GRU layer cannot run on these kernels, or None."""
+  if jax.default_backend() != 'cpu':
+    return f'the backend is {jax.default_backend()}'
+  if jnp.dtype(dtype) != jnp.float32:
+    return f'{jnp.dtype(dtype).name} compute'
+  if hidden_size % 16:
+    return f'hidden size {hidden_size} (needs a multiple of 16)'
+  if not available():
+    return unavailable_reason()
+  return None
 
 
 def _require() -> None:
@@ -149,7 +134,7 @@ def lstm_sequence(xs, w_i, w_h, b, carry):
   ``xs`` ``(T, B, D)``, ``w_i`` ``(D, 4H)``, ``w_h`` ``(H, 4H)``, ``b``
   ``(4H,)``, ``carry`` ``(c, h)`` each ``(B, H)``; returns ``(hs (T, B, H),
   (c, h))``. Builds the kernels on first use; RuntimeError if they cannot
-  be (:func:`use_kernel` is the check that falls back instead).
+  be (:func:`why_not` is the check that falls back instead).
   """
   return _forward(xs, w_i, w_h, b, carry)[0]
 
@@ -193,7 +178,7 @@ def gru_recurrence(projected, w_h, b_h, h0):
   ``projected`` ``(T, B, 3H)`` is ``x_t @ W_i + b_i`` (gates r, z, n),
   ``w_h`` ``(H, 3H)``, ``b_h`` ``(3H,)``, ``h0`` ``(B, H)``; returns ``(hs
   (T, B, H), h)``. Builds the kernels on first use; RuntimeError if they
-  cannot be (:func:`use_kernel` is the check that falls back instead).
+  cannot be (:func:`why_not` is the check that falls back instead).
   """
   return _gru_forward(projected, w_h, b_h, h0)[0]
 

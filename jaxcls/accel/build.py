@@ -1,17 +1,23 @@
 """Building and loading jaxcls's C++ kernels (XLA FFI, CPU only).
 
-The kernels (``jaxcls/csrc/*.cc``: the LSTM and GRU in :mod:`jaxcls.cpu_rnn`,
-the CNN block in :mod:`jaxcls.cpu_conv`) ship as source. The first trace
+The kernels (``csrc/*.cc``: the LSTM and GRU in :mod:`jaxcls.accel.cpu_rnn`,
+the CNN block in :mod:`jaxcls.accel.cpu_conv`) ship as source. The first trace
 that wants one compiles its file with the system's C++ compiler (``$CXX``,
 else ``c++``; a few seconds) against jaxlib's FFI headers, for this machine's
 CPU (``-march=native``), into :func:`cache_dir`, once per source, jaxlib,
 compiler and CPU; the file is written atomically, so processes building at
 once are safe. Without a compiler, or if the build fails, one warning line
-says why and the caller falls back to XLA's own ops: the kernels only ever
-make things faster, never make them fail.
+says why and the caller falls back to XLA's own ops: a kernel never makes a
+run fail. Whether a built kernel runs is :mod:`jaxcls.accel.choice`'s call.
+
+The cache holds code this process will execute, so it must be this user's
+alone: the folder is made ``0700`` and refused (XLA's ops run, one line says
+why) if another user owns it or others can write to it, a library is loaded
+only if its sha256 matches the digest written when it was built, and
+without ``$HOME`` there is no cache unless ``$JAXCLS_CACHE`` names one: never
+a folder relative to wherever the process happens to run.
 """
 
-import contextlib
 import ctypes
 import hashlib
 import logging
@@ -37,14 +43,70 @@ FLAGS = (
 )
 
 
+class UnsafeCacheError(RuntimeError):
+  """The kernel cache is not this user's alone, or has no safe place."""
+
+
 def cache_dir() -> str:
-  """Where built kernels live: ``$JAXCLS_CACHE``, else ``~/.cache/jaxcls``."""
-  if os.environ.get('JAXCLS_CACHE'):
-    return os.environ['JAXCLS_CACHE']
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
-    os.path.expanduser('~'), '.cache'
+  """Where built kernels live: ``$JAXCLS_CACHE``, else ``~/.cache/jaxcls``.
+
+  Raises UnsafeCacheError if neither ``$JAXCLS_CACHE`` nor ``$XDG_CACHE_HOME``
+  nor ``$HOME`` gives an absolute path.
+  """
+  for name, tail in (
+    ('JAXCLS_CACHE', ()),
+    ('XDG_CACHE_HOME', ('jaxcls',)),
+    ('HOME', ('.cache', 'jaxcls')),
+  ):
+    value = os.environ.get(name)
+    if value:
+      if not os.path.isabs(value):
+        raise UnsafeCacheError(
+          f'${name}={value!r} is not an absolute path; the kernel cache '
+          'needs one (set JAXCLS_CACHE=/abs/path)'
+        )
+      return os.path.join(value, *tail)
+  raise UnsafeCacheError(
+    'no kernel cache: neither $JAXCLS_CACHE nor $HOME is set (set '
+    'JAXCLS_CACHE=/abs/path)'
   )
-  return os.path.join(base, 'jaxcls')
+
+
+def _check_private(path: str, what: str) -> None:
+  """Refuses ``path`` unless this user owns it and no one else can write."""
+  st = os.stat(path)
+  if st.st_uid != os.getuid() or st.st_mode & 0o022:
+    raise UnsafeCacheError(
+      f'{what} {path} is owned by uid {st.st_uid} with mode '
+      f'{st.st_mode & 0o777:o}; it must be yours and not group- or '
+      f'world-writable (chmod 700 it, or set JAXCLS_CACHE to a private '
+      'folder)'
+    )
+
+
+def private_dir() -> str:
+  """:func:`cache_dir`, made ``0700`` if new, checked to be this user's."""
+  folder = cache_dir()
+  os.makedirs(folder, mode=0o700, exist_ok=True)
+  _check_private(folder, 'the kernel cache')
+  return folder
+
+
+def _sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _verified(path: str) -> bool:
+  """Whether ``path`` exists, is ours and matches its recorded digest."""
+  if not os.path.exists(path):
+    return False
+  _check_private(path, 'the kernel library')
+  try:
+    with open(path + '.sha256') as f:
+      return f.read().strip() == _sha256(path)
+  except OSError:
+    return False
 
 
 def _cpu_signature() -> str:
@@ -70,7 +132,9 @@ def _compiler_version(compiler: list[str]) -> str:
 
 def build(stem: str) -> str:
   """Compiles ``jaxcls/csrc/<stem>.cc`` unless cached; returns the .so path."""
-  source = resources.files('jaxcls').joinpath(f'csrc/{stem}.cc').read_bytes()
+  source = (
+    resources.files('jaxcls.accel').joinpath(f'csrc/{stem}.cc').read_bytes()
+  )
   cxx = os.environ.get('CXX', 'c++')
   compiler = shlex.split(cxx)  # e.g. CXX='ccache g++'
   try:
@@ -91,11 +155,10 @@ def build(stem: str) -> str:
       )
     )
   ).hexdigest()[:16]
-  folder = cache_dir()
+  folder = private_dir()
   path = os.path.join(folder, f'{stem}-{key}.so')
-  if os.path.exists(path):
+  if _verified(path):
     return path
-  os.makedirs(folder, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=folder) as tmp:
     src = os.path.join(tmp, f'{stem}.cc')
     with open(src, 'wb') as f:
@@ -108,7 +171,12 @@ def build(stem: str) -> str:
       raise RuntimeError(
         f'{cxx} failed: {(errors or done.stderr.splitlines() or ["?"])[0]}'
       )
-    # Atomic: another process building the same key sees all or nothing.
+    # Atomic: another process building the same key sees all or nothing;
+    # the digest goes first, so a library is never there without it.
+    digest = os.path.join(tmp, 'digest')
+    with open(digest, 'w') as f:
+      f.write(_sha256(out))
+    os.replace(digest, path + '.sha256')
     os.replace(out, path)
   return path
 
@@ -144,17 +212,3 @@ def load(
           fallback,
         )
     return state['library']
-
-
-@contextlib.contextmanager
-def kernels_disabled():
-  """Traces inside use none of jaxcls's C++ kernels, only XLA's own ops.
-
-  For programs that must run without jaxcls (exports), that XLA must see
-  through (FLOP counts, Flax's summary table), and A/B benchmarks; a new
-  kernel module adds its switch here, not at each of those places.
-  """
-  from jaxcls import cpu_conv, cpu_rnn  # Lazy: both import this module.
-
-  with cpu_conv.disabled(), cpu_rnn.disabled():
-    yield

@@ -1,0 +1,240 @@
+"""jaxcls's accelerators, behind one small interface.
+
+What lives here, and nothing outside imports it but :mod:`jaxcls.fastpath`:
+
+* :mod:`.build`: compiling and loading the C++ kernels (``csrc/*.cc``);
+* :mod:`.cpu_conv`, :mod:`.cpu_rnn`: the CNN block and the LSTM/GRU
+  recurrences as XLA:CPU custom calls;
+* :mod:`.cudnn_lstm`: the LSTM on cuDNN (NVIDIA GPUs, opt-in);
+* :mod:`.xla_options`: the XLA:CPU compiler options;
+* :mod:`.choice`: which path a kernel takes, decided by measurement.
+
+A C++ kernel runs only where it measured faster than XLA's own ops on this
+machine: at the first trace of each (kernel, shape) the two paths are timed
+for a few steps and the decision is kept beside the built library
+(:func:`jaxcls.accel.build.cache_dir`), so later processes reuse it.
+``JAXCLS_KERNELS=auto|on|off`` (or :func:`configure`) forces the choice.
+
+A choice is read when a function is traced, and ``jax.jit`` caches traces:
+a function jitted with plain ``jax.jit`` keeps the path of its first trace.
+:func:`jit` keys its cache on :func:`settings` too, so a function it wraps
+follows :func:`using`, :func:`disabled` and :func:`configure` call by call.
+Deleting this folder leaves a working library on XLA's ops.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Callable
+
+import jax
+import jaxlib
+
+from jaxcls.accel import choice, xla_options
+from jaxcls.accel.xla_options import compiler_options
+
+MODES = ('auto', 'on', 'off')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What decides the accelerated paths; part of :func:`jit`'s cache key.
+
+  Attributes:
+    kernels: 'auto' (measure), 'on' (kernel wherever it applies) or 'off'.
+    cudnn_lstm: run float32 LSTM layers on cuDNN on NVIDIA GPUs.
+    follow: ``((key, 'kernel' | 'xla'), ...)``: a recorded path to take
+      again (a resumed run), ahead of 'auto'.
+    record: whether traces add to :func:`path` (not under :func:`disabled`).
+  """
+
+  kernels: str = 'auto'
+  cudnn_lstm: bool = False
+  follow: tuple[tuple[str, str], ...] = ()
+  record: bool = True
+
+  def __post_init__(self):
+    if self.kernels not in MODES:
+      raise ValueError(
+        f'JAXCLS_KERNELS={self.kernels!r} is not one of auto, on, off; '
+        'set one of those (or unset it: auto)'
+      )
+
+
+_settings: Settings | None = None
+_explicit = False  # kernels= came from the user (env or configure), not auto
+_taken: dict[str, dict] = {}  # key -> the path a trace in this process took
+_warned: set[str] = set()
+_log = logging.getLogger('jaxcls')
+
+
+def settings() -> Settings:
+  """The settings in force (``JAXCLS_KERNELS`` read on first call)."""
+  global _settings, _explicit
+  if _settings is None:
+    mode = os.environ.get('JAXCLS_KERNELS', '').strip().lower()
+    _explicit = mode in ('on', 'off')
+    _settings = Settings(kernels=mode or 'auto')
+  return _settings
+
+
+def configure(**changes) -> Settings:
+  """Changes the settings for the rest of the process; returns the new ones.
+
+  Args:
+    **changes: fields of :class:`Settings`, e.g. ``kernels='off'``.
+  """
+  global _settings, _explicit
+  _settings = dataclasses.replace(settings(), **changes)
+  if 'kernels' in changes:
+    _explicit = changes['kernels'] != 'auto'
+  return _settings
+
+
+@contextlib.contextmanager
+def using(**changes):
+  """Traces inside the block use these :class:`Settings` fields."""
+  global _settings, _explicit
+  previous, explicit = settings(), _explicit
+  configure(**changes)
+  try:
+    yield _settings
+  finally:
+    _settings, _explicit = previous, explicit
+
+
+def disabled():
+  """Traces inside use none of jaxcls's accelerators, only XLA's own ops.
+
+  For programs that must run without jaxcls (exports), that XLA must see
+  through (FLOP counts, Flax's summary table), and A/B benchmarks.
+  """
+  return using(kernels='off', cudnn_lstm=False, record=False)
+
+
+def jit(fn: Callable, **jit_kwargs) -> Callable:
+  """``jax.jit(fn, **jit_kwargs)`` with the compiler options, per settings.
+
+  One jitted function per :func:`settings` value, so a trace follows the
+  settings in force at the call (plain ``jax.jit`` would keep the first).
+  The result has ``.lower`` like a jitted function.
+  """
+  jit_kwargs.setdefault('compiler_options', compiler_options())
+
+  @functools.cache
+  def compiled(current: Settings):
+    def traced(*args, **kwargs):
+      with using(**dataclasses.asdict(current)):
+        return fn(*args, **kwargs)
+
+    return jax.jit(functools.wraps(fn)(traced), **jit_kwargs)
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    return compiled(settings())(*args, **kwargs)
+
+  call.lower = lambda *a, **k: compiled(settings()).lower(*a, **k)
+  return call
+
+
+def _warn_once(key: str, message: str) -> None:
+  if key not in _warned:
+    _warned.add(key)
+    _log.warning('jaxcls: %s', message)
+
+
+def decide(key: str, kernel_fn, xla_fn, example_args, wrt=None) -> bool:
+  """Whether the kernel runs for ``key``; records the path taken.
+
+  Args:
+    key: the kernel and its shape signature, e.g. ``conv_block(64,28,28,1,16)``.
+    kernel_fn: the kernel's function of ``example_args``.
+    xla_fn: the same function on XLA's ops.
+    example_args: arrays of the shapes traced now (for a measurement).
+    wrt: the arguments a train step differentiates (default: all).
+
+  Returns:
+    True where the kernel runs: forced 'on', recorded by the run being
+    resumed, or measured faster than ``xla_fn`` here (cached on disk).
+  """
+  s = settings()
+  follow = dict(s.follow)
+  if s.kernels in ('on', 'off'):
+    use, source = s.kernels == 'on', 'forced'
+    if key in follow and (follow[key] == 'kernel') != use:
+      _warn_once(
+        key,
+        f'JAXCLS_KERNELS={s.kernels} overrides the path this run took for '
+        f'{key} ({follow[key]}); it will not repeat bit for bit',
+      )
+  elif key in follow:
+    use, source = follow[key] == 'kernel', 'recorded'
+  else:
+    found = choice.decision(key, kernel_fn, xla_fn, example_args, wrt)
+    use, source = found['path'] == 'kernel', found['source']
+  if s.record:
+    _taken[key] = {'path': 'kernel' if use else 'xla', 'source': source}
+  return use
+
+
+def ineligible(key: str, reason: str) -> None:
+  """Records that ``key`` runs on XLA because no kernel applies here."""
+  follow = dict(settings().follow)
+  if follow.get(key) == 'kernel':
+    _warn_once(
+      key,
+      f"this run took jaxcls's kernel for {key} but it cannot run here "
+      f"({reason}); it continues on XLA's ops, not bit for bit",
+    )
+  if settings().record:
+    _taken[key] = {'path': 'xla', 'source': reason}
+
+
+def path() -> dict:
+  """What this process traced: ``{'cpu', 'jaxlib', 'kernels', 'choices'}``."""
+  return {
+    'cpu': choice.cpu_model(),
+    'jaxlib': jaxlib.__version__,
+    'kernels': settings().kernels,
+    'choices': {k: dict(v) for k, v in sorted(_taken.items())},
+  }
+
+
+def following(recorded: dict):
+  """Traces inside take a recorded :func:`path` again (a resumed run).
+
+  Ahead of 'auto'; an explicit ``JAXCLS_KERNELS=on|off`` still wins, and
+  each recorded choice that cannot be taken here says so in one line.
+  """
+  choices = recorded.get('choices', {})
+  return using(follow=tuple(sorted((k, v['path']) for k, v in choices.items())))
+
+
+# The kernels and their eligibility: the rest of jaxcls calls these.
+from jaxcls.accel.blocks import (  # noqa: E402
+  conv_block,
+  gru_recurrence,
+  lstm_sequence,
+)
+
+__all__ = [
+  'MODES',
+  'Settings',
+  'choice',
+  'compiler_options',
+  'configure',
+  'conv_block',
+  'decide',
+  'disabled',
+  'following',
+  'gru_recurrence',
+  'ineligible',
+  'jit',
+  'lstm_sequence',
+  'path',
+  'settings',
+  'using',
+  'xla_options',
+]
