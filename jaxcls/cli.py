@@ -178,6 +178,13 @@ def train(config, workdir: str, eval_only: bool = False) -> dict:
 
   try:
     return train_lib.train_and_evaluate(config, workdir, eval_only=eval_only)
+  except RuntimeError as e:
+    from jaxcls import parallel
+
+    lost = parallel.lost_peer(e, workdir)
+    if lost:
+      raise RuntimeError(lost) from None
+    raise
   except OSError as e:
     if e.filename:  # Its message names the file already.
       raise

@@ -99,6 +99,35 @@ def initialize_distributed(config) -> None:
   )
 
 
+# What XLA's collectives and JAX's coordination service say when a peer
+# process is gone (killed, or its host lost).
+_LOST_PEER = (
+  'Connection reset by peer',
+  'Connection closed by peer',
+  'Broken pipe',
+  'Gloo',
+  'coordination service',
+  'heartbeat',
+  'UNAVAILABLE',
+  'DEADLINE_EXCEEDED',
+)
+
+
+def lost_peer(error: Exception, workdir: str) -> str | None:
+  """The one line for a multi-process run that lost a process, else None."""
+  if jax.process_count() < 2 or not any(s in str(error) for s in _LOST_PEER):
+    return None
+  me, n = jax.process_index(), jax.process_count()
+  others = [str(i) for i in range(n) if i != me]
+  who = f'process {others[0]}' if n == 2 else f'one of processes {others}'
+  detail = str(error).strip().splitlines()[0][:120]
+  return (
+    f'lost contact with {who} of this {n}-process run ({detail}); restart '
+    f'it, then run the same command on every host to resume from the last '
+    f'checkpoint in {workdir}'
+  )
+
+
 class Steps(NamedTuple):
   """The compiled pieces of one parallelism strategy, used by the loop.
 

@@ -276,6 +276,11 @@ def resume(run: Run) -> tuple[TrainState, Progress]:
     run.latest, run.state, run.fingerprint, config=run.config
   )
   _check_extension(run, meta, int(state.step))
+  if jax.process_count() > 1:
+    # Restored arrays sit committed on this host's device, and placing
+    # them on the global mesh would be a cross-host transfer, which CPUs
+    # refuse; host copies are placed as a fresh state is.
+    state = jax.device_get(state)
   progress = Progress(
     **{
       f.name: meta.get(f.name, f.default) for f in dataclasses.fields(Progress)
@@ -427,13 +432,18 @@ def train_loop(run: Run) -> dict:
   one_in_flight = (
     jax.default_backend() == 'cpu' and jax.local_device_count() > 1
   )
-  stopped_early = False
+  stopped_early, n_done = False, 0
   with guards.StopSignal() as stop:
     while step < total_steps and not stopped_early:
-      if stop.received:  # Checked before every call, epoch ends included.
-        run.save(run.latest, state, step // spe, progress)
-        guards.exit_on_signal(stop.received, step, run.workdir, run.latest)
+      # Checked before every call (several processes: every few, and at
+      # each epoch's start); all get the same answer, and all save this step.
       epoch, index = divmod(step, spe)
+      due = index == 0 or step == start
+      due = due or itstime(step, guards.STOP_CHECK_STEPS, n_done)
+      received = guards.agreed_stop(stop, due)
+      if received:
+        run.save(run.latest, state, step // spe, progress)
+        guards.exit_on_signal(received, step, run.workdir, run.latest)
       if index == 0 or step == start:
         rows = feed_lib.epoch_rows(
           config.seed, epoch, run.ds.train_shards, run.shard_ids, run.per_shard
@@ -446,7 +456,7 @@ def train_loop(run: Run) -> dict:
       if one_in_flight:
         jax.block_until_ready(metrics)
       epoch_metrics.append(metrics)
-      step += n
+      step, n_done = step + n, n
       if bar is not None:
         bar.update(n)
       if itstime(step, config.log_every_steps, n):
@@ -479,8 +489,9 @@ def train_loop(run: Run) -> dict:
     checkpoint.wait(run.latest)
     checkpoint.wait(run.best)
     writer.close()
-    if stop.received and step < total_steps and not stopped_early:
-      guards.exit_on_signal(stop.received, step, run.workdir, run.latest)
+    received = guards.agreed_stop(stop)
+    if received and step < total_steps and not stopped_early:
+      guards.exit_on_signal(received, step, run.workdir, run.latest)
     return finish(run, state, step, progress, stopped_early)
 
 
