@@ -20,13 +20,10 @@ convolutions moved to Eigen), and 3 epochs of 128 score higher than 3 of
 
 The time that counts is ``train_seconds + compile_seconds`` in
 ``results.json``; model selection is unchanged (validation picks the epoch,
-test is scored once). Measured on the idle 2-core CPU: 91.64% test (best
-epoch 3, validation 92.50%) in 13.3 s of training plus 1.2 s of compiling.
+test is scored once). Expect, on a 2-core AMD EPYC: 91.65% test (best
+epoch 3, validation 92.50%) in 10.3 s of training plus 0.8 s of compiling.
 The old 8-epoch preset (``--config.num_epochs=8 --config.batch_size=256
---config.warmup_epochs=2``) gives 92.67% in 58.9 + 1.1 s. Round 3's
-comparisons (before flip TTA reached the loop's evaluation, and with
-YNNPACK convolutions): 3 epochs at batch 256 gave 91.21%, at batch 64
-90.85%; 2 epochs at 128 90.91%; 4 epochs at 128 91.62%.
+--config.warmup_epochs=2``) gives 93.05% in 26.8 + 0.9 s.
 """
 
 from experiments import fashion_mnist

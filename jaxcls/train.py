@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import sys
 import time
 
@@ -406,6 +407,13 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
       results = evaluate_best(run) if eval_only else train_loop(run)
     if jax.process_index() == 0:
       workdir_lib.write_results(workdir, results)
+      _log(
+        f'Results: {workdir_lib.results_path(workdir)}; checkpoints: '
+        f'{os.path.join(workdir, "checkpoints")}; logs: '
+        f'{os.path.join(workdir, "metrics.jsonl")} and '
+        f'{os.path.join(workdir, "tb")} (tensorboard --logdir '
+        f'{os.path.join(workdir, "tb")})'
+      )
     return results
 
 
