@@ -59,12 +59,20 @@ def call(fn, *args, **kwargs):
     sys.exit(130)
 
 
+_HELP = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad flag as one line and exit 2."""
+  """absl's flag parsing: a bad flag is one line and exit 2; help exits 0
+  (absl's own help flag exits 1)."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(f'{e}; see --help')
+  except SystemExit as e:
+    if e.code == 1 and any(a in _HELP for a in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 class _DropClosedLoopTracebacks:

@@ -81,6 +81,8 @@ def _cpu(name, kernel_fn, dtype, hidden_size, args, xla_fn):
   if accel.settings().kernels == 'off':
     return accel.decide(key, None, None, None) or None  # Records 'xla'.
   reason = cpu_rnn.why_not(dtype, hidden_size)
+  if not reason and steps == 0:
+    reason = 'no time steps'
   if reason:
     accel.ineligible(key, reason)
     return None

@@ -151,6 +151,7 @@ def build(stem: str) -> str:
         jaxlib.__version__,
         version,
         ' '.join(FLAGS),
+        cxx,  # The compiler command with its flags: CXX='g++ -O0' differs.
         _cpu_signature(),
       )
     )
@@ -168,8 +169,10 @@ def build(stem: str) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
       errors = [ln for ln in done.stderr.splitlines() if 'error' in ln]
+      full = [ln for ln in done.stderr.splitlines() if 'No space left' in ln]
       raise RuntimeError(
-        f'{cxx} failed: {(errors or done.stderr.splitlines() or ["?"])[0]}'
+        f'{cxx} failed: '
+        f'{(full or errors or done.stderr.splitlines() or ["?"])[0]}'
       )
     # Atomic: another process building the same key sees all or nothing;
     # the digest goes first, so a library is never there without it.
