@@ -46,6 +46,8 @@ def fresh(monkeypatch, tmp_path):
   monkeypatch.setattr(choice, '_memo', {})
   monkeypatch.setattr(accel, '_taken', {})
   monkeypatch.setattr(accel, '_settings', accel.Settings(kernels='auto'))
+  # Decisions are cached whatever else loads this machine (the test suite).
+  monkeypatch.setattr(choice, 'BUSY_SHARE', float('inf'))
   return tmp_path / 'cache'
 
 

@@ -64,7 +64,6 @@ class Settings:
 
 
 _settings: Settings | None = None
-_explicit = False  # kernels= came from the user (env or configure), not auto
 _taken: dict[str, dict] = {}  # key -> the path a trace in this process took
 _warned: set[str] = set()
 _log = logging.getLogger('jaxcls')
@@ -72,10 +71,9 @@ _log = logging.getLogger('jaxcls')
 
 def settings() -> Settings:
   """The settings in force (``JAXCLS_KERNELS`` read on first call)."""
-  global _settings, _explicit
+  global _settings
   if _settings is None:
     mode = os.environ.get('JAXCLS_KERNELS', '').strip().lower()
-    _explicit = mode in ('on', 'off')
     _settings = Settings(kernels=mode or 'auto')
   return _settings
 
@@ -86,23 +84,21 @@ def configure(**changes) -> Settings:
   Args:
     **changes: fields of :class:`Settings`, e.g. ``kernels='off'``.
   """
-  global _settings, _explicit
+  global _settings
   _settings = dataclasses.replace(settings(), **changes)
-  if 'kernels' in changes:
-    _explicit = changes['kernels'] != 'auto'
   return _settings
 
 
 @contextlib.contextmanager
 def using(**changes):
   """Traces inside the block use these :class:`Settings` fields."""
-  global _settings, _explicit
-  previous, explicit = settings(), _explicit
+  global _settings
+  previous = settings()
   configure(**changes)
   try:
     yield _settings
   finally:
-    _settings, _explicit = previous, explicit
+    _settings = previous
 
 
 def disabled():

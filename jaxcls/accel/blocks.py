@@ -13,10 +13,6 @@ import jaxcls.accel as accel
 from jaxcls.accel import cpu_conv, cpu_rnn, cudnn_lstm
 
 
-def _shapes(*args):
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
-
-
 def conv_block(x_shape, features: int, dtype, xla_fn, wrt=(0, 1, 2)):
   """The kernel's module for ``max_pool_2x2(relu(conv3x3(x) + b))``, or None.
 
@@ -86,6 +82,6 @@ def _cpu(name, kernel_fn, dtype, hidden_size, args, xla_fn):
   if reason:
     accel.ineligible(key, reason)
     return None
-  if accel.decide(key, kernel_fn, xla_fn, _shapes(*args)):
+  if accel.decide(key, kernel_fn, xla_fn, args):  # Shapes only are read.
     return kernel_fn
   return None
