@@ -13,20 +13,16 @@ airbench for the last three):
 - label smoothing 0.1, random horizontal flips, and flip test-time
   augmentation for validation and test (a shoe mirrored is still a shoe).
 
-Batch 128, not the 256 of the MNIST recipe: on this 2-core CPU a batch of
-256 trained at 10 s per epoch and 128 at 6-7 s (round 3, before the
-convolutions moved to Eigen), and 3 epochs of 128 score higher than 3 of
-256.
+Batch 128, not the 256 of the MNIST recipe: on a 2-core CPU 3 epochs of
+128 score higher than 3 of 256, in less time (benchmarks/NOTES.md).
 
 The time that counts is ``train_seconds + compile_seconds`` in
 ``results.json``; model selection is unchanged (validation picks the epoch,
-test is scored once). Expect, on a 2-core AMD EPYC: 91.65% test (best
-epoch 3, validation 92.50%) in 10.3 s of training plus 0.8 s of compiling.
-The old 8-epoch preset (``--config.num_epochs=8 --config.batch_size=256
---config.warmup_epochs=2``) gives 93.05% in 26.8 + 0.9 s.
+test is scored once). What to expect, and the 8-epoch variant: the end of
+``--help``, from the README's results table.
 """
 
-from experiments import fashion_mnist
+from experiments import fashion_mnist, results
 from jaxcls import cli
 
 
@@ -48,4 +44,8 @@ def get_config():
 
 
 if __name__ == '__main__':
-  cli.run(get_config, 'fashion_mnist_fast')
+  cli.run(
+    get_config,
+    'fashion_mnist_fast',
+    measured=results.measured('fashion_mnist_fast'),
+  )

@@ -22,22 +22,12 @@ and horizontal flip; label smoothing 0.1; an EMA of the weights (0.999) that
 is validated beside them and kept as the best model when better; flip
 test-time augmentation for validation and test.
 
-Measured on the 2-core CPU (round 5; the machine ran ~1.3x slower in the
-second half of that session than in the first):
-- 24 epochs (this config): **93.68% test** (best validation 94.67%, epoch
-  24, live weights; the EMA scored higher in 19 of the 24 epochs), 1,084 s
-  of training at 1,193 images/s (42-48 s per epoch), 21 min 22 s wall.
-- ``--config.num_epochs=22``: 93.48% test (validation 94.33%, epoch 20) in
-  969 s of training at 1,223 images/s, 18 min 59 s wall.
-- ``--config.num_epochs=20``: 93.42% test (validation 94.28%, epoch 20) in
-  823 s of training at 1,310 images/s, 16 min 20 s wall. 20 and 22 fall
-  short of the 93.5% this experiment aims at, hence 24: at the 20-epoch
-  run's speed that is ~990 s (16.5 min) of training.
-- Round 4's ResNet-8 at width 1 without the pool, 20 epochs: 92.57% test in
-  988 s.
+24 epochs, because 20 and 22 fell short of the 93.5% this experiment aims
+at (benchmarks/NOTES.md, round 5). What to expect: the end of ``--help``,
+from the README's results table.
 """
 
-from experiments import fashion_mnist
+from experiments import fashion_mnist, results
 from jaxcls import cli
 
 
@@ -64,4 +54,8 @@ def get_config():
 
 
 if __name__ == '__main__':
-  cli.run(get_config, 'fashion_mnist_resnet')
+  cli.run(
+    get_config,
+    'fashion_mnist_resnet',
+    measured=results.measured('fashion_mnist_resnet'),
+  )

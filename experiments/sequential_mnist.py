@@ -19,6 +19,7 @@ needs a prepared or downloadable TFDS mnist. Results go to
 accuracy and time.
 """
 
+from experiments import results
 from jaxcls import cli, config
 
 
@@ -44,4 +45,8 @@ def get_config():
 
 
 if __name__ == '__main__':
-  cli.run(get_config, 'sequential_mnist')
+  cli.run(
+    get_config,
+    'sequential_mnist',
+    measured=results.measured('sequential_mnist'),
+  )

@@ -21,7 +21,7 @@ written as a normal run, so ``python -m experiments.fashion_mnist
 workdir; ``sweep.json`` holds every member, ``sweep.png`` the plot.
 """
 
-from experiments import fashion_mnist, report
+from experiments import fashion_mnist, report, results
 from jaxcls import cli
 
 
@@ -56,4 +56,4 @@ def main(config, workdir: str, log=print) -> dict:
 
 
 if __name__ == '__main__':
-  cli.run(get_config, 'sweep', main=main)
+  cli.run(get_config, 'sweep', main=main, measured=results.measured('sweep'))

@@ -203,13 +203,18 @@ def train(config, workdir: str, eval_only: bool = False) -> dict:
     ) from None
 
 
-def run(get_config, name: str, main=None) -> None:
+def run(get_config, name: str, main=None, measured: str = '') -> None:
   """Defines the flags for ``get_config()`` and runs ``main``.
 
-  ``main(config, workdir)`` defaults to training (``--eval_only`` then scores
-  the best checkpoint instead). Every experiment shares this one error
-  handler, log set-up and unknown-key check.
+  Args:
+    get_config: the experiment's config function.
+    name: the experiment's name; the default workdir is ``runs/<name>``.
+    main: ``main(config, workdir)``; defaults to training (``--eval_only``
+      then scores the best checkpoint instead).
+    measured: text that ends ``--help``: what the experiment measured
+      (``experiments.results.measured``, the README's source).
   """
+  _add_to_help(measured)
   config = get_config()
   error = unknown_override(config, sys.argv)
   if error:
@@ -239,6 +244,14 @@ def run(get_config, name: str, main=None) -> None:
       main(flags.FLAGS.config, flags.FLAGS.workdir)
 
   app_run(absl_main)
+
+
+def _add_to_help(text: str) -> None:
+  """Appends ``text`` to the docstring that absl prints for ``--help``."""
+  main = sys.modules.get('__main__')
+  doc = getattr(main, '__doc__', None)
+  if text and doc and text not in doc:
+    main.__doc__ = f'{doc.rstrip()}\n\n{text}\n'
 
 
 _quiet_logs = quiet_logs  # The old private name, for callers not yet moved.

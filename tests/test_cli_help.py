@@ -26,3 +26,7 @@ def test_help_exits_zero(module):
   assert done.returncode == 0, done.stderr[-2000:]
   assert 'Traceback' not in done.stderr
   assert '--' in done.stdout + done.stderr  # The flags are listed.
+  from experiments import results
+
+  measured = results.measured(module)
+  assert not measured or measured in done.stdout + done.stderr

@@ -57,3 +57,22 @@ def test_only_fastpath_reaches_the_accelerators():
         assert not outside, (rel, outside)
       elif rel != os.path.join('jaxcls', 'fastpath.py'):
         assert not any(m.startswith('jaxcls.accel') for m in imports), rel
+
+
+def test_results_have_one_source_for_readme_and_help():
+  import importlib
+  import re
+
+  from experiments import results
+
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    assert results.table() in f.read(), (
+      "README's results table is stale: paste experiments.results.table()"
+    )
+  for name in sorted({row[0] for row in results.ROWS}):
+    doc = importlib.import_module(f'experiments.{name}').__doc__
+    # Measured figures live in experiments/results.py only.
+    assert not re.search(r'\d+\.\d\d%|images/s', doc), name
+    assert results.measured(name).count('python -m experiments.') == sum(
+      row[0] == name for row in results.ROWS
+    )
