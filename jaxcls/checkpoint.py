@@ -111,6 +111,24 @@ def _save_error(manager, error: Exception) -> CheckpointError:
   )
 
 
+def _refusal(folder: str, meta: dict, fingerprint: str, config) -> str:
+  """The line refusing a checkpoint of another config: what differs, and
+  the flags that would take the saved values."""
+  differ = config_lib.differences(config, meta.get('config')) if config else []
+  if not differ:
+    return (
+      f'{folder} was saved by a different model or config (fingerprint '
+      f'{meta.get("fingerprint")} != {fingerprint}); use another --workdir '
+      'or the same config'
+    )
+  changes = ', '.join(f'{k}: {a} -> {b}' for k, a, b in differ)
+  saved = ' '.join(f'--config.{k}={a}' for k, a, _ in differ)
+  return (
+    f'{folder} was saved by a different model or config ({changes}); use '
+    f'another --workdir, or the saved values ({saved})'
+  )
+
+
 def restore(
   manager: ocp.CheckpointManager,
   target,
@@ -141,11 +159,7 @@ def restore(
   if meta.get('fingerprint') != fingerprint and not (
     config is not None and config_lib.matches(config, meta)
   ):
-    raise CheckpointError(
-      f'{folder} was saved by a different model or config (fingerprint '
-      f'{meta.get("fingerprint")} != {fingerprint}); use another --workdir '
-      'or the same config'
-    )
+    raise CheckpointError(_refusal(folder, meta, fingerprint, config))
   abstract = jax.tree_util.tree_map(
     ocp.utils.to_shape_dtype_struct, _saved_fields(target)
   )

@@ -118,6 +118,32 @@ def fingerprint(config, keys=None) -> str:
   ).hexdigest()[:16]
 
 
+def differences(config, stored: str | None) -> list[tuple[str, object, object]]:
+  """What makes ``config`` train something else than the saved config.
+
+  Args:
+    config: the config of this run.
+    stored: the saved config's JSON (a checkpoint's ``meta['config']``).
+
+  Returns:
+    ``(field, saved, now)`` for each differing field that defines what is
+    trained (not RUN_ONLY_FIELDS); fields the saved config lacks compare
+    against their defaults. Empty when ``stored`` is missing or unreadable.
+  """
+  try:
+    saved = from_stored(stored) if stored else None
+  except (ValueError, TypeError, KeyError, AttributeError):
+    return []
+  if saved is None:
+    return []
+  now, then = config.to_dict(), saved.to_dict()
+  return [
+    (k, then.get(k), now[k])
+    for k in sorted(now)
+    if k not in RUN_ONLY_FIELDS and then.get(k) != now[k]
+  ]
+
+
 def from_stored(text: str) -> ml_collections.ConfigDict:
   """The config saved with a checkpoint (JSON), with every field that was
   added to :func:`get_config` since then at its default."""

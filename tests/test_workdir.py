@@ -356,3 +356,26 @@ def test_a_killed_prepare_leaves_no_incomplete_folders(tmp_path):
   data.prepare(builder, download_config='x')
   assert not stale.exists()
   assert builder.prepared_with == {'download_config': 'x'}
+
+
+def test_a_refusal_names_the_fields_that_differ_and_the_saved_flags():
+  from jaxcls import checkpoint
+  from jaxcls import config as config_lib
+
+  saved = config_lib.get_config()
+  now = config_lib.get_config()
+  now.learning_rate, now.model = 3e-4, 'lstm'
+  now.num_epochs = saved.num_epochs + 5  # Run-only: not a difference.
+  meta = {
+    'fingerprint': config_lib.fingerprint(saved),
+    'config': saved.to_json(),
+  }
+  assert config_lib.differences(now, meta['config']) == [
+    ('learning_rate', saved.learning_rate, 3e-4),
+    ('model', saved.model, 'lstm'),
+  ]
+  line = checkpoint._refusal('W/1', meta, config_lib.fingerprint(now), now)
+  assert f'learning_rate: {saved.learning_rate} -> 0.0003' in line
+  assert f'--config.model={saved.model}' in line and '\n' not in line
+  assert config_lib.differences(now, None) == []
+  assert config_lib.differences(now, 'not json') == []
