@@ -12,8 +12,10 @@ restart without saving iterator state.
 """
 
 import dataclasses
+import io
 import os
 import socket
+import time
 
 import jax
 import jax.numpy as jnp
@@ -240,7 +242,38 @@ def prepare(builder, **kwargs) -> None:
     for name in os.listdir(folder):
       if name.startswith('incomplete.'):
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-    builder.download_and_prepare(**kwargs)
+    _quiet_prepare(builder, **kwargs)
+
+
+def _quiet_prepare(builder, **kwargs) -> None:
+  """Prepares with one line of jaxcls's own before and after, instead of
+  TFDS's download banner (sizes unknown offline) and progress bars, whose
+  escape codes fill a log."""
+  import contextlib
+
+  import tensorflow_datasets as tfds
+
+  source = kwargs.get('download_config')
+  config = getattr(builder, 'builder_config', None)
+  source = (
+    getattr(source, 'manual_dir', None)
+    or getattr(config, 'description', None)
+    or builder.name
+  )
+  # local_files/<config>: the config is the dataset (jaxcls.local_data).
+  what = config.name if config and builder.name == 'local_files' else None
+  what = what or builder.name
+  print(f'Preparing {what} from {source} into {builder.data_dir} ...')
+  tfds.display_progress_bar(False)
+  t0 = time.perf_counter()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS's banner lines.
+      builder.download_and_prepare(**kwargs)
+  finally:
+    tfds.display_progress_bar(True)
+  print(
+    f'Prepared {what} in {time.perf_counter() - t0:.0f} s; later runs reuse it.'
+  )
 
 
 def read_split(builder, split: str) -> Split:

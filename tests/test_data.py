@@ -160,3 +160,21 @@ def test_eval_batches_count_every_example_exactly_once(n, batch, processes):
 def test_unknown_dataset_lists_the_choices():
   with pytest.raises(ValueError, match='choose one of'):
     data.get_spec('imagenet')
+
+
+def test_an_offline_prepare_prints_jaxcls_lines_not_tfds_banner(
+  tmp_path, capfd
+):
+  from test_local_data import mnist_like, write_idx_folder
+
+  write_idx_folder(tmp_path / 'idx', mnist_like())
+  builder = data.get_builder(
+    'fashion_mnist', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'idx')
+  )
+  assert builder.is_prepared()
+  out, err = capfd.readouterr()
+  assert out.startswith('Preparing fashion_mnist from ')
+  assert 'later runs reuse it' in out
+  assert 'Downloading and preparing' not in out + err
+  assert '\x1b[' not in out + err and '\r' not in out + err
+  assert 'examples/s' not in out + err  # No progress bars.
