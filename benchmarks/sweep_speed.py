@@ -31,7 +31,16 @@ import jax
 import numpy as np
 
 from experiments import sweep as sweep_exp
-from jaxcls import data, models, optim, parallel, population, sweep, train
+from jaxcls import (
+  data,
+  epochs,
+  models,
+  optim,
+  parallel,
+  population,
+  sweep,
+  train,
+)
 from jaxcls import feed as feed_lib
 
 
@@ -72,23 +81,27 @@ def single_run(config, ds) -> dict:
   step = functools.partial(
     train.train_step, **train.step_options(config, ds.spec)
   )
-  feed = feed_lib.DeviceFeed(step, ds.train, mesh)
-  n_max = feed_lib.steps_per_call(config)
-  t = time.perf_counter()
-  for n in {min(n_max, spe), spe % n_max or min(n_max, spe)}:
-    feed.compile(state, train_rng, n, config.batch_size)
-  compile_s, train_s = time.perf_counter() - t, 0.0
-  evaluate = jax.jit(train.eval_step)
-  for epoch in range(config.num_epochs):
-    rows = feed_lib.epoch_rows(
+  walk = epochs.Epochs(
+    feed_lib.DeviceFeed(step, ds.train, mesh),
+    lambda epoch: feed_lib.epoch_rows(
       config.seed, epoch, ds.train_shards, (0,), config.batch_size
-    )
-    t = time.perf_counter()
-    for index in range(0, spe, n_max):
-      state, _ = feed.run(state, rows[index : index + n_max], train_rng)
-    jax.block_until_ready(state)
-    train_s += time.perf_counter() - t
-    val = train.evaluate(evaluate, state, ds.val, config.eval_batch_size, mesh)
+    ),
+    spe,
+    feed_lib.steps_per_call(config),
+    0,
+    config.num_epochs * spe,
+    aux=train_rng,
+  )
+  compile_s, train_s = walk.compile(state, config.batch_size), 0.0
+  evaluate = jax.jit(train.eval_step)
+  for call in walk.calls(state):
+    if call.epoch_done:
+      state = call.state
+      jax.block_until_ready(state)
+      train_s += time.perf_counter() - call.started
+      val = train.evaluate(
+        evaluate, state, ds.val, config.eval_batch_size, mesh
+      )
   return {
     'train_seconds': train_s,
     'compile_seconds': compile_s,

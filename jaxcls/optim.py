@@ -57,42 +57,85 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   )
 
 
-def create_optimizer(
-  config, steps_per_epoch: int
+def _nesterov(learning_rate, weight_decay, momentum):
+  """The ResNet recipe (He et al. 2016; PyTorch's SGD(weight_decay=...)):
+  the decay is added to the gradient before momentum, kernels only."""
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay, mask=decay_mask),
+    optax.sgd(learning_rate, momentum=momentum, nesterov=True),
+  )
+
+
+def base_optimizer(
+  config, learning_rate, inject: bool = False
 ) -> optax.GradientTransformation:
-  """Builds the optax chain named by ``config.optimizer`` and friends."""
-  lr = learning_rate_schedule(config, steps_per_epoch)
+  """The optimizer ``config.optimizer`` names, the one place that knows them.
+
+  Args:
+    config: reads ``optimizer``, ``momentum``, ``b1``, ``b2`` and
+      ``weight_decay``.
+    learning_rate: a number or an optax schedule.
+    inject: wrap the optax factory in ``optax.inject_hyperparams``, so its
+      numbers (learning rate, weight decay, ...) live in the optimizer state
+      where a population sets them per member.
+
+  Returns:
+    The optax transformation, without clipping or the non-finite guard.
+  """
   name = config.optimizer
   if name == 'sgd':
-    opt = optax.sgd(lr)
+    fn, kwargs, static = optax.sgd, {}, ()
   elif name == 'momentum':
-    opt = optax.sgd(lr, momentum=config.momentum, nesterov=False)
+    fn, static = optax.sgd, ('nesterov',)
+    kwargs = {'momentum': config.momentum, 'nesterov': False}
   elif name == 'nesterov':
-    # The ResNet recipe (He et al. 2016; PyTorch's SGD(weight_decay=...)):
-    # the decay is added to the gradient before momentum, kernels only.
-    opt = optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-      optax.sgd(lr, momentum=config.momentum, nesterov=True),
-    )
+    fn, static = _nesterov, ('momentum',)
+    kwargs = {'weight_decay': config.weight_decay, 'momentum': config.momentum}
   elif name == 'adam':
-    opt = optax.adam(lr, b1=config.b1, b2=config.b2)
+    fn, kwargs, static = optax.adam, {'b1': config.b1, 'b2': config.b2}, ()
   elif name == 'adamw':
-    opt = optax.adamw(
-      lr,
-      b1=config.b1,
-      b2=config.b2,
-      weight_decay=config.weight_decay,
-      mask=decay_mask,
-    )
+    fn, static = optax.adamw, ('mask',)
+    kwargs = {
+      'b1': config.b1,
+      'b2': config.b2,
+      'weight_decay': config.weight_decay,
+      'mask': decay_mask,
+    }
   else:
     raise ValueError(f'unknown optimizer {name!r}; choose one of {OPTIMIZERS}')
+  if inject:
+    fn = optax.inject_hyperparams(fn, static_args=static)
+  return fn(learning_rate, **kwargs)
+
+
+def guard(opt, config) -> optax.GradientTransformation:
+  """``opt`` after gradient clipping, and inside the non-finite guard.
+
+  With ``nonfinite_policy='skip'``, a step whose gradients hold a NaN/inf
+  leaves params and optimizer state unchanged; the loop stops after
+  ``max_nonfinite_steps`` of them in a row.
+  """
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   if config.nonfinite_policy == 'skip':
-    # A step whose gradients hold a NaN/inf leaves params and optimizer state
-    # unchanged; the loop stops after max_nonfinite_steps in a row.
     opt = optax.apply_if_finite(opt, config.max_nonfinite_steps)
   return opt
+
+
+def create_optimizer(
+  config, steps_per_epoch: int
+) -> optax.GradientTransformation:
+  """The optax chain of a run: ``[clip] -> optimizer(schedule) [-> guard]``.
+
+  Args:
+    config: a jaxcls config (optimizer, schedule, clipping fields).
+    steps_per_epoch: optimizer steps per epoch, for the schedule.
+
+  Returns:
+    The ``optax.GradientTransformation``.
+  """
+  lr = learning_rate_schedule(config, steps_per_epoch)
+  return guard(base_optimizer(config, lr), config)
 
 
 def l1_penalty(params) -> jax.Array:

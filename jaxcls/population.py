@@ -48,7 +48,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcls import data, fastpath, guards, models, optim, parallel, train
+from jaxcls import (
+  data,
+  epochs,
+  fastpath,
+  guards,
+  models,
+  optim,
+  parallel,
+  train,
+)
 from jaxcls import feed as feed_lib
 
 MODES = ('auto', 'vmap', 'unrolled', 'loop')
@@ -66,54 +75,18 @@ def resolve_mode(mode: str, backend: str | None = None) -> str:
   return 'loop' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
 
 
-def _nesterov(learning_rate, weight_decay, momentum):
-  """``optim``'s 'nesterov' chain with its numbers as arguments."""
-  return optax.chain(
-    optax.add_decayed_weights(weight_decay, mask=optim.decay_mask),
-    optax.sgd(learning_rate, momentum=momentum, nesterov=True),
-  )
-
-
 def population_optimizer(
   config, steps_per_epoch: int
 ) -> optax.GradientTransformation:
   """``optim.create_optimizer``'s chain with lr / weight decay as state.
 
-  ``inject_hyperparams`` moves the numeric arguments of the optax factory into
+  ``optim.base_optimizer(inject=True)`` moves the optimizer's numbers into
   ``opt_state.hyperparams``, where :func:`set_member_hyperparams` overwrites
   them per member. A schedule is applied as a unit-peak multiplier after the
   update, which is what optax does with a scheduled learning rate (decoupled
   decay included).
   """
-  name = config.optimizer
-  if name == 'sgd':
-    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
-  elif name == 'momentum':
-    opt = optax.inject_hyperparams(optax.sgd, static_args=('nesterov',))(
-      learning_rate=1.0, momentum=config.momentum, nesterov=False
-    )
-  elif name == 'nesterov':
-    opt = optax.inject_hyperparams(_nesterov, static_args=('momentum',))(
-      learning_rate=1.0,
-      weight_decay=config.weight_decay,
-      momentum=config.momentum,
-    )
-  elif name == 'adam':
-    opt = optax.inject_hyperparams(optax.adam)(
-      learning_rate=1.0, b1=config.b1, b2=config.b2
-    )
-  elif name == 'adamw':
-    opt = optax.inject_hyperparams(optax.adamw, static_args=('mask',))(
-      learning_rate=1.0,
-      b1=config.b1,
-      b2=config.b2,
-      weight_decay=config.weight_decay,
-      mask=optim.decay_mask,
-    )
-  else:
-    raise ValueError(
-      f'unknown optimizer {name!r}; choose one of {optim.OPTIMIZERS}'
-    )
+  opt = optim.base_optimizer(config, 1.0, inject=True)
   if config.lr_schedule != 'constant':
     unit = ml_collections.ConfigDict(config.to_dict())
     unit.learning_rate = 1.0
@@ -123,11 +96,7 @@ def population_optimizer(
         optim.learning_rate_schedule(unit, steps_per_epoch)
       ),
     )
-  if config.grad_clip_norm > 0:
-    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
-  if config.nonfinite_policy == 'skip':  # As optim does.
-    opt = optax.apply_if_finite(opt, config.max_nonfinite_steps)
-  return opt
+  return optim.guard(opt, config)
 
 
 def set_member_hyperparams(opt_state, learning_rate, weight_decay):
@@ -243,7 +212,7 @@ class MemberFeed:
     return self._feed.input_seconds
 
   def compile(self, states, keys_active, n: int, batch_size: int):
-    for calls in {min(self._n, n), n % self._n or min(self._n, n)}:
+    for calls in epochs.call_sizes(self._n, n):
       self._feed.compile(states[0], keys_active[0][0], calls, batch_size)
 
   def run(self, states, rows: np.ndarray, keys_active):
@@ -456,65 +425,73 @@ def train_population(
     column('weight_decay', np.float32),
   )
   result = PopulationResult.start(k, config.num_epochs, states)
-  active = np.ones(k, bool)
   if k not in steps.feeds:
     steps.feeds[k] = steps.make_feed()
-  feed = steps.feeds[k]
-  # A call of 'loop' runs every member over a whole epoch (MemberFeed).
-  n_max = spe if steps.mode == 'loop' else feed_lib.steps_per_call(config)
-  t0 = time.perf_counter()  # Ahead of time, so it is timed on its own.
-  for n in {min(n_max, spe), spe % n_max or min(n_max, spe)}:
-    feed.compile(states, (keys, active), n, config.batch_size)
-  result.compile_seconds = time.perf_counter() - t0
   shard_ids = tuple(range(len(ds.train_shards)))
-  per_shard = config.batch_size // len(shard_ids)
-  step, total_steps = 0, config.num_epochs * spe
-  while step < total_steps and active.any():
-    epoch, index = divmod(step, spe)
-    if index == 0:
-      rows = feed_lib.epoch_rows(
-        config.seed, epoch, ds.train_shards, shard_ids, per_shard
-      )
-      epoch_metrics, was_active = [], active.copy()
-      t_epoch = time.perf_counter()
-    n = min(n_max, spe - index)
-    states, metrics = feed.run(states, rows[index : index + n], (keys, active))
-    epoch_metrics.append(metrics)
-    step += n
-    if step % spe and train.itstime(step, config.log_every_steps, n):
-      recent = guards.per_step(epoch_metrics)['loss'][-config.log_every_steps :]
-      log(
-        f'  [step {step}] recent loss, mean over the '
-        f'{int(active.sum())} training members: '
-        f'{np.nanmean(recent[:, active]) / config.batch_size:.4f}'
-      )
-    if step % spe == 0:
-      jax.block_until_ready(states)
-      seconds = time.perf_counter() - t_epoch
-      result.train_seconds += seconds
-      val = population_evaluate(
-        steps.evaluate, states, ds.val, config.eval_batch_size
-      )
-      active = end_of_epoch(
-        result,
-        states,
-        epoch + 1,
-        step,
-        epoch_metrics,
-        was_active,
-        val,
-        config,
-        log,
-      )
-      ran = val[was_active & ~result.diverged]
-      log(
-        f'  [epoch {epoch + 1}] val accuracy: best '
-        f'{ran.max() if ran.size else np.nan:.4f} mean '
-        f'{ran.mean() if ran.size else np.nan:.4f}  '
-        f'active {int(active.sum())}/{k}  time {seconds:.1f}s'
-      )
+  walk = epochs.Epochs(
+    steps.feeds[k],
+    lambda epoch: feed_lib.epoch_rows(
+      config.seed,
+      epoch,
+      ds.train_shards,
+      shard_ids,
+      config.batch_size // len(shard_ids),
+    ),
+    spe,
+    # A call of 'loop' runs every member over a whole epoch (MemberFeed).
+    spe if steps.mode == 'loop' else feed_lib.steps_per_call(config),
+    0,
+    config.num_epochs * spe,
+    aux=(keys, np.ones(k, bool)),
+  )
+  result.compile_seconds = walk.compile(states, config.batch_size)
+  for call in walk.calls(states):
+    states, active = call.state, walk.aux[1]
+    if call.step == call.first_step + call.n:  # The epoch's first call.
+      was_active = active.copy()
+    if not call.epoch_done:
+      if train.itstime(call.step, config.log_every_steps, call.n):
+        _log_loss(call, active, config, log)
+      continue
+    jax.block_until_ready(states)
+    seconds = time.perf_counter() - call.started
+    result.train_seconds += seconds
+    val = population_evaluate(
+      steps.evaluate, states, ds.val, config.eval_batch_size
+    )
+    active = end_of_epoch(
+      result,
+      states,
+      call.epoch + 1,
+      call.step,
+      call.metrics,
+      was_active,
+      val,
+      config,
+      log,
+    )
+    walk.aux = (keys, active)
+    ran = val[was_active & ~result.diverged]
+    log(
+      f'  [epoch {call.epoch + 1}] val accuracy: best '
+      f'{ran.max() if ran.size else np.nan:.4f} mean '
+      f'{ran.mean() if ran.size else np.nan:.4f}  '
+      f'active {int(active.sum())}/{k}  time {seconds:.1f}s'
+    )
+    if not active.any():
+      break
   result.final_states = members(states)
   return result
+
+
+def _log_loss(call, active: np.ndarray, config, log) -> None:
+  """The recent loss, mean over the training members."""
+  recent = guards.per_step(call.metrics)['loss'][-config.log_every_steps :]
+  log(
+    f'  [step {call.step}] recent loss, mean over the '
+    f'{int(active.sum())} training members: '
+    f'{np.nanmean(recent[:, active]) / config.batch_size:.4f}'
+  )
 
 
 def best_member(best_val_accuracy) -> int:

@@ -20,7 +20,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcls import checkpoint, data, fastpath, guards, models, optim, parallel
+from jaxcls import (
+  checkpoint,
+  data,
+  epochs,
+  fastpath,
+  guards,
+  models,
+  optim,
+  parallel,
+)
 from jaxcls import config as config_lib
 from jaxcls import feed as feed_lib
 from jaxcls import metrics as metrics_lib
@@ -418,89 +427,98 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
 
 
 def train_loop(run: Run) -> dict:
-  """The one training loop: a call of ``n`` steps at a time, flat."""
+  """The one training loop: :class:`jaxcls.epochs.Epochs`' calls, flat."""
   config, spe = run.config, run.steps_per_epoch
-  total_steps = config.num_epochs * spe
   train_rng = jax.random.split(jax.random.key(config.seed))[1]
   state, progress = resume(run)
-  start = step = int(state.step)
+  start = int(state.step)
   state = run.steps.place(state)
-  feed = make_feed(run, train_rng)
-  n_max = feed_lib.steps_per_call(config)
+  walk = epochs.Epochs(
+    make_feed(run, train_rng),
+    lambda epoch: feed_lib.epoch_rows(
+      config.seed, epoch, run.ds.train_shards, run.shard_ids, run.per_shard
+    ),
+    spe,
+    feed_lib.steps_per_call(config),
+    start,
+    config.num_epochs * spe,
+    aux=train_rng,
+  )
   local_batch = run.per_shard * len(run.shard_ids)
-  t0 = time.perf_counter()
-  for n in {min(n_max, spe), spe % n_max or min(n_max, spe)}:
-    feed.compile(state, train_rng, n, local_batch)
-  run.results['compile_seconds'] = time.perf_counter() - t0
+  run.results['compile_seconds'] = walk.compile(state, local_batch)
   writer = metrics_lib.MetricWriter(run.workdir, config)
-  policy = (config.nonfinite_policy, config.max_nonfinite_steps)
   # Several XLA:CPU devices share one small thread pool: with many steps in
   # flight their all-reduce rendezvous can starve and abort the process, so
   # there the loop waits for each call. Real accelerators keep the pipeline.
   one_in_flight = (
     jax.default_backend() == 'cpu' and jax.local_device_count() > 1
   )
-  stopped_early, n_done = False, 0
+  stopped_early, step, bar = False, start, None
   with guards.StopSignal() as stop:
-    while step < total_steps and not stopped_early:
-      # Checked before every call (several processes: every few, and at
-      # each epoch's start); all get the same answer, and all save this step.
-      epoch, index = divmod(step, spe)
-      due = index == 0 or step == start
-      due = due or itstime(step, guards.STOP_CHECK_STEPS, n_done)
-      received = guards.agreed_stop(stop, due)
-      if received:
-        run.save(run.latest, state, step // spe, progress)
-        guards.exit_on_signal(received, step, run.workdir, run.latest)
-      if index == 0 or step == start:
-        rows = feed_lib.epoch_rows(
-          config.seed, epoch, run.ds.train_shards, run.shard_ids, run.per_shard
-        )
-        epoch_metrics, epoch_start, t_epoch = [], step, time.perf_counter()
-        feed.input_seconds = 0.0
-        bar = _progress(spe, index, epoch)
-      n = min(n_max, spe - index)
-      state, metrics = feed.run(state, rows[index : index + n], train_rng)
+    # Checked before every call (several processes: every few, and at each
+    # epoch's start); all get the same answer, and all save this step.
+    if step < walk.total_steps:
+      _stop_if_asked(run, stop, True, state, step, progress)
+    for call in walk.calls(state):
+      state, step = call.state, call.step
       if one_in_flight:
-        jax.block_until_ready(metrics)
-      epoch_metrics.append(metrics)
-      step, n_done = step + n, n
+        jax.block_until_ready(call.metrics[-1])
+      bar = bar or _progress(spe, step - call.n - call.epoch * spe, call.epoch)
       if bar is not None:
-        bar.update(n)
-      if itstime(step, config.log_every_steps, n):
-        window = {
-          k: v[-config.log_every_steps :]
-          for k, v in guards.per_step(
-            epoch_metrics[-config.log_every_steps :]  # calls >= steps: enough
-          ).items()
-        }
-        writer.write_scalars(
-          step, metrics_lib.window_scalars(window, step / spe)
-        )
-      if step % spe and itstime(step, config.checkpoint_every_steps, n):
-        # Mid-epoch only: an epoch's end is saved after its validation.
-        guards.check_finite(epoch_metrics, epoch_start, run.latest, *policy)
-        run.save(run.latest, state, epoch, progress)
-      if step % spe == 0:
-        if bar is not None:
-          bar.close()
-        totals = guards.epoch_totals(
-          epoch_metrics, epoch_start, run.latest, *policy
-        )
-        seconds = time.perf_counter() - t_epoch
-        progress.train_seconds += seconds
-        progress.input_seconds += feed.input_seconds
-        progress.images_trained += int(totals['count'])
-        stopped_early = end_of_epoch(
-          run, state, epoch + 1, step, totals, seconds, progress, writer
-        )
+        bar.update(call.n)
+      stopped_early = _after_call(run, call, progress, writer, feed=walk.feed)
+      if call.epoch_done and bar is not None:
+        bar = bar.close()
+      if stopped_early:
+        break
+      if step < walk.total_steps:
+        due = step % spe == 0 or itstime(step, guards.STOP_CHECK_STEPS, call.n)
+        _stop_if_asked(run, stop, due, state, step, progress)
     checkpoint.wait(run.latest)
     checkpoint.wait(run.best)
     writer.close()
     received = guards.agreed_stop(stop)
-    if received and step < total_steps and not stopped_early:
+    if received and step < walk.total_steps and not stopped_early:
       guards.exit_on_signal(received, step, run.workdir, run.latest)
     return finish(run, state, step, progress, stopped_early)
+
+
+def _stop_if_asked(run: Run, stop, due: bool, state, step, progress) -> None:
+  """Saves ``step`` and exits if any process was asked to stop."""
+  received = guards.agreed_stop(stop, due)
+  if received:
+    run.save(run.latest, state, step // run.steps_per_epoch, progress)
+    guards.exit_on_signal(received, step, run.workdir, run.latest)
+
+
+def _after_call(run: Run, call, progress: Progress, writer, feed) -> bool:
+  """Logs, checkpoints mid-epoch, and ends the epoch; True: stop early."""
+  config, spe, step = run.config, run.steps_per_epoch, call.step
+  policy = (config.nonfinite_policy, config.max_nonfinite_steps)
+  if itstime(step, config.log_every_steps, call.n):
+    window = {
+      k: v[-config.log_every_steps :]
+      for k, v in guards.per_step(
+        call.metrics[-config.log_every_steps :]  # calls >= steps: enough
+      ).items()
+    }
+    writer.write_scalars(step, metrics_lib.window_scalars(window, step / spe))
+  if not call.epoch_done:
+    if itstime(step, config.checkpoint_every_steps, call.n):
+      # Mid-epoch only: an epoch's end is saved after its validation.
+      guards.check_finite(call.metrics, call.first_step, run.latest, *policy)
+      run.save(run.latest, call.state, call.epoch, progress)
+    return False
+  totals = guards.epoch_totals(
+    call.metrics, call.first_step, run.latest, *policy
+  )
+  seconds = time.perf_counter() - call.started
+  progress.train_seconds += seconds
+  progress.input_seconds += call.input_seconds
+  progress.images_trained += int(totals['count'])
+  return end_of_epoch(
+    run, call.state, call.epoch + 1, step, totals, seconds, progress, writer
+  )
 
 
 def finish(
