@@ -377,7 +377,23 @@ def load(
       )
   config_name = builder.builder_config.name if builder.builder_config else ''
   source = f'{builder.name}/{config_name}' if config_name else builder.name
+  if name == IMAGE_FOLDER and jax.process_index() == 0:
+    print(folder_summary(manual_dir, spec, shards, val, test))
   return Data(shards, val, test, spec, source=source)
+
+
+def folder_summary(root, spec: DatasetSpec, shards, val, test) -> str:
+  """What an image-folder run chose, in one line: classes, splits, shape."""
+  names = ', '.join(spec.class_names[:12])
+  more = len(spec.class_names) - 12
+  names += f', ... ({more} more)' if more > 0 else ''
+  h, w, c = spec.image_shape
+  train = sum(len(s) for s in shards)
+  return (
+    f'Image folder {root}: {spec.num_classes} classes ({names}); '
+    f'{train} train / {len(val)} validation / {len(test)} test images; '
+    f'each {h}x{w}x{c}'
+  )
 
 
 def epoch_permutation(

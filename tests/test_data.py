@@ -178,3 +178,23 @@ def test_an_offline_prepare_prints_jaxcls_lines_not_tfds_banner(
   assert 'Downloading and preparing' not in out + err
   assert '\x1b[' not in out + err and '\r' not in out + err
   assert 'examples/s' not in out + err  # No progress bars.
+
+
+def test_an_image_folder_load_prints_its_classes_splits_and_shape(
+  tmp_path, capsys
+):
+  from test_local_data import make_folder
+
+  root = str(tmp_path / 'shades')
+  make_folder(root, per_class=20, modes=('L',))
+  ds = data.load(
+    'image_folder', str(tmp_path / 'tfds'), manual_dir=root, image_size=16
+  )
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  h, w, c = ds.spec.image_shape
+  assert line == (
+    f'Image folder {root}: 3 classes (bright, dark, mid); '
+    f'{len(ds.train)} train / {len(ds.val)} validation / {len(ds.test)} '
+    f'test images; each {h}x{w}x{c}'
+  )
+  assert len(ds.train) + len(ds.val) + len(ds.test) == 60 and c == 1
