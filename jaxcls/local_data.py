@@ -21,12 +21,26 @@ subfolder (torchvision's layout) is searched as well.
 
 Each file format has one reader (:func:`read_idx`, :func:`read_npz`,
 :func:`read_cifar_python`, :func:`read_cifar_binary`). A damaged file, a file
-of the wrong dataset or one of the wrong size raises
-:class:`CorruptDatasetFileError` with one line that names the file.
+of the wrong dataset or one of the wrong size, labels outside the classes or
+a split of 0 examples raises :class:`CorruptDatasetFileError` with one line
+that names the file. CIFAR-10's pickles are unpickled by an unpickler that
+refuses every global but the few numpy ones a batch needs.
+
+Prepared copies are keyed by what they were made from
+(:func:`source_fingerprint`): the copy of files with fingerprint F is the
+TFDS dataset under ``<data_dir>/local_files/<name>/by_source/F``, so changed
+files are prepared again and unchanged ones are read from their copy.
+Without source files (no ``--config.manual_dir`` and none in the default
+folders), the newest copy is read; an explicit ``--config.manual_dir`` that
+is missing or holds no files is an error, never a silent old copy.
 """
 
 import dataclasses
+import glob
 import gzip
+import hashlib
+import io
+import math
 import os
 import pickle
 import tarfile
@@ -86,13 +100,21 @@ def read_idx(path: str) -> np.ndarray:
     raise CorruptDatasetFileError(f'{path} is not a uint8 IDX file')
   ndim = raw[3]
   header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise CorruptDatasetFileError(
+      f'{path} is truncated: it ends after {len(raw)} bytes, inside its '
+      f'{header}-byte header; replace it with a complete copy'
+    )
   shape = tuple(
     int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim)
   )
-  if len(raw) < header or len(raw) != header + int(np.prod(shape)):
+  size = math.prod(shape)  # Python ints: 2**32 * 2**32 does not wrap to 0.
+  if len(raw) - header != size:
+    problem = 'truncated' if len(raw) - header < size else 'too long'
     raise CorruptDatasetFileError(
-      f'{path} is truncated: header says {shape}, '
-      f'file has {max(len(raw) - header, 0)} bytes of data'
+      f'{path} is {problem}: its header says {shape} ({size} bytes of '
+      f'data), the file has {len(raw) - header} bytes of data; replace it '
+      'with a complete copy'
     )
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
@@ -184,6 +206,57 @@ _CIFAR_BATCHES = {
 }
 
 
+# The globals that CIFAR-10's python batches refer to: a batch is a dict of
+# bytes, lists of ints and bytes and one uint8 array, which pickle rebuilds
+# with these (numpy 1, as in CIFAR's own files, wrote ``numpy.core``; numpy
+# 2 writes ``numpy._core``). Nothing else is ever looked up.
+_CIFAR_PICKLE_GLOBALS = frozenset(
+  {
+    ('numpy.core.multiarray', '_reconstruct'),
+    ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy', 'ndarray'),
+    ('numpy', 'dtype'),
+  }
+)
+
+
+class _RefusedGlobalError(pickle.UnpicklingError):
+  """A pickle asked for a global that no CIFAR-10 batch needs."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """Unpickles CIFAR-10 batches and nothing else.
+
+  Any global but those of ``_CIFAR_PICKLE_GLOBALS`` is refused before it is
+  imported, so a planted pickle's payload (``os.system``, ``eval``, ...)
+  never runs.
+  """
+
+  def find_class(self, module, name):
+    if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+      raise _RefusedGlobalError(f'{module}.{name}')
+    return super().find_class(module, name)
+
+
+def _unpickle_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+  """A CIFAR-10 python batch's (rows, labels), with the restricted unpickler."""
+  try:
+    batch = _CifarUnpickler(io.BytesIO(raw), encoding='bytes').load()
+    flat = np.asarray(batch[b'data'], np.uint8)
+    labels = np.asarray(batch[b'labels'], np.int64)
+  except _RefusedGlobalError as e:
+    raise CorruptDatasetFileError(
+      f'{where} refers to {e}, which no CIFAR-10 batch does: refused to '
+      'unpickle it (tampered with, or not CIFAR-10); replace it with the '
+      'original file'
+    ) from None
+  except Exception as e:  # Unpickling garbage raises many types.
+    raise CorruptDatasetFileError(
+      f'{where} is not a CIFAR-10 batch ({type(e).__name__}: {_reason(e)[:80]})'
+    ) from None
+  return flat, labels
+
+
 def read_cifar_python(path: str) -> dict[str, Arrays]:
   """``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py/``."""
   names = {
@@ -196,15 +269,7 @@ def read_cifar_python(path: str) -> dict[str, Arrays]:
     images, labels = [], []
     for name in members:
       where = f'{path}: {os.path.basename(name)}'
-      try:
-        batch = pickle.loads(files[name], encoding='bytes')
-        flat = np.asarray(batch[b'data'], np.uint8)
-        batch_labels = np.asarray(batch[b'labels'], np.int64)
-      except Exception as e:  # Unpickling garbage raises many types.
-        raise CorruptDatasetFileError(
-          f'{where} is not a CIFAR-10 batch ({type(e).__name__}: '
-          f'{_reason(e)[:80]})'
-        ) from None
+      flat, batch_labels = _unpickle_batch(files[name], where)
       images.append(_cifar_hwc(flat, where))
       if len(batch_labels) != len(images[-1]):
         raise CorruptDatasetFileError(
@@ -343,15 +408,42 @@ def find_files(name: str, folder: str):
   return None
 
 
-def _check(name: str, splits: dict[str, Arrays], where: str) -> None:
-  """Raises CorruptDatasetFileError if the arrays are not ``name``'s."""
+def _split_file(paths: tuple[str, ...], split: str, labels=False) -> str:
+  """The file among ``paths`` that holds ``split``'s images (or labels)."""
+  if len(paths) == len(_IDX_STEMS):  # One IDX file per split and kind.
+    return paths[(0 if split == 'train' else 2) + int(labels)]
+  return paths[0]
+
+
+def _check_splits(name: str, splits: dict[str, Arrays], paths) -> None:
+  """Raises CorruptDatasetFileError, naming the split and its file, for a
+  split of 0 examples or labels outside ``0..num_classes - 1``."""
   num_classes = data.get_spec(name).num_classes
   for split, (_, labels) in splits.items():
-    if len(labels) and labels.max() >= num_classes:
+    if not len(labels):
+      raise CorruptDatasetFileError(
+        f'{_split_file(paths, split)} holds 0 {split} examples, so the '
+        f'{split} split of {_TITLES[name]} would be empty; replace it with '
+        'the complete file'
+      )
+    where = _split_file(paths, split, labels=True)
+    if labels.min() < 0:
+      raise CorruptDatasetFileError(
+        f'{where}: {split} labels go down to {labels.min()}, but '
+        f'{_TITLES[name]} labels are 0..{num_classes - 1} (a damaged or '
+        'edited file?); fix the file or use the original'
+      )
+    if labels.max() >= num_classes:
       raise CorruptDatasetFileError(
         f'{where}: {split} labels go up to {labels.max()}, but '
         f'{_TITLES[name]} has {num_classes} classes (another dataset?)'
       )
+
+
+def _check(name: str, splits: dict[str, Arrays], paths) -> None:
+  """Raises CorruptDatasetFileError if the arrays are not ``name``'s."""
+  _check_splits(name, splits, paths)
+  where = ', '.join(paths) if len(paths) == 1 else os.path.dirname(paths[0])
   counts = tuple(np.bincount(splits['test'][1], minlength=10).tolist())
   for other, known in _TEST_LABEL_COUNTS.items():
     if other != name and name in _TEST_LABEL_COUNTS and counts == known:
@@ -366,8 +458,9 @@ def read_folder(name: str, folder: str) -> dict[str, Arrays]:
   """``{'train': (images, labels), 'test': ...}`` of ``name`` from ``folder``.
 
   Raises CorruptDatasetFileError (one line, naming the file) if the files
-  found are damaged, of another dataset or of the wrong size, and
-  FileNotFoundError if the folder holds no usable files.
+  found are damaged, of another dataset or of the wrong size, hold labels
+  outside the classes or a split of 0 examples, and FileNotFoundError if the
+  folder holds no usable files.
   """
   if not os.path.isdir(folder):
     raise FileNotFoundError(
@@ -380,18 +473,20 @@ def read_folder(name: str, folder: str) -> dict[str, Arrays]:
     )
   fmt, paths = found
   splits = fmt.read(*paths)
-  _check(
-    name,
-    splits,
-    ', '.join(paths) if len(paths) == 1 else os.path.dirname(paths[0]),
-  )
+  _check(name, splits, paths)
   return splits
+
+
+def _data_root(data_dir: str | None) -> str:
+  """``data_dir``, or TFDS's default data folder, with ``~`` expanded."""
+  return os.path.expanduser(
+    data_dir or tfds.core.constants.get_default_data_dir()
+  )
 
 
 def default_manual_dir(name: str, data_dir: str | None) -> str:
   """TFDS's manual folder for ``name``: ``<data_dir>/downloads/manual``."""
-  root = data_dir or tfds.core.constants.get_default_data_dir()
-  return os.path.join(os.path.expanduser(root), 'downloads', 'manual', name)
+  return os.path.join(_data_root(data_dir), 'downloads', 'manual', name)
 
 
 def candidate_folders(
@@ -468,8 +563,14 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
       supervised_keys=('image', 'label'),
     )
 
+  # The arrays that get_builder read and checked, if it did: they are what
+  # the copy is keyed by, and they are not read twice.
+  source_splits: dict[str, Arrays] | None = None
+
   def _split_generators(self, dl_manager):
-    splits = read_folder(self.builder_config.name, str(dl_manager.manual_dir))
+    splits = self.source_splits or read_folder(
+      self.builder_config.name, str(dl_manager.manual_dir)
+    )
     return {
       split: self._generate_examples(*arrays)
       for split, arrays in splits.items()
@@ -480,26 +581,161 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
       yield i, {'image': images[i], 'label': int(labels[i])}
 
 
+def _files_under(path: str) -> list[str]:
+  """``path`` if it is a file, else every file under it, in sorted order."""
+  if not os.path.isdir(path):
+    return [path]
+  files = []
+  for parent, dirs, names in os.walk(path):
+    dirs.sort()
+    files += [os.path.join(parent, n) for n in sorted(names)]
+  return files
+
+
+def source_fingerprint(paths: tuple[str, ...]) -> str:
+  """What a prepared copy is made from: a hash of the source files' names,
+  sizes and modification times (nanoseconds), not of their bytes.
+
+  Why not the bytes: every run computes it (twice: the CLI's early check and
+  the loader), and stat'ing four files is free where hashing CIFAR-10's 170
+  MB is not; an edit, a new download or a copy (``cp`` without ``-p``) gives
+  a file a new modification time, so changed files are never missed unless
+  one forges the time. The names are relative to the folder that holds
+  them, not absolute: a moved folder (``mv`` keeps the times) reuses its
+  copy.
+  """
+  entries = []
+  for path in paths:
+    top = os.path.dirname(path)
+    for file in _files_under(path):
+      st = os.stat(file)
+      entries.append(
+        f'{os.path.relpath(file, top)}\t{st.st_size}\t{st.st_mtime_ns}'
+      )
+  return hashlib.sha256('\n'.join(entries).encode()).hexdigest()[:16]
+
+
+def copy_dir(name: str, data_dir: str | None, fingerprint: str) -> str:
+  """The TFDS data folder of ``name``'s copy made from the source files of
+  ``fingerprint``: ``<data_dir>/local_files/<name>/by_source/<fingerprint>``
+  (the dataset itself is in its ``local_files/<name>/1.0.0``)."""
+  root = _data_root(data_dir)
+  return os.path.join(root, 'local_files', name, 'by_source', fingerprint)
+
+
+def _find_source(name: str, manual_dir, data_dir):
+  """``(folder, paths)`` of the first candidate folder holding ``name``'s
+  files; None if none does."""
+  for folder in candidate_folders(name, manual_dir, data_dir):
+    found = find_files(name, folder)
+    if found:
+      return folder, found[1]
+  return None
+
+
+def _version_dir(tfds_dir: str, name: str) -> str:
+  """Where the builder of data folder ``tfds_dir`` keeps ``name``'s copy."""
+  return os.path.join(tfds_dir, 'local_files', name, str(LocalFiles.VERSION))
+
+
+def _newest_copy(name: str, data_dir: str | None):
+  """The builder of the newest prepared copy of ``name`` (one keyed by its
+  source, or one an older jaxcls prepared in ``<data_dir>/local_files``);
+  None if there is none."""
+  keyed = glob.glob(
+    os.path.join(glob.escape(copy_dir(name, data_dir, '')), '*')
+  )
+  tfds_dirs = [
+    d
+    for d in [*keyed, _data_root(data_dir)]
+    if os.path.exists(os.path.join(_version_dir(d, name), 'dataset_info.json'))
+  ]
+  if not tfds_dirs:
+    return None
+  newest = max(tfds_dirs, key=lambda d: os.path.getmtime(_version_dir(d, name)))
+  return LocalFiles(config=name, data_dir=newest)
+
+
+def _label_range(folder: str) -> tuple[int, int]:
+  """The smallest and largest label in a prepared copy's TFRecord files."""
+  import tensorflow as tf  # Imported by TFDS already.
+
+  spec = {'label': tf.io.FixedLenFeature([], tf.int64)}
+  lo, hi = 0, 0
+  for path in sorted(
+    glob.glob(os.path.join(glob.escape(folder), '*.tfrecord*'))
+  ):
+    for records in tf.data.TFRecordDataset(path).batch(8192):
+      labels = tf.io.parse_example(records, spec)['label'].numpy()
+      if labels.size:
+        lo, hi = min(lo, int(labels.min())), max(hi, int(labels.max()))
+  return lo, hi
+
+
+# The copies this process found good, by folder and info file time: the CLI
+# and the loader both ask for the builder, the labels are read once.
+_CHECKED: set[tuple[str, int]] = set()
+
+
+def check_prepared(builder, name: str) -> None:
+  """Raises CorruptDatasetFileError, naming the folder to delete, if a
+  prepared copy holds labels outside the classes (an older jaxcls let a -1
+  through) or cannot be read. Reads only the labels: about 0.2 s for
+  Fashion-MNIST."""
+  import tensorflow as tf
+
+  folder = str(builder.data_dir)
+  key = (folder, os.stat(os.path.join(folder, 'dataset_info.json')).st_mtime_ns)
+  if key in _CHECKED:
+    return
+  num_classes = data.get_spec(name).num_classes
+  try:
+    lo, hi = _label_range(folder)
+  except tf.errors.OpError as e:
+    raise CorruptDatasetFileError(
+      f'the prepared copy {folder} is corrupt ({type(e).__name__}: '
+      f'{_reason(e)[:100]}); delete that folder so that it is prepared again'
+    ) from None
+  if lo < 0 or hi >= num_classes:
+    raise CorruptDatasetFileError(
+      f'the prepared copy {folder} holds labels from {lo} to {hi}, outside '
+      f'0..{num_classes - 1} (made from bad files by an older jaxcls?); '
+      'delete that folder so that it is prepared again from good files'
+    )
+  _CHECKED.add(key)
+
+
 def get_builder(
   name: str, data_dir: str | None = None, manual_dir: str | None = None
 ):
-  """The prepared ``local_files/<name>`` builder, preparing it from the first
-  folder that holds ``name``'s files; None if no folder does.
+  """The prepared ``local_files/<name>`` builder of the first folder that
+  holds ``name``'s files: the copy made from those files as they are now
+  (see :func:`source_fingerprint`), prepared if there is none. Without such
+  a folder, the newest prepared copy; None if there is none either.
 
-  Raises FileNotFoundError if ``manual_dir`` is given but holds no usable
-  files, and CorruptDatasetFileError for damaged or wrong files.
+  Raises FileNotFoundError if ``manual_dir`` is given but is missing or holds
+  no usable files (an old copy is not used then), and CorruptDatasetFileError
+  for damaged or wrong files, or a prepared copy that holds bad labels.
   """
-  builder = LocalFiles(config=name, data_dir=data_dir)
-  if builder.is_prepared():
-    return builder
-  for folder in candidate_folders(name, manual_dir, data_dir):
-    if find_files(name, folder):
-      break
-  else:
+  found = _find_source(name, manual_dir, data_dir)
+  if found is None:
     if manual_dir:  # Asked for explicitly: say what is missing there.
       read_folder(name, candidate_folders(name, manual_dir, data_dir)[0])
-    return None
+    builder = _newest_copy(name, data_dir)
+    if builder is not None:
+      check_prepared(builder, name)
+    return builder
+  folder, paths = found
+  tfds_dir = copy_dir(name, data_dir, source_fingerprint(paths))
+  builder = LocalFiles(config=name, data_dir=tfds_dir)
+  if builder.is_prepared():
+    check_prepared(builder, name)
+    return builder
+  # Read and checked before anything is written: a bad file leaves nothing.
+  builder.source_splits = read_folder(name, folder)
   data.prepare(
-    builder, download_config=tfds.download.DownloadConfig(manual_dir=folder)
+    builder,
+    download_config=tfds.download.DownloadConfig(manual_dir=folder),
+    download_dir=os.path.join(_data_root(data_dir), 'downloads'),
   )
-  return builder
+  return LocalFiles(config=name, data_dir=tfds_dir)  # Reads the new info.
