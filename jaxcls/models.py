@@ -20,6 +20,29 @@ from jaxcls import activations, fastpath, kernels, resnet
 from jaxcls.kernels import _windows_2x2, max_pool_2x2  # noqa: F401
 
 
+@jax.custom_vjp
+def nan_max_pool_2x2(x: jax.Array) -> jax.Array:
+  """:func:`max_pool_2x2`, NaN wherever its window holds a NaN.
+
+  The CNN's max pooling. A max reduction (``jnp.max``, ``reduce_window``
+  alike) that XLA:CPU hands to YNNPACK (with the ops around it: the whole
+  CNN at evaluation) skips NaN: a NaN or inf pixel gave finite logits on
+  XLA's ops where numpy and the CPU kernel (:mod:`jaxcls.accel.cpu_conv`)
+  give NaN. A select puts the window's NaN back; the other values are the
+  reduction's. Without slices, which a symbolic batch size would make
+  dynamic (exports, TFLite). Differentiated, the forward and backward rules
+  are :func:`max_pool_2x2`'s own, whose elementwise maxima keep NaN: the
+  train step's program is unchanged.
+  """
+  # isnan on the 4-D images: TFLite has no 6-D comparison.
+  has_nan = jnp.any(_windows_2x2(jnp.isnan(x)), axis=(2, 4))
+  y = jnp.max(_windows_2x2(x), axis=(2, 4))
+  return jnp.where(has_nan, jnp.asarray(jnp.nan, y.dtype), y)
+
+
+nan_max_pool_2x2.defvjp(kernels._max_pool_2x2_fwd, kernels._max_pool_2x2_bwd)
+
+
 def pool_2x2(x: jax.Array, reduce=jnp.max) -> jax.Array:
   """2x2 pooling with stride 2 ('VALID', like ``nn.max_pool``/``avg_pool``).
 
@@ -27,10 +50,11 @@ def pool_2x2(x: jax.Array, reduce=jnp.max) -> jax.Array:
   the same values, but the gradient of ``reduce_window`` max is
   ``select_and_scatter``, which made the whole CNN train step 4-6x slower on
   XLA:CPU (benchmarks/NOTES.md). An odd last row/column is dropped, as VALID
-  pooling does. ``reduce=jnp.max`` goes through :func:`max_pool_2x2`.
+  pooling does. ``reduce=jnp.max`` goes through :func:`nan_max_pool_2x2`
+  (:func:`max_pool_2x2`'s values and gradient, NaN kept).
   """
   if reduce is jnp.max:
-    return max_pool_2x2(x)
+    return nan_max_pool_2x2(x)
   return reduce(_windows_2x2(x), axis=(2, 4))
 
 
@@ -42,7 +66,7 @@ def conv_relu_pool(x, kernel, bias):
   y = kernels.conv_general_dilated(
     x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
   )
-  return max_pool_2x2(activations.relu(y + bias))
+  return nan_max_pool_2x2(activations.relu(y + bias))
 
 
 class CNN(nn.Module):
