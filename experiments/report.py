@@ -30,7 +30,10 @@ def define_flags() -> None:
   # next to other tools that define a --workdir flag too.
   flags.DEFINE_string('workdir', None, 'The training workdir to report on.')
   flags.DEFINE_integer(
-    'num_misclassified', 25, 'How many misclassified test images to show.'
+    'num_misclassified',
+    25,
+    'How many misclassified test images to show (0 or more).',
+    lower_bound=0,
   )
 
 
@@ -253,7 +256,15 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
 
 
 def report(workdir: str, num_misclassified: int = 25) -> dict:
-  """Writes the three PNGs and prints the summary; returns what it found."""
+  """Writes the three PNGs and prints the summary; returns what it found.
+
+  Raises ValueError before reading the workdir if ``num_misclassified`` is
+  negative.
+  """
+  if num_misclassified < 0:
+    raise ValueError(
+      f'--num_misclassified must be 0 or more, got {num_misclassified}'
+    )
   import matplotlib
 
   matplotlib.use('Agg')  # Files only, no display needed.
