@@ -47,8 +47,33 @@ def final_params(config, workdir):
   return train._to_host(state.params)
 
 
+def signal_self_during(moment: str, nth: int) -> None:
+  """Sends this process SIGTERM from inside its ``nth`` validation
+  (``moment='validation'``) or checkpoint save (``'save'``), so a test hits
+  that moment exactly ($JAXCLS_TEST_SIGTERM=moment:process:nth)."""
+  import signal
+
+  owner, name = {
+    'validation': (train.Run, 'score'),
+    'save': (checkpoint, 'save'),
+  }[moment]
+  original, calls = getattr(owner, name), [0]
+
+  def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == nth:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+
+  setattr(owner, name, wrapped)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if os.environ.get('JAXCLS_TEST_SIGTERM'):
+    moment, process, nth = os.environ['JAXCLS_TEST_SIGTERM'].split(':')
+    if process == os.environ.get('JAX_PROCESS_ID'):  # Before JAX starts.
+      signal_self_during(moment, int(nth))
   workdir = argv[1]
   config = flags.FLAGS.config
   results = train.train_and_evaluate(config, workdir)

@@ -29,7 +29,7 @@ FLAGS = [
 class Pair:
   """Both processes of one two-process run of run_tiny.py (or the CLI)."""
 
-  def __init__(self, workdir, cli=False):
+  def __init__(self, workdir, cli=False, extra_env=None):
     os.makedirs(workdir, exist_ok=True)
     port = _free_port()
     self.logs, self.procs = [], []
@@ -46,6 +46,7 @@ class Pair:
         'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
         'JAX_NUM_PROCESSES': '2',
         'JAX_PROCESS_ID': str(i),
+        **(extra_env or {}),
       }
       self.procs.append(
         subprocess.Popen(
@@ -94,15 +95,26 @@ def reference(tmp_path_factory):
   return _params(workdir)
 
 
-@pytest.mark.parametrize('target,at', [(1, 16), (0, 64)])
+@pytest.mark.parametrize(
+  'target,moment',
+  [(1, 'step 16'), (0, 'validation:1'), (1, 'save:3')],
+  ids=['p1-mid-epoch', 'p0-during-validation', 'p1-during-a-save'],
+)
 def test_a_signal_to_one_host_stops_both_at_one_step(
-  reference, tmp_path, target, at
+  reference, tmp_path, target, moment
 ):
-  """SIGTERM to one process: mid-epoch (step 16) or at the epoch's end
-  (validation and its checkpoint, step 64)."""
-  pair = Pair(tmp_path)
-  _wait_for(pair, tmp_path, at)
-  pair.procs[target].send_signal(signal.SIGTERM)
+  """SIGTERM to one process only: mid-epoch (once step 16 is saved), from
+  inside its first validation, or from inside its third checkpoint save (a
+  mid-epoch one); the last two by run_tiny.py's $JAXCLS_TEST_SIGTERM."""
+  if moment.startswith('step '):
+    pair = Pair(tmp_path)
+    _wait_for(pair, tmp_path, int(moment.split()[1]))
+    pair.procs[target].send_signal(signal.SIGTERM)
+  else:
+    name, nth = moment.split(':')
+    pair = Pair(
+      tmp_path, extra_env={'JAXCLS_TEST_SIGTERM': f'{name}:{target}:{nth}'}
+    )
   start = time.monotonic()
   codes, texts = pair.wait(120)
   assert time.monotonic() - start < 60
