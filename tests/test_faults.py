@@ -282,7 +282,7 @@ def test_workdir_of_another_config_is_refused_untouched(tmp_path):
   assert proc.returncode == 2
   assert 'was saved by a different model or config' in proc.stderr
   # It names the field that differs and the flag that takes the saved value.
-  assert "activation: relu -> tanh" in proc.stderr
+  assert 'activation: relu -> tanh' in proc.stderr
   assert '--config.activation=relu' in proc.stderr
   assert sorted(os.listdir(tmp_path / 'checkpoints' / 'latest')) == before
 
