@@ -23,6 +23,8 @@ from typing import NoReturn
 
 # experiments modules that are tools with their own command, not trainings.
 TOOLS = ('report', 'predict', 'export')
+# experiments modules that are neither: the measured results (data).
+NOT_EXPERIMENTS = ('results',)
 HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
 
 TRAIN_USAGE = """\
@@ -47,7 +49,9 @@ def experiment_names() -> list[str]:
   return sorted(
     m.name
     for m in pkgutil.iter_modules(experiments.__path__)
-    if not m.ispkg and not m.name.startswith('_') and m.name not in TOOLS
+    if not m.ispkg
+    and not m.name.startswith('_')
+    and m.name not in TOOLS + NOT_EXPERIMENTS
   )
 
 
