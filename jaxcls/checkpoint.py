@@ -114,7 +114,9 @@ def _save_error(manager, error: Exception) -> CheckpointError:
 def _refusal(folder: str, meta: dict, fingerprint: str, config) -> str:
   """The line refusing a checkpoint of another config: what differs, and
   the flags that would take the saved values."""
-  differ = config_lib.differences(config, meta.get('config')) if config else []
+  differ = []
+  if config is not None:
+    differ = config_lib.differences(config, meta.get('config'))
   if not differ:
     return (
       f'{folder} was saved by a different model or config (fingerprint '

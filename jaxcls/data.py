@@ -253,16 +253,14 @@ def _quiet_prepare(builder, **kwargs) -> None:
 
   import tensorflow_datasets as tfds
 
-  source = kwargs.get('download_config')
+  # <data_dir>/.../<dataset or config>/<version>: what is prepared.
+  what = os.path.basename(os.path.dirname(builder.data_dir))
   config = getattr(builder, 'builder_config', None)
   source = (
-    getattr(source, 'manual_dir', None)
+    getattr(kwargs.get('download_config'), 'manual_dir', None)
     or getattr(config, 'description', None)
-    or builder.name
+    or what
   )
-  # local_files/<config>: the config is the dataset (jaxcls.local_data).
-  what = config.name if config and builder.name == 'local_files' else None
-  what = what or builder.name
   print(f'Preparing {what} from {source} into {builder.data_dir} ...')
   tfds.display_progress_bar(False)
   t0 = time.perf_counter()

@@ -51,6 +51,11 @@ class Call:
   started: float
   input_seconds: float
 
+  @property
+  def opens_epoch(self) -> bool:
+    """Whether this is the epoch's first call of this session."""
+    return self.step - self.n == self.first_step
+
 
 @dataclasses.dataclass
 class Epochs:

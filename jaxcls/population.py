@@ -447,7 +447,7 @@ def train_population(
   result.compile_seconds = walk.compile(states, config.batch_size)
   for call in walk.calls(states):
     states, active = call.state, walk.aux[1]
-    if call.step == call.first_step + call.n:  # The epoch's first call.
+    if call.opens_epoch:
       was_active = active.copy()
     if not call.epoch_done:
       if train.itstime(call.step, config.log_every_steps, call.n):

@@ -463,7 +463,8 @@ def train_loop(run: Run) -> dict:
       state, step = call.state, call.step
       if one_in_flight:
         jax.block_until_ready(call.metrics[-1])
-      bar = bar or _progress(spe, step - call.n - call.epoch * spe, call.epoch)
+      if call.opens_epoch:
+        bar = _progress(spe, call.first_step - call.epoch * spe, call.epoch)
       if bar is not None:
         bar.update(call.n)
       stopped_early = _after_call(run, call, progress, writer, feed=walk.feed)
