@@ -58,15 +58,19 @@ using Result4 = ffi::ResultBuffer<ffi::F32, 4>;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef float v16 __attribute__((vector_size(64)));
+// The same vector at any float's address, allowed to alias floats.
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 
-inline v16 Load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+// One 64-byte load or store, not a memcpy: where GCC tunes for 256-bit
+// vectors (-march=native on Intel cores) it expands a 64-byte memcpy into
+// two 32-byte moves through the stack, and the 64-byte reload after two
+// 32-byte stores stalls on store forwarding; the accumulators then live on
+// the stack too. That made this kernel 2-3x slower than XLA's ops on an
+// Intel Xeon (benchmarks/NOTES.md, issue 26).
+inline v16 Load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 
-inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void Store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 
 // 64-byte aligned float storage, zero-filled.
 struct Floats {

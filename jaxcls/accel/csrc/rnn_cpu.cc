@@ -88,14 +88,16 @@ inline float Tanh(float x) {
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef float v16a __attribute__((vector_size(64), __may_alias__));
+// The same vector at any float's address, allowed to alias floats.
+typedef float v16u __attribute__((vector_size(64), aligned(4), __may_alias__));
 
-inline v16 Load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+// One 64-byte load or store, not a memcpy: where GCC tunes for 256-bit
+// vectors (-march=native on Intel cores) a 64-byte memcpy becomes two
+// 32-byte moves through the stack and a stalled 64-byte reload
+// (conv_cpu.cc, benchmarks/NOTES.md, issue 26).
+inline v16 Load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 
-inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void Store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 
 // B (K x N, N a multiple of 16) packed once per call: column panels of 32
 // floats (the last one 16 wide if N % 32 == 16), each K rows deep, stored
