@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from jaxcls import activations, data, models, optim
+from jaxcls import activations, data, models, optim, profiling
 
 # Fields that do not change what is trained; two runs that differ only in
 # these may share a workdir (resume, evaluation).
@@ -25,6 +25,7 @@ RUN_ONLY_FIELDS = (
   'patience',
   'steps_per_call',
   'device_data',
+  'profile_steps',
 )
 
 
@@ -94,7 +95,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.max_nonfinite_steps = 10  # ...this many in a row
   # Feeding (jaxcls/feed.py); neither changes what is trained.
   c.device_data = 'auto'  # training split kept on the device: auto, on, off
-  c.steps_per_call = 0  # optimizer steps per compiled call; 0: per backend
+  c.steps_per_call = 0  # train steps per compiled call; 0: per backend
+  # Gradient accumulation: one optimizer step per this many batches (an
+  # effective batch of accumulate_steps x batch_size; optax.MultiSteps).
+  c.accumulate_steps = 1
+  # 'START:END': a jax.profiler trace of those steps in workdir/profile.
+  c.profile_steps = ''
   # Multi-host: each process reads its own shards of the training split.
   # 0 means one shard per process; set it to the process count of a
   # multi-process run to reproduce that run's batches in one process.
@@ -255,6 +261,7 @@ RANGES = {
   'seed': '>= 0',
   'forget_bias': '>= 0',
   'steps_per_call': '>= 0',
+  'accumulate_steps': '> 0',
   'crop_padding': '>= 0',
   'resnet_width': '> 0',
   'label_smoothing': 'in [0, 1)',
@@ -301,5 +308,7 @@ def validate(config) -> None:
         f'{name} must be {rule}, got {value!r}; set --config.{name}=...'
       )
   _validate_image_folder(config)
+  if config.get('profile_steps'):
+    profiling.parse_steps(config.profile_steps)
   if config.model == 'resnet':
     _validate_resnet_depth(config)

@@ -29,21 +29,24 @@ def decay_mask(params):
   )
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """A constant rate, or linear warmup then cosine decay to zero."""
+def learning_rate_schedule(config, steps_per_epoch: float) -> optax.Schedule:
+  """A constant rate, or linear warmup then cosine decay to zero.
+
+  ``steps_per_epoch`` counts optimizer steps (:func:`optimizer_steps`).
+  """
   if config.lr_schedule == 'constant':
     return optax.constant_schedule(config.learning_rate)
   if config.lr_schedule == 'onecycle':
     # Smith & Topin 2019 (as fast MNIST/CIFAR recipes use): cosine up from
     # lr/25 over the warmup, then cosine down to lr/1e5.
-    total = max(1, config.num_epochs * steps_per_epoch)
+    total = max(1, round(config.num_epochs * steps_per_epoch))
     return optax.cosine_onecycle_schedule(
       transition_steps=total,
       peak_value=config.learning_rate,
       pct_start=min(0.95, max(0.01, config.warmup_epochs / config.num_epochs)),
     )
   if config.lr_schedule == 'warmup_cosine':
-    total = max(1, config.num_epochs * steps_per_epoch)
+    total = max(1, round(config.num_epochs * steps_per_epoch))
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
     return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
@@ -108,15 +111,27 @@ def base_optimizer(
   return fn(learning_rate, **kwargs)
 
 
-def guard(opt, config) -> optax.GradientTransformation:
-  """``opt`` after gradient clipping, and inside the non-finite guard.
+def accumulate_steps(config) -> int:
+  """Micro-batches per optimizer step (``config.accumulate_steps``, else 1)."""
+  return int(config.get('accumulate_steps', 1))
 
-  With ``nonfinite_policy='skip'``, a step whose gradients hold a NaN/inf
-  leaves params and optimizer state unchanged; the loop stops after
+
+def guard(opt, config) -> optax.GradientTransformation:
+  """``opt`` after clipping and accumulation, inside the non-finite guard.
+
+  With ``accumulate_steps=k > 1``, ``optax.MultiSteps`` averages the
+  gradients of k micro-batches and applies ``opt`` (clipping included) to
+  the mean once every k steps: an effective batch of k x ``batch_size`` on
+  the memory of one. With ``nonfinite_policy='skip'``, a step whose
+  gradients hold a NaN/inf leaves params and optimizer state unchanged (a
+  micro-batch is then not accumulated); the loop stops after
   ``max_nonfinite_steps`` of them in a row.
   """
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  k = accumulate_steps(config)
+  if k > 1:
+    opt = optax.MultiSteps(opt, every_k_schedule=k)
   if config.nonfinite_policy == 'skip':
     opt = optax.apply_if_finite(opt, config.max_nonfinite_steps)
   return opt
@@ -129,13 +144,25 @@ def create_optimizer(
 
   Args:
     config: a jaxcls config (optimizer, schedule, clipping fields).
-    steps_per_epoch: optimizer steps per epoch, for the schedule.
+    steps_per_epoch: train steps (batches) per epoch. With
+      ``accumulate_steps=k`` the schedule counts optimizer steps, k batches
+      each.
 
   Returns:
     The ``optax.GradientTransformation``.
   """
-  lr = learning_rate_schedule(config, steps_per_epoch)
+  lr = learning_rate_schedule(config, optimizer_steps(config, steps_per_epoch))
   return guard(base_optimizer(config, lr), config)
+
+
+def optimizer_steps(config, steps_per_epoch: int) -> float:
+  """Optimizer steps per epoch: batches per epoch over ``accumulate_steps``.
+
+  A float where k does not divide the epoch (accumulation runs across epoch
+  ends); exactly ``steps_per_epoch`` without accumulation.
+  """
+  k = accumulate_steps(config)
+  return steps_per_epoch if k == 1 else steps_per_epoch / k
 
 
 def l1_penalty(params) -> jax.Array:

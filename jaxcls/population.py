@@ -93,7 +93,9 @@ def population_optimizer(
     opt = optax.chain(
       opt,
       optax.scale_by_schedule(
-        optim.learning_rate_schedule(unit, steps_per_epoch)
+        optim.learning_rate_schedule(
+          unit, optim.optimizer_steps(config, steps_per_epoch)
+        )
       ),
     )
   return optim.guard(opt, config)

@@ -29,6 +29,7 @@ from jaxcls import (
   models,
   optim,
   parallel,
+  profiling,
 )
 from jaxcls import config as config_lib
 from jaxcls import feed as feed_lib
@@ -375,10 +376,15 @@ def end_of_epoch(
     f'{ema_note}  '
     f'time {seconds:.1f}s  {totals["count"] / seconds:,.0f} images/s'
   )
-  learning_rate = optim.learning_rate_schedule(run.config, run.steps_per_epoch)
+  learning_rate = optim.learning_rate_schedule(
+    run.config, optim.optimizer_steps(run.config, run.steps_per_epoch)
+  )
+  next_update = step // optim.accumulate_steps(run.config)
   writer.write_scalars(
     step,
-    metrics_lib.epoch_scalars(epoch, totals, val, seconds, learning_rate(step)),
+    metrics_lib.epoch_scalars(
+      epoch, totals, val, seconds, learning_rate(next_update)
+    ),
   )
   patience = run.config.patience
   if patience and epoch - progress.best_epoch >= patience:
@@ -454,6 +460,9 @@ def train_loop(run: Run) -> dict:
     jax.default_backend() == 'cpu' and jax.local_device_count() > 1
   )
   stopped_early, step, bar = False, start, None
+  trace = profiling.StepTrace(
+    config.get('profile_steps', ''), run.workdir, step
+  )
   with guards.StopSignal() as stop:
     # Checked before every call (several processes: every few, and at each
     # epoch's start); all get the same answer, and all save this step.
@@ -467,6 +476,7 @@ def train_loop(run: Run) -> dict:
         bar = _progress(spe, call.first_step - call.epoch * spe, call.epoch)
       if bar is not None:
         bar.update(call.n)
+      trace.after(state, step)
       stopped_early = _after_call(run, call, progress, writer, feed=walk.feed)
       if call.epoch_done and bar is not None:
         bar = bar.close()
@@ -475,6 +485,7 @@ def train_loop(run: Run) -> dict:
       if step < walk.total_steps:
         due = step % spe == 0 or itstime(step, guards.STOP_CHECK_STEPS, call.n)
         _stop_if_asked(run, stop, due, state, step, progress)
+    trace.close()
     checkpoint.wait(run.latest)
     checkpoint.wait(run.best)
     writer.close()
