@@ -10,6 +10,7 @@ model on uint8 images, normalised exactly as in training.
 
 import functools
 import os
+import time
 
 import flax.linen as nn
 import jax
@@ -51,10 +52,12 @@ def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
       step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
     )['meta']
   except Exception as e:  # Orbax raises many types for a damaged folder.
-    raise checkpoint.CheckpointError(
+    error = checkpoint.CheckpointError(
       f'checkpoint {folder}/{step} is unreadable ({type(e).__name__}); '
       'train again or use another --workdir'
-    ) from None
+    )
+    error.step = step  # For load_best: a writer may be replacing it.
+    raise error from None
   if 'config' not in meta:
     raise checkpoint.CheckpointError(
       f'checkpoint {folder}/{step} has no config in its metadata (saved by '
@@ -74,6 +77,17 @@ def best_meta(workdir: str) -> dict:
   return dict(_best_meta(workdir)[1])
 
 
+def _replaced(workdir: str, step: int) -> bool:
+  """Whether best checkpoint ``step`` is gone or no longer the newest: a
+  run in ``workdir`` replaced it (it keeps only the newest best)."""
+  time.sleep(0.5)  # Let a writer finish replacing it.
+  folder = os.path.join(workdir, 'checkpoints', 'best')
+  if not os.path.isdir(os.path.join(folder, str(step))):
+    return True
+  manager = checkpoint.make_manager(workdir, 'best', read_only=True)
+  return manager.latest_step() != step
+
+
 def load_best(
   workdir: str, attempts: int = 3
 ) -> tuple[ml_collections.ConfigDict, train.TrainState]:
@@ -83,38 +97,36 @@ def load_best(
   checkpoint, so nothing but the workdir is needed. Raises CheckpointError
   with one clear line when there is no usable checkpoint. A run training in
   ``workdir`` may replace the best checkpoint while it is read (it keeps only
-  the newest); then the read is retried on the new one.
+  the newest), its metadata or its arrays; then the read is retried on the
+  new one.
   """
   for attempt in range(attempts):
-    manager, meta = _best_meta(workdir)
-    config = config_lib.from_stored(meta['config'])
-    spec = data.dataset_spec(config)
-    model = models.create_model(config, spec.num_classes)
-    # The optimizer state's structure does not depend on steps_per_epoch.
-    target = train.create_train_state(
-      jax.random.key(0),
-      model,
-      optim.create_optimizer(config, 1),
-      spec.image_shape,
-      ema=config.ema_decay > 0,
-    )
-    step = manager.latest_step()
+    step = None
     try:
+      manager, meta = _best_meta(workdir)
+      step = manager.latest_step()
+      config = config_lib.from_stored(meta['config'])
+      spec = data.dataset_spec(config)
+      model = models.create_model(config, spec.num_classes)
+      # The optimizer state's structure does not depend on steps_per_epoch.
+      target = train.create_train_state(
+        jax.random.key(0),
+        model,
+        optim.create_optimizer(config, 1),
+        spec.image_shape,
+        ema=config.ema_decay > 0,
+      )
       state, _ = checkpoint.restore(
         manager, target, config_lib.fingerprint(config), step, config=config
       )
       return config, state
-    except checkpoint.CheckpointError:
-      manager.reload()
-      if attempt + 1 == attempts or manager.latest_step() == step:
+    except checkpoint.CheckpointError as e:
+      step = getattr(e, 'step', step)
+      if step is None or attempt + 1 == attempts:
+        raise
+      if not _replaced(workdir, step):
         raise  # Not a race with a writer: the checkpoint is damaged.
-
-
-def class_names(config) -> list[str]:
-  """The label names of ``config.dataset``: the fixed table's, or an image
-  folder's folder names (from its prepared TFDS dataset)."""
-  spec = data.dataset_spec(config)
-  return list(spec.class_names or (str(i) for i in range(spec.num_classes)))
+  raise AssertionError('unreachable')
 
 
 def predict_probs(
