@@ -9,10 +9,17 @@ Writes into ``<workdir>/report/``:
   ``log_every_steps`` steps as a thin line;
 * ``confusion_matrix.png``: the best checkpoint on the test split;
 * ``misclassified.png``: test images the best checkpoint gets wrong, with
-  their true and predicted labels.
+  their true and predicted labels;
+* ``reliability.png``: the reliability diagram, test accuracy per top-1
+  confidence bin (15 equal-width bins) against the diagonal;
+* ``report.json``: per-class precision, recall, F1 and support, their macro
+  and weighted averages, the top 5 confusions, the expected calibration
+  error (ECE) and the reliability bins (``jaxcls.scores.summary``).
 
 It prints the model summary (layers, shapes, parameter counts, FLOPs per
-layer) and XLA's FLOPs per example. Errors print one line and exit 2.
+layer), XLA's FLOPs per example, the per-class table with its averages, the
+top 5 confusions (true -> predicted: count) and the ECE. Errors print one
+line and exit 2.
 """
 
 import os
@@ -255,28 +262,86 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
   plt.close(fig)
 
 
-def report(workdir: str, num_misclassified: int = 25) -> dict:
-  """Writes the three PNGs and prints the summary; returns what it found.
-
-  Raises ValueError before reading the workdir if ``num_misclassified`` is
-  negative.
+def plot_reliability(summary: dict, title: str, path: str) -> None:
+  """A reliability diagram from ``scores.summary``'s bins: accuracy per
+  top-1 confidence bin against the diagonal, and how many images each holds.
   """
-  if num_misclassified < 0:
-    raise ValueError(
-      f'--num_misclassified must be 0 or more, got {num_misclassified}'
-    )
-  import matplotlib
+  import matplotlib.pyplot as plt
 
-  matplotlib.use('Agg')  # Files only, no display needed.
-  import numpy as np
+  rows = summary['reliability']
+  lower = [r['lower'] for r in rows]
+  width = [r['upper'] - r['lower'] for r in rows]
+  full = [r for r in rows if r['count']]
+  fig, (ax, ax_n) = plt.subplots(
+    2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=(3, 1)
+  )
+  ax.bar(
+    [r['lower'] for r in full],
+    [r['accuracy'] for r in full],
+    [r['upper'] - r['lower'] for r in full],
+    align='edge',
+    color='tab:blue',
+    edgecolor='black',
+    label='accuracy',
+  )
+  ax.plot(
+    [r['confidence'] for r in full],
+    [r['accuracy'] for r in full],
+    'o',
+    color='tab:orange',
+    label="at the bin's mean confidence",
+  )
+  ax.plot([0, 1], [0, 1], '--', color='gray', label='perfect calibration')
+  ax.set_ylabel('accuracy')
+  ax.set_title(f'{title}\nECE {summary["ece"]:.4f} ({len(rows)} bins)')
+  ax.legend(loc='upper left')
+  ax_n.bar(lower, [r['count'] for r in rows], width, align='edge')
+  ax_n.set_xlabel('top-1 confidence')
+  ax_n.set_ylabel('images')
+  for a in (ax, ax_n):
+    a.set_xlim(0, 1)
+    a.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
-  from jaxcls import data, inspection, metrics, models
 
-  config, state = inspection.load_best(workdir)
-  spec = data.dataset_spec(config)
-  out = os.path.join(workdir, 'report')
-  os.makedirs(out, exist_ok=True)
-  names = inspection.class_names(config)
+def write_scores(
+  matrix, names: list[str], probs, labels, title: str, out: str
+) -> tuple[dict, dict]:
+  """Prints the per-class table, the top 5 confusions and the ECE; writes
+  ``reliability.png`` and ``report.json`` into ``out``.
+
+  Returns:
+    ``scores.summary``'s dict and ``{'reliability', 'report_json'}`` paths.
+  """
+  import json
+
+  from jaxcls import scores
+
+  summary = scores.summary(matrix, names, probs, labels, k=5)
+  print(scores.format_table(summary))
+  print('Top confusions (true -> predicted: count):')
+  for line in summary['top_confusions']:
+    print(f'  {line}')
+  print(
+    f'Expected calibration error (top-1, {scores.NUM_BINS} bins): '
+    f'{summary["ece"]:.4f}'
+  )
+  paths = {
+    'reliability': os.path.join(out, 'reliability.png'),
+    'report_json': os.path.join(out, 'report.json'),
+  }
+  plot_reliability(summary, title, paths['reliability'])
+  with open(paths['report_json'], 'w') as f:
+    json.dump(summary, f, indent=2, allow_nan=False)
+    f.write('\n')
+  return summary, paths
+
+
+def print_model(config, state, spec) -> tuple[int, float]:
+  """Prints the layer table, parameters and FLOPs; returns the two counts."""
+  from jaxcls import inspection, models
 
   model = models.create_model(config, spec.num_classes)
   print(inspection.model_summary(model, spec.image_shape))
@@ -285,36 +350,42 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
   print(
     f'Parameters: {n_params:,}   FLOPs per example (XLA, forward): {flops:,.0f}'
   )
+  return n_params, flops
 
-  paths = {}
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(metrics_path):
-    paths['curves'] = os.path.join(out, 'curves.png')
-    plot_curves(metrics.read_jsonl(metrics_path), paths['curves'])
-  else:
-    print(f'note: no {metrics_path}; skipping the curves', file=sys.stderr)
+
+def plot_test(config, state, spec, names, out, num_misclassified) -> dict:
+  """Scores the best checkpoint on the test split: the confusion matrix and
+  misclassified PNGs, then ``write_scores``'s table, PNG and JSON.
+
+  Returns:
+    ``paths`` (the files written), ``confusion_matrix``, ``test_accuracy``,
+    ``misclassified`` (the titles shown) and ``scores`` (``report.json``).
+  """
+  import numpy as np
+
+  from jaxcls import data, inspection
 
   test = data.read_split(data.builder_for(config), 'test')
   # Scored as the run scored it (flip TTA when the run used it), so this
   # matches the test accuracy in results.json.
   probs = inspection.predict_all(
-    state,
-    test.images,
-    config.eval_batch_size,
-    flip_tta=config.flip_tta,
+    state, test.images, config.eval_batch_size, flip_tta=config.flip_tta
   )
-  predicted = probs.argmax(-1)
-  matrix = inspection.confusion_matrix(test.labels, predicted, spec.num_classes)
+  matrix = inspection.confusion_matrix(
+    test.labels, probs.argmax(-1), spec.num_classes
+  )
   accuracy = float(np.trace(matrix) / matrix.sum())
-  paths['confusion_matrix'] = os.path.join(out, 'confusion_matrix.png')
+  title = f'{config.model} on {config.dataset} test (best checkpoint)'
+  paths = {
+    'confusion_matrix': os.path.join(out, 'confusion_matrix.png'),
+    'misclassified': os.path.join(out, 'misclassified.png'),
+  }
   plot_confusion(
     matrix,
     names,
-    f'{config.model} on {config.dataset} test '
-    f'(best checkpoint): accuracy {accuracy:.4f}',
+    f'{title}: accuracy {accuracy:.4f}',
     paths['confusion_matrix'],
   )
-  paths['misclassified'] = os.path.join(out, 'misclassified.png')
   shown = plot_misclassified(
     test.images,
     test.labels,
@@ -327,16 +398,58 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
     f'Test accuracy (best checkpoint): {accuracy:.4f} on '
     f'{int(matrix.sum())} images; {len(shown)} misclassified shown'
   )
+  summary, more = write_scores(matrix, names, probs, test.labels, title, out)
+  return {
+    'paths': {**paths, **more},
+    'confusion_matrix': matrix,
+    'test_accuracy': accuracy,
+    'misclassified': shown,
+    'scores': summary,
+  }
+
+
+def report(workdir: str, num_misclassified: int = 25) -> dict:
+  """Writes the PNGs and report.json, prints the summary and the scores;
+  returns what it found.
+
+  Raises ValueError before reading the workdir if ``num_misclassified`` is
+  negative.
+  """
+  if num_misclassified < 0:
+    raise ValueError(
+      f'--num_misclassified must be 0 or more, got {num_misclassified}'
+    )
+  import matplotlib
+
+  matplotlib.use('Agg')  # Files only, no display needed.
+
+  from jaxcls import data, inspection, metrics
+
+  config, state = inspection.load_best(workdir)
+  spec = data.dataset_spec(config)
+  out = os.path.join(workdir, 'report')
+  os.makedirs(out, exist_ok=True)
+  names = inspection.class_names(config)
+  n_params, flops = print_model(config, state, spec)
+
+  paths = {}
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(metrics_path):
+    paths['curves'] = os.path.join(out, 'curves.png')
+    plot_curves(metrics.read_jsonl(metrics_path), paths['curves'])
+  else:
+    print(f'note: no {metrics_path}; skipping the curves', file=sys.stderr)
+  found = plot_test(config, state, spec, names, out, num_misclassified)
+  paths.update(found.pop('paths'))
   for path in paths.values():
     print(f'wrote {path}')
   return {
     'paths': paths,
-    'confusion_matrix': matrix,
-    'test_accuracy': accuracy,
+    **found,
+    'ece': found['scores']['ece'],
     'parameters': n_params,
     'flops_per_example': flops,
     'class_names': names,
-    'misclassified': shown,
   }
 
 

@@ -129,6 +129,13 @@ def load_best(
   raise AssertionError('unreachable')
 
 
+def class_names(config) -> list[str]:
+  """The label names of ``config.dataset``: the fixed table's, or an image
+  folder's folder names (from its prepared TFDS dataset)."""
+  spec = data.dataset_spec(config)
+  return list(spec.class_names or (str(i) for i in range(spec.num_classes)))
+
+
 def predict_probs(
   state: train.TrainState, images: jax.Array, flip_tta: bool = False
 ) -> jax.Array:

@@ -1,5 +1,7 @@
-"""The report: plots, confusion matrix, misclassified grid, model summary."""
+"""The report: plots, confusion matrix, misclassified grid, model summary,
+per-class scores and calibration."""
 
+import json
 import os
 import subprocess
 import sys
@@ -26,10 +28,12 @@ def test_split():
   return data.read_split(data.get_builder('fashion_mnist'), 'test')
 
 
-def test_writes_three_nonblank_pngs(reported):
+def test_writes_four_nonblank_pngs_and_the_json(reported):
   workdir, _, out = reported
-  assert set(out['paths']) == {'curves', 'confusion_matrix', 'misclassified'}
-  for path in out['paths'].values():
+  pngs = {'curves', 'confusion_matrix', 'misclassified', 'reliability'}
+  assert set(out['paths']) == pngs | {'report_json'}
+  assert os.path.isfile(out['paths']['report_json'])
+  for path in (out['paths'][name] for name in pngs):
     assert path.startswith(os.path.join(workdir, 'report'))
     with Image.open(path) as image:
       assert image.format == 'PNG'
@@ -58,6 +62,27 @@ def test_confusion_matrix_matches_a_plain_loop(reported, test_split):
   assert out['test_accuracy'] == pytest.approx(
     results['test_accuracy'], abs=1e-6
   )
+
+
+def test_report_json_agrees_with_the_confusion_matrix(reported):
+  _, _, out = reported
+  with open(out['paths']['report_json']) as f:
+    saved = json.load(f)
+  assert saved == out['scores']
+  matrix = out['confusion_matrix']
+  rows = saved['per_class']
+  assert [r['name'] for r in rows] == out['class_names']
+  for i, row in enumerate(rows):
+    assert row['support'] == matrix[i].sum()
+    assert row['recall'] == pytest.approx(matrix[i, i] / matrix[i].sum())
+  assert saved['accuracy'] == pytest.approx(out['test_accuracy'])
+  assert saved['macro_avg']['support'] == matrix.sum()
+  assert sum(r['count'] for r in saved['reliability']) == matrix.sum()
+  assert 0 <= saved['ece'] == out['ece'] <= 1
+  top = saved['top_confusions']
+  assert len(top) == min(5, np.count_nonzero(matrix - np.diag(np.diag(matrix))))
+  counts = [int(line.rsplit(': ', 1)[1]) for line in top]
+  assert counts == sorted(counts, reverse=True)
 
 
 def test_class_names_are_fashion_mnist_labels(reported):
