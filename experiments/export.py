@@ -1,7 +1,7 @@
 """Export the best checkpoint of a workdir for serving without jaxcls.
 
 Run:  python -m experiments.export --workdir=runs/fashion_mnist \
-        [--format=all|jax|saved_model]
+        [--format=all|jax|saved_model|onnx]
 
 Writes ``W/export/``:
 
@@ -11,15 +11,22 @@ Writes ``W/export/``:
   'logits'}``, float32 ``(batch, num_classes)``;
 * ``saved_model/``: a TensorFlow SavedModel (jax2tf) whose
   ``serving_default`` signature takes ``images`` and returns the same dict;
+* ``model.onnx``: ONNX (jax2onnx, opset 21) for onnxruntime: input
+  ``images``, outputs ``probabilities`` and ``logits``;
 * ``export.json``: class names, input shape and dtype, config fingerprint,
   test accuracy, versions and the artifacts' sha256.
 
 The folder is written whole (built aside, checked against the model, then
 moved into place), so it holds the formats of the last export only.
+A model that cannot be converted to ONNX prints one ``warning: ...`` line
+under ``--format=all`` and the other formats are written; with
+``--format=onnx`` that is an error.
 ``python -m experiments.predict --exported=W/export image.png`` predicts
 from it. A missing checkpoint or an unusable workdir prints ``error: ...``
 on one line and exits with status 2.
 """
+
+import sys
 
 from absl import flags
 
@@ -33,7 +40,10 @@ def define_flags() -> None:
     'workdir', None, 'The training workdir (its best checkpoint is exported).'
   )
   flags.DEFINE_enum(
-    'format', 'all', ['all', 'jax', 'saved_model'], 'Which artifacts to write.'
+    'format',
+    'all',
+    ['all', 'jax', 'saved_model', 'onnx'],
+    'Which artifacts to write.',
   )
 
 
@@ -46,7 +56,7 @@ def main(argv):
     )
     cli.fail(
       f'{problem}; use --workdir=W (the folder training wrote to) '
-      '[--format=all|jax|saved_model]'
+      '[--format=all|jax|saved_model|onnx]'
     )
   from jaxcls import export
 
@@ -55,11 +65,17 @@ def main(argv):
   shape = ', '.join(map(str, meta['input']['shape'][1:]))
   for fmt, entry in meta['files'].items():
     suffix = '/' if fmt == 'saved_model' else ''
+    runs_on = (
+      f'opset {entry["opset"]}, onnxruntime'
+      if fmt == 'onnx'
+      else f'platforms {", ".join(entry["platforms"])}'
+    )
     print(
       f'wrote {folder}/{entry["path"]}{suffix} ({fmt}: uint8 (batch, '
-      f'{shape}) -> probabilities, logits; platforms '
-      f'{", ".join(entry["platforms"])})'
+      f'{shape}) -> probabilities, logits; {runs_on})'
     )
+  for reason in meta.get('skipped', {}).values():
+    print(f'warning: {" ".join(reason.split())}', file=sys.stderr)
   accuracy = meta.get('test_accuracy')
   print(
     f'wrote {folder}/export.json ({meta["dataset"]} {meta["model"]}, '

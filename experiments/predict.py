@@ -4,7 +4,7 @@ or an export of it (``python -m experiments.export``).
 Run:  python -m experiments.predict --workdir=runs/fashion_mnist shoe.png \
         [more.jpg ...] [--top_k=3] [--invert]
       python -m experiments.predict --exported=runs/fashion_mnist/export \
-        shoe.png     # or .../export/serving.jax or .../export/saved_model
+        shoe.png     # or .../serving.jax, .../model.onnx, .../saved_model
 
 Any PNG or JPEG (any size, any colour mode) is converted the way the model
 was trained: to grayscale (MNIST, Fashion-MNIST) or RGB (CIFAR-10), cropped
@@ -45,8 +45,8 @@ def define_flags() -> None:
     'exported',
     None,
     'An export instead of a workdir: the folder '
-    'experiments.export wrote, its serving.jax or its '
-    'saved_model folder.',
+    'experiments.export wrote, its serving.jax, its model.onnx '
+    '(onnxruntime) or its saved_model folder.',
   )
   flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.')
   flags.DEFINE_bool(
@@ -196,7 +196,8 @@ def predict_exported(
   """Like :func:`predict`, from an export (no model is built or restored).
 
   ``path`` is what ``experiments.export`` wrote: the export folder, its
-  ``serving.jax`` or its ``saved_model`` folder.
+  ``serving.jax``, its ``model.onnx`` (run by onnxruntime) or its
+  ``saved_model`` folder. Each is checked against ``export.json``'s sha256.
   """
   import numpy as np
 

@@ -7,7 +7,7 @@ it, and every model variable (``params`` and any other collection the train
 state carries, such as BatchNorm's ``batch_stats``) is baked in as a constant,
 so the artifact needs no jaxcls code and no checkpoint.
 
-Two formats are written from it:
+Three formats are written from it:
 
 * ``serving.jax``: the bytes of ``jax.export.Exported.serialize()``, StableHLO
   lowered for CPU and CUDA. ``jax.export.deserialize(bytes).call(images)``
@@ -15,6 +15,11 @@ Two formats are written from it:
 * ``saved_model/``: a TensorFlow SavedModel made by ``jax2tf`` (native
   serialization: the same StableHLO inside an ``XlaCallModule`` op). Its
   ``serving_default`` signature takes ``images`` and returns the same dict.
+* ``model.onnx``: ONNX (opset 21) converted by jax2onnx
+  (:mod:`jaxcls.export_onnx`); onnxruntime runs it with ``{'images':
+  images}`` and returns ``[probabilities, logits]``. A model jax2onnx cannot
+  convert is skipped, with the reason in ``export.json``'s ``skipped``, when
+  other formats are written too.
 
 ``export.json`` beside them records the class names, the input shape and
 dtype, the config and its fingerprint, the test accuracy, the versions and
@@ -39,8 +44,9 @@ from jaxcls import data, fastpath, techniques
 
 SERVING_FILE = 'serving.jax'
 SAVED_MODEL_DIR = 'saved_model'
+ONNX_FILE = 'model.onnx'
 METADATA_FILE = 'export.json'
-FORMATS = ('jax', 'saved_model')
+FORMATS = ('jax', 'saved_model', 'onnx')
 PLATFORMS = ('cpu', 'cuda')
 SIGNATURE = 'serving_default'
 INPUT_NAME = 'images'
@@ -338,6 +344,11 @@ def write(
         'load': f'tf.saved_model.load(path).signatures["{SIGNATURE}"]'
         f'({INPUT_NAME}=images)',
       }
+    if 'onnx' in formats:
+      from jaxcls import export_onnx  # Lazy: only this format needs ONNX.
+
+      alone = set(formats) == {'onnx'}  # Else skipped if not convertible.
+      export_onnx.add_to(meta, state, image_shape, tmp, serve, alone)
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
       json.dump(meta, f, indent=2)
       f.write('\n')
@@ -394,6 +405,7 @@ class Served:
 
   ``image_shape`` comes from the artifact, ``class_names`` from
   ``export.json`` beside it (None without one: then classes are numbered).
+  ``format`` is ``'jax'``, ``'saved_model'`` or ``'onnx'``.
   """
 
   predict: Callable[[np.ndarray], np.ndarray]
@@ -406,12 +418,14 @@ class Served:
 def _find(path: str) -> tuple[str, str, str]:
   """``(format, artifact path, folder of export.json)`` for ``path``.
 
-  ``path`` is the export folder (serving.jax is preferred: no TensorFlow),
-  the serving.jax file, or the saved_model folder.
+  ``path`` is the export folder (serving.jax is preferred: no TensorFlow;
+  then saved_model, then model.onnx), the serving.jax file, a ``.onnx``
+  file, or the saved_model folder.
   """
   path = os.path.abspath(path)
   if os.path.isfile(path):
-    return 'jax', path, os.path.dirname(path)
+    fmt = 'onnx' if path.endswith('.onnx') else 'jax'
+    return fmt, path, os.path.dirname(path)
   if not os.path.isdir(path):
     raise ExportError(
       f'{path}: no such file or folder; write an export '
@@ -423,8 +437,10 @@ def _find(path: str) -> tuple[str, str, str]:
     return 'jax', os.path.join(path, SERVING_FILE), path
   if os.path.isfile(os.path.join(path, SAVED_MODEL_DIR, 'saved_model.pb')):
     return 'saved_model', os.path.join(path, SAVED_MODEL_DIR), path
+  if os.path.isfile(os.path.join(path, ONNX_FILE)):
+    return 'onnx', os.path.join(path, ONNX_FILE), path
   raise ExportError(
-    f'{path}: holds no {SERVING_FILE} or SavedModel; pass '
+    f'{path}: holds no {SERVING_FILE}, {ONNX_FILE} or SavedModel; pass '
     'the folder python -m experiments.export wrote (W/export)'
   )
 
@@ -454,7 +470,9 @@ def _read_metadata(folder: str, fmt: str, artifact: str) -> dict | None:
   if entry is None or os.path.basename(artifact) != entry.get('path'):
     return None  # Describes other files: use the artifact alone.
   checked = (
-    artifact if fmt == 'jax' else os.path.join(artifact, 'saved_model.pb')
+    os.path.join(artifact, 'saved_model.pb')
+    if fmt == 'saved_model'
+    else artifact
   )
   if _sha256(checked) != entry.get('sha256'):
     raise ExportError(
@@ -542,16 +560,26 @@ def _load_saved_model(path: str):
   return predict, tuple(spec.shape[1:])
 
 
+def _load_onnx(path: str):
+  """``(predict, image_shape)`` of a model.onnx (onnxruntime)."""
+  from jaxcls import export_onnx
+
+  return export_onnx.load(path)
+
+
+_LOADERS = {'jax': _load_jax, 'saved_model': _load_saved_model}
+
+
 def load(path: str) -> Served:
-  """Reads the export at ``path`` (export folder, serving.jax, saved_model).
+  """Reads the export at ``path`` (export folder, serving.jax, saved_model
+  or model.onnx).
 
   Raises ExportError, in one line naming the file, for a missing, damaged or
   foreign file.
   """
   fmt, artifact, folder = _find(path)
   meta = _read_metadata(folder, fmt, artifact)
-  loader = _load_jax if fmt == 'jax' else _load_saved_model
-  predict, image_shape = loader(artifact)
+  predict, image_shape = _LOADERS.get(fmt, _load_onnx)(artifact)
   names = None
   if meta is not None:
     if tuple(meta['input']['shape'][1:]) != image_shape:

@@ -66,7 +66,18 @@ def run_tf(folder: str, images: np.ndarray) -> dict:
   return {k: v.numpy() for k, v in out.items()}
 
 
-RUNNERS = {'jax': run_jax, 'saved_model': run_tf}
+def run_onnx(folder: str, images: np.ndarray) -> dict:
+  """The model.onnx in ``folder``, read with onnxruntime alone."""
+  pytest.importorskip('jax2onnx')  # Without it, 'all' skips model.onnx.
+  ort = pytest.importorskip('onnxruntime')
+  session = ort.InferenceSession(
+    os.path.join(folder, export.ONNX_FILE), providers=['CPUExecutionProvider']
+  )
+  names = list(export.OUTPUT_NAMES)
+  return dict(zip(names, session.run(names, {export.INPUT_NAME: images})))
+
+
+RUNNERS = {'jax': run_jax, 'saved_model': run_tf, 'onnx': run_onnx}
 
 
 def assert_same_outputs(out: dict, state, images, variables=None):
@@ -408,7 +419,22 @@ def test_the_tflite_converter_takes_the_saved_model(cnn_export):
   assert any(np.abs(o - expected).max() < 1e-5 for o in outputs)
 
 
-@pytest.mark.parametrize('fmt', export.FORMATS)
+@pytest.mark.parametrize(
+  'fmt',
+  [
+    'jax',
+    'saved_model',
+    pytest.param(
+      'onnx',
+      marks=pytest.mark.xfail(
+        raises=export.ExportError,
+        strict=True,
+        reason="jax2onnx 0.12.5 cannot convert flip TTA's jnp.split of a "
+        'symbolic batch (one line; --format=all skips model.onnx)',
+      ),
+    ),
+  ],
+)
 def test_a_flip_tta_run_is_exported_with_flip_tta(tmp_path, fmt):
   # A run validated and tested with flip TTA must be served the same way, or
   # the export's accuracy differs from results.json's.

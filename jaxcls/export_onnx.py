@@ -1,0 +1,227 @@
+"""The ONNX format of an export (``model.onnx``), and reading it back.
+
+jax2onnx converts the serving function of :mod:`jaxcls.export` (its jaxpr,
+primitive by primitive) to ONNX operators of opset :data:`OPSET`, with every
+variable baked in as an initializer: the input is uint8 ``images`` ``(batch,
+H, W, C)`` with a symbolic ``batch``, the outputs ``probabilities`` and
+``logits``, float32 ``(batch, num_classes)``. onnxruntime alone runs it.
+
+tf2onnx on the SavedModel is no way there: jax2tf (JAX 0.10) writes native
+serialization only, one ``XlaCallModule`` op holding StableHLO, and tf2onnx
+1.17 cannot convert that op.
+
+Some models do not convert (with jax2onnx 0.12.5: the plain ``rnn``, whose
+``nn.scan`` carry has the symbolic batch in its shape, and any run with
+``flip_tta``, whose ``jnp.split`` needs a concrete batch). Then
+:func:`add_to` raises ExportError in one line when ONNX is the only format
+asked for, and otherwise records that line in ``export.json``'s ``skipped``
+and lets the other formats be written.
+"""
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcls import export
+
+OPSET = 21  # onnxruntime >= 1.20 runs it
+# The versions measured together with requirements.txt's pins.
+INSTALL = 'pip install jax2onnx==0.12.5 onnx==1.23.2 onnxruntime==1.32.0'
+_INSTEAD = 'export --format=jax or --format=saved_model instead'
+
+ExportError = export.ExportError
+# export.py's helpers, shared by its formats.
+_sha256 = export._sha256  # pylint: disable=protected-access
+_version = export._version  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Hides jax2onnx's noise: debug prints, and logged tracebacks of plugins
+  it skips (for libraries newer or older than it expects)."""
+  logger = logging.getLogger('jax2onnx')
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logger.setLevel(level)
+
+
+def _reason(e: Exception) -> str:
+  """``Type: first line`` of an exception, at most 200 characters."""
+  text = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {text[0] if text else ""}'[:200]
+
+
+def _require(module: str):
+  """``module`` imported, or ExportError saying what to install."""
+  try:
+    with _quiet():
+      return importlib.import_module(module)
+  except ImportError as e:
+    raise ExportError(
+      f'the ONNX format needs {module}, which does not import ({_reason(e)})'
+      f'; {INSTALL}; {_INSTEAD}'
+    ) from None
+
+
+def convert(
+  state, image_shape, flip_tta: bool = False, what: str = 'this model'
+) -> bytes:
+  """The serving function of ``state`` as a serialized ONNX model.
+
+  Raises ExportError, in one line naming ``what``, when jax2onnx cannot
+  convert it.
+  """
+  jax2onnx = _require('jax2onnx')
+  serve = export.serving_function(state, flip_tta)
+
+  def outputs(images):  # A tuple: ONNX outputs in OUTPUT_NAMES order.
+    out = serve(images)
+    return tuple(out[name] for name in export.OUTPUT_NAMES)
+
+  spec = jax.ShapeDtypeStruct(('batch', *image_shape), jnp.uint8)
+  try:
+    with _quiet():
+      model = jax2onnx.to_onnx(
+        outputs,
+        [spec],
+        model_name='jaxcls',
+        opset=OPSET,
+        input_names=[export.INPUT_NAME],
+        output_names=list(export.OUTPUT_NAMES),
+      )
+  except Exception as e:  # An unsupported primitive: any exception type.
+    raise ExportError(
+      f'{export.ONNX_FILE}: jax2onnx {_version("jax2onnx")} cannot convert '
+      f'{what} ({_reason(e)}); {_INSTEAD}'
+    ) from None
+  # Optional shape notes on intermediate values, which jax2onnx may get
+  # wrong (NCHW for NHWC): onnx's checker refuses them, onnxruntime warns.
+  del model.graph.value_info[:]
+  return model.SerializeToString()
+
+
+def _session(path: str, providers=None):
+  """An onnxruntime session of ``path``, its log kept to errors."""
+  ort = _require('onnxruntime')
+  options = ort.SessionOptions()
+  options.log_severity_level = 3
+  return ort.InferenceSession(
+    path, options, providers=providers or ort.get_available_providers()
+  )
+
+
+def _check(path: str, serve, image_shape) -> None:
+  """Raises ExportError unless onnxruntime runs ``path`` as ``serve``."""
+  names = list(export.OUTPUT_NAMES)
+  try:
+    session = _session(path, ['CPUExecutionProvider'])
+    call = lambda x: dict(
+      zip(names, session.run(names, {export.INPUT_NAME: x}))
+    )
+    export.check_outputs(call, serve, image_shape, export.ONNX_FILE)
+  except ExportError:
+    raise ExportError(
+      f'{export.ONNX_FILE}: onnxruntime gives other outputs than the model '
+      f'(jax2onnx {_version("jax2onnx")} mis-converted it); {_INSTEAD}'
+    ) from None
+  except Exception as e:  # onnxruntime's own error types.
+    raise ExportError(
+      f'{export.ONNX_FILE}: onnxruntime cannot run what jax2onnx '
+      f'{_version("jax2onnx")} wrote ({_reason(e)}); {_INSTEAD}'
+    ) from None
+
+
+def write(
+  state, image_shape, folder: str, serve, flip_tta=False, what='this model'
+) -> dict:
+  """Writes ``folder/model.onnx``, checked against ``serve`` on the CPU.
+
+  Returns its entry of ``export.json``'s ``files``.
+  """
+  _require('onnxruntime')  # Before the conversion's seconds are spent.
+  model = convert(state, image_shape, flip_tta, what)
+  path = os.path.join(folder, export.ONNX_FILE)
+  with open(path, 'wb') as f:
+    f.write(model)
+  try:
+    _check(path, serve, image_shape)
+  except ExportError:
+    os.remove(path)  # Skipped: the folder must not hold a bad file.
+    raise
+  return {
+    'path': export.ONNX_FILE,
+    'sha256': _sha256(path),
+    'opset': OPSET,
+    'load': 'onnxruntime.InferenceSession(path).run(None, '
+    f'{{"{export.INPUT_NAME}": images}}) -> '
+    f'[{", ".join(export.OUTPUT_NAMES)}]',
+  }
+
+
+def add_to(meta: dict, state, image_shape, folder, serve, alone: bool):
+  """Writes model.onnx into ``folder`` and describes it in ``meta``.
+
+  When it cannot be written, raises ExportError if ONNX is the only format
+  asked for (``alone``); else records the one-line reason as
+  ``meta['skipped']['onnx']``, so that the other formats are still written.
+  """
+  what = f'the {meta["model"]} model' + (
+    ' with flip_tta' if meta['flip_tta'] else ''
+  )
+  try:
+    meta['files']['onnx'] = write(
+      state, image_shape, folder, serve, meta['flip_tta'], what
+    )
+  except ExportError as e:
+    if alone:
+      raise
+    reason = str(e).removesuffix(f'; {_INSTEAD}')
+    meta.setdefault('skipped', {})['onnx'] = (
+      f'{reason}; {export.ONNX_FILE} not written, the other formats are'
+    )
+    return
+  for package in ('jax2onnx', 'onnx', 'onnxruntime'):
+    meta['versions'][package] = _version(package)
+
+
+def load(path: str):
+  """``(predict, image_shape)`` of a model.onnx, run by onnxruntime."""
+  try:
+    session = _session(path)
+  except ExportError:
+    raise
+  except Exception as e:  # onnxruntime raises its own types.
+    raise ExportError(
+      f'{path}: not a readable ONNX model ({_reason(e)}); export again '
+      'with python -m experiments.export --format=onnx'
+    ) from None
+  inputs = session.get_inputs()
+  shape = inputs[0].shape if len(inputs) == 1 else []
+  if (
+    len(shape) != 4
+    or inputs[0].type != 'tensor(uint8)'
+    or not all(isinstance(d, int) for d in shape[1:])
+    or 'probabilities' not in [o.name for o in session.get_outputs()]
+  ):
+    raise ExportError(
+      f'{path}: not a jaxcls serving export (it takes '
+      f'{[(i.type, i.shape) for i in inputs]}, not one uint8 image batch '
+      '-> probabilities)'
+    )
+  name = inputs[0].name
+
+  def predict(images: np.ndarray) -> np.ndarray:
+    feed = {name: np.ascontiguousarray(images, np.uint8)}
+    return session.run(['probabilities'], feed)[0]
+
+  return predict, tuple(shape[1:])
