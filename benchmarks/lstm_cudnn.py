@@ -5,11 +5,11 @@
 
 On an NVIDIA GPU: first the largest difference between
 ``jaxcls.accel.cudnn_lstm.lstm_sequence`` and the fused scan
-(``jaxcls.recurrent.lstm_sequence``) on random inputs that reach cuDNN through
-a transpose, at the highest matmul precision. Then a table of the LSTM
-classifier's jitted train step (hidden 128, 28 rows of 28, Adam), the scan
-timed before and after cuDNN in one process. Elsewhere cuDNN does not run and
-only the scan is timed. Results: benchmarks/NOTES.md, round 6.
+(``jaxcls.models.recurrent.lstm_sequence``) on random inputs that reach cuDNN
+through a transpose, at the highest matmul precision. Then a table of the LSTM
+classifier's jitted train step (hidden 128, 28 rows of 28, Adam), the scan timed
+before and after cuDNN in one process. Elsewhere cuDNN does not run and only the
+scan is timed. Results: benchmarks/NOTES.md, round 6.
 """
 
 import argparse
@@ -21,9 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcls  # noqa: F401  (registers the recurrent models)
-from jaxcls import accel, fastpath, models, optim, recurrent, train
+from jaxcls import accel, models, optim
 from jaxcls import config as config_lib
 from jaxcls.accel import cudnn_lstm
+from jaxcls.models import recurrent
+from jaxcls.ops import fastpath
+from jaxcls.training import run as train
 
 
 def agreement(steps=7, batch=3, features=5, hidden=6) -> float:

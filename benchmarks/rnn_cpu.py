@@ -5,7 +5,7 @@
 
 On a CPU: first the largest difference between the kernels
 (``jaxcls.accel.cpu_rnn``) and the fused scans
-(``jaxcls.recurrent.lstm_sequence``, ``gru_recurrence``), value and every
+(``jaxcls.models.recurrent.lstm_sequence``, ``gru_recurrence``), value and every
 gradient, relative to the largest. Then
 a table of the classifier's jitted train step (hidden 128, 28 rows of 28,
 Adam), both programs compiled first and then timed in alternating rounds in
@@ -23,8 +23,9 @@ import numpy as np
 
 import jaxcls  # noqa: F401  (registers the recurrent models)
 from benchmarks import lstm_cudnn
-from jaxcls import accel, recurrent
+from jaxcls import accel
 from jaxcls.accel import cpu_rnn
+from jaxcls.models import recurrent
 
 
 def agreement(kind, steps=28, batch=64, features=28, hidden=128) -> float:

@@ -7,9 +7,9 @@ Both sides train the sweep experiment's model (the article's CNN, adamw) on
 the same Fashion-MNIST batches for the same epochs, validating after each
 epoch, in this process:
 
-* population: ``jaxcls.population.train_population``, the sweep's own loop,
-  in the mode ``population_mode=auto`` picks for this backend (``--mode``
-  to force one);
+* population: ``jaxcls.sweep.population.train_population``, the sweep's own
+loop, in the mode ``population_mode=auto`` picks for this backend (``--mode`` to
+force one);
 * sequential: each member as the single run trains it: its own optimizer
   (``optim.create_optimizer``, its learning rate and weight decay baked in,
   so each run compiles its own step), ``feed.DeviceFeed`` of
@@ -31,17 +31,12 @@ import jax
 import numpy as np
 
 from experiments import sweep as sweep_exp
-from jaxcls import (
-  data,
-  epochs,
-  models,
-  optim,
-  parallel,
-  population,
-  sweep,
-  train,
-)
-from jaxcls import feed as feed_lib
+from jaxcls import data, models, optim
+from jaxcls.sweep import grid as sweep
+from jaxcls.sweep import population
+from jaxcls.training import epochs, parallel
+from jaxcls.training import feed as feed_lib
+from jaxcls.training import run as train
 
 
 def member_values(k: int) -> list:

@@ -125,7 +125,7 @@ def _parse_args(argv):
     type=int,
     default=0,
     help='jaxcls fast path: steps per compiled call (0: per '
-    'backend, jaxcls.feed.default_steps_per_call)',
+    'backend, jaxcls.training.feed.default_steps_per_call)',
   )
   p.add_argument(
     '--compilation_cache',
@@ -181,7 +181,10 @@ class JaxRunner:
 
     import jaxcls  # Registers the recurrent models, when they exist.
     from jaxcls import config as config_lib
-    from jaxcls import data, fastpath, feed, models, optim, parallel, train
+    from jaxcls import data, models, optim
+    from jaxcls.ops import fastpath
+    from jaxcls.training import feed, parallel
+    from jaxcls.training import run as train
 
     del jaxcls
     self.jax, self.data, self.train = jax, data, train
@@ -198,7 +201,7 @@ class JaxRunner:
     step = functools.partial(train.train_step, augment=False)
     order = np.arange(len(self.labels))
     start = time.perf_counter()
-    if fast:  # What the training loop runs: jaxcls.feed.DeviceFeed.
+    if fast:  # What the training loop runs: jaxcls.training.feed.DeviceFeed.
       self.k = steps_per_call or feed.default_steps_per_call()
       self.feed = feed.DeviceFeed(
         step,
@@ -599,7 +602,7 @@ def benchmark_model(model_name, runner_names, arrays, args):
 def machine_info() -> dict:
   import jax
 
-  from jaxcls import fastpath
+  from jaxcls.ops import fastpath
 
   info = {
     'cpu_model': fastpath.cpu_model(),  # lscpu's model name
@@ -716,7 +719,7 @@ def main(argv=None):
       continue
     rows += benchmark_model(model_name, runner_names, arrays, args)
   info['load_average_end'] = os.getloadavg()
-  from jaxcls import fastpath
+  from jaxcls.ops import fastpath
 
   info['kernel_path'] = fastpath.path()  # What 'auto' chose, per shape.
   table = format_table(rows, args.target)

@@ -20,7 +20,8 @@ measured here (no CIFAR-10 offline); a CNN this small typically lands in the
 high 60s to low 70s percent.
 """
 
-from jaxcls import cli, config
+from jaxcls import config
+from jaxcls.commands import cli
 
 
 def get_config():

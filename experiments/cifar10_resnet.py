@@ -13,7 +13,7 @@ GPU.
 """
 
 from experiments import cifar10
-from jaxcls import cli
+from jaxcls.commands import cli
 
 
 def get_config():

@@ -30,7 +30,7 @@ import sys
 
 from absl import flags
 
-from jaxcls import cli
+from jaxcls.commands import cli
 
 FLAGS = flags.FLAGS
 
@@ -58,7 +58,7 @@ def main(argv):
       f'{problem}; use --workdir=W (the folder training wrote to) '
       '[--format=all|jax|saved_model|onnx]'
     )
-  from jaxcls import export
+  from jaxcls.export import artifact as export
 
   formats = export.FORMATS if FLAGS.format == 'all' else (FLAGS.format,)
   folder, meta = export.export_workdir(FLAGS.workdir, formats)

@@ -21,7 +21,8 @@ download.
 """
 
 from experiments import results
-from jaxcls import cli, config
+from jaxcls import config
+from jaxcls.commands import cli
 
 
 def get_config():

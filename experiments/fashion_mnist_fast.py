@@ -23,7 +23,7 @@ test is scored once). What to expect, and the 8-epoch variant: the end of
 """
 
 from experiments import fashion_mnist, results
-from jaxcls import cli
+from jaxcls.commands import cli
 
 
 def get_config():

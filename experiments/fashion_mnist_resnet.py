@@ -28,7 +28,7 @@ from the README's results table.
 """
 
 from experiments import fashion_mnist, results
-from jaxcls import cli
+from jaxcls.commands import cli
 
 
 def get_config():

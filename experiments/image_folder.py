@@ -30,7 +30,8 @@ chance within 10 epochs of a few seconds each; photos need more images per
 class and a larger ``image_size``.
 """
 
-from jaxcls import cli, config
+from jaxcls import config
+from jaxcls.commands import cli
 
 
 def get_config():

@@ -18,7 +18,8 @@ test accuracy in a few epochs; this was not measured here (no MNIST
 offline), see README.
 """
 
-from jaxcls import cli, config
+from jaxcls import config
+from jaxcls.commands import cli
 
 
 def get_config():

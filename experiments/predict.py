@@ -30,7 +30,7 @@ How pixels are read (see :func:`load_image`):
 
 from absl import flags
 
-from jaxcls import cli
+from jaxcls.commands import cli
 
 FLAGS = flags.FLAGS
 
@@ -173,7 +173,8 @@ def predict(
   """Top-``k`` predictions for every file in ``paths``, in order."""
   import numpy as np
 
-  from jaxcls import data, inspection
+  from jaxcls import data
+  from jaxcls.training import inspection
 
   if not paths:
     raise ValueError('no image files given; pass one or more PNG/JPEG paths')
@@ -201,7 +202,7 @@ def predict_exported(
   """
   import numpy as np
 
-  from jaxcls import export
+  from jaxcls.export import artifact as export
 
   if not paths:
     raise ValueError('no image files given; pass one or more PNG/JPEG paths')

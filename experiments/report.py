@@ -14,7 +14,7 @@ Writes into ``<workdir>/report/``:
   confidence bin (15 equal-width bins) against the diagonal;
 * ``report.json``: per-class precision, recall, F1 and support, their macro
   and weighted averages, the top 5 confusions, the expected calibration
-  error (ECE) and the reliability bins (``jaxcls.scores.summary``).
+  error (ECE) and the reliability bins (``jaxcls.training.scores.summary``).
 
 It prints the model summary (layers, shapes, parameter counts, FLOPs per
 layer), XLA's FLOPs per example, the per-class table with its averages, the
@@ -27,7 +27,7 @@ import sys
 
 from absl import flags
 
-from jaxcls import cli
+from jaxcls.commands import cli
 
 FLAGS = flags.FLAGS
 
@@ -48,7 +48,7 @@ def plot_curves(records: list[dict], path: str) -> None:
   """Loss and accuracy per epoch, train and validation, side by side."""
   import matplotlib.pyplot as plt
 
-  from jaxcls import metrics
+  from jaxcls.training import metrics
 
   epochs = metrics.epoch_records(records)
   if not epochs:
@@ -317,7 +317,7 @@ def write_scores(
   """
   import json
 
-  from jaxcls import scores
+  from jaxcls.training import scores
 
   summary = scores.summary(matrix, names, probs, labels, k=5)
   print(scores.format_table(summary))
@@ -341,7 +341,8 @@ def write_scores(
 
 def print_model(config, state, spec) -> tuple[int, float]:
   """Prints the layer table, parameters and FLOPs; returns the two counts."""
-  from jaxcls import inspection, models
+  from jaxcls import models
+  from jaxcls.training import inspection
 
   model = models.create_model(config, spec.num_classes)
   print(inspection.model_summary(model, spec.image_shape))
@@ -363,7 +364,8 @@ def plot_test(config, state, spec, names, out, num_misclassified) -> dict:
   """
   import numpy as np
 
-  from jaxcls import data, inspection
+  from jaxcls import data
+  from jaxcls.training import inspection
 
   test = data.read_split(data.builder_for(config), 'test')
   # Scored as the run scored it (flip TTA when the run used it), so this
@@ -423,7 +425,8 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
 
   matplotlib.use('Agg')  # Files only, no display needed.
 
-  from jaxcls import data, inspection, metrics
+  from jaxcls import data
+  from jaxcls.training import inspection, metrics
 
   config, state = inspection.load_best(workdir)
   spec = data.dataset_spec(config)

@@ -2,8 +2,8 @@
 
 Each row is one real run of its command on the machine ``MACHINE`` names.
 The README's table is :func:`table` and every experiment's ``--help`` ends
-with its rows (:func:`measured`, via ``jaxcls.cli.run``), so the two cannot
-drift apart: ``tests/test_docs.py`` fails when the README's table is not
+with its rows (:func:`measured`, via ``jaxcls.commands.cli.run``), so the two
+cannot drift apart: ``tests/test_docs.py`` fails when the README's table is not
 ``python -c 'from experiments import results; print(results.table())'``.
 """
 

@@ -20,7 +20,8 @@ accuracy and time.
 """
 
 from experiments import results
-from jaxcls import cli, config
+from jaxcls import config
+from jaxcls.commands import cli
 
 
 def get_config():

@@ -22,7 +22,7 @@ workdir; ``sweep.json`` holds every member, ``sweep.png`` the plot.
 """
 
 from experiments import fashion_mnist, report, results
-from jaxcls import cli
+from jaxcls.commands import cli
 
 
 def get_config():
@@ -43,7 +43,7 @@ def get_config():
 
 
 def main(config, workdir: str, log=print) -> dict:
-  from jaxcls import sweep  # After the flags are checked: it imports Orbax.
+  from jaxcls.sweep import grid as sweep
 
   return sweep.run_sweep(
     config,

@@ -10,7 +10,8 @@ import math
 
 import ml_collections
 
-from jaxcls import activations, data, models, optim, profiling
+from jaxcls import data, models, optim
+from jaxcls.ops import activations
 
 # Fields that do not change what is trained; two runs that differ only in
 # these may share a workdir (resume, evaluation).
@@ -309,6 +310,32 @@ def validate(config) -> None:
       )
   _validate_image_folder(config)
   if config.get('profile_steps'):
-    profiling.parse_steps(config.profile_steps)
+    parse_steps(config.profile_steps)
   if config.model == 'resnet':
     _validate_resnet_depth(config)
+
+
+def parse_steps(text: str) -> tuple[int, int] | None:
+  """``'START:END'`` -> ``(START, END)``, ``''`` -> None (off).
+
+  Raises:
+    ValueError: one line naming the value and the form it needs.
+  """
+  if not text:
+    return None
+  parts = str(text).split(':')
+  try:
+    if len(parts) != 2:
+      raise ValueError
+    start, end = (int(p) for p in parts)
+  except ValueError:
+    raise ValueError(
+      f'profile_steps must be START:END (two step numbers, e.g. 10:20), got '
+      f'{text!r}; set --config.profile_steps=10:20 or leave it empty'
+    ) from None
+  if start < 0 or end <= start:
+    raise ValueError(
+      f'profile_steps={text!r} needs 0 <= START < END, e.g. 10:20; set '
+      '--config.profile_steps=START:END'
+    )
+  return start, end

@@ -27,7 +27,7 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 import pytest  # noqa: E402
 
 from jaxcls import config as config_lib  # noqa: E402
-from jaxcls import data  # noqa: E402
+from jaxcls import data
 
 
 def tiny_config(**overrides):
@@ -46,4 +46,6 @@ def tiny_config(**overrides):
 @pytest.fixture
 def allow_download(monkeypatch):
   """Under tfds.testing.mock_data nothing is downloaded; skip the probe."""
-  monkeypatch.setattr(data, '_can_reach', lambda host, timeout=3.0: True)
+  monkeypatch.setattr(
+    data.sources, '_can_reach', lambda host, timeout=3.0: True
+  )

@@ -20,14 +20,10 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from jaxcls import (  # noqa: E402
-  checkpoint,
-  data,
-  models,
-  optim,
-  train,  # noqa: E402
-)
 from jaxcls import config as config_lib
+from jaxcls import data, models, optim
+from jaxcls.training import checkpoint
+from jaxcls.training import run as train
 
 config_flags.DEFINE_config_dict('config', tiny_config())
 

@@ -16,10 +16,12 @@ import pytest
 
 from backends import CPU_ONLY
 from conftest import tiny_config
-from jaxcls import accel, models, optim, steps, train
+from jaxcls import accel, models, optim
 from jaxcls import config as config_lib
-from jaxcls import workdir as workdir_lib
 from jaxcls.accel import build, choice, cpu_conv
+from jaxcls.training import run as train
+from jaxcls.training import steps
+from jaxcls.training import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = {  # The batch of tiny_config: the shapes a run's record names.
@@ -44,8 +46,8 @@ def fresh(monkeypatch, tmp_path):
   """'auto' with an empty decision cache and no decisions in memory."""
   monkeypatch.setenv('JAXCLS_CACHE', str(tmp_path / 'cache'))
   monkeypatch.setattr(choice, '_memo', {})
-  monkeypatch.setattr(accel, '_taken', {})
-  monkeypatch.setattr(accel, '_settings', accel.Settings(kernels='auto'))
+  monkeypatch.setattr(accel.policy, '_taken', {})
+  monkeypatch.setattr(accel.policy, '_settings', accel.Settings(kernels='auto'))
   # Decisions are cached whatever else loads this machine (the test suite).
   monkeypatch.setattr(choice, 'BUSY_SHARE', float('inf'))
   return tmp_path / 'cache'
@@ -75,10 +77,10 @@ def test_bad_setting_is_one_line():
 def test_a_bad_environment_setting_is_one_line_from_a_command(
   monkeypatch, capsys
 ):
-  from jaxcls import cli
+  from jaxcls.commands import cli
 
   monkeypatch.setenv('JAXCLS_KERNELS', 'fast')
-  monkeypatch.setattr(accel, '_settings', None)
+  monkeypatch.setattr(accel.policy, '_settings', None)
   with pytest.raises(SystemExit) as e:
     cli.call(accel.settings)
   assert e.value.code == 2
@@ -177,7 +179,7 @@ def test_a_resume_takes_the_recorded_path_or_says_so(
   monkeypatch.setattr(
     cpu_conv, '_state', {'tried': True, 'library': None, 'error': 'no g++'}
   )
-  monkeypatch.setattr(accel, '_warned', set())
+  monkeypatch.setattr(accel.policy, '_warned', set())
   warnings = caplog.at_level(logging.WARNING, logger='jaxcls')
   with warnings, accel.following(kernel_path):
     assert _custom_calls(accel.jit(steps.train_step), state) == 0
@@ -336,7 +338,7 @@ def test_a_full_disk_during_the_build_says_so(monkeypatch, tmp_path):
 
 @CPU_ONLY
 def test_a_sequence_of_no_steps_takes_the_fused_scan():
-  from jaxcls import recurrent
+  from jaxcls.models import recurrent
 
   layer = recurrent.Recurrent('lstm', 16)
   xs = jnp.ones((0, 2, 4))

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import tiny_config
 from jaxcls import config as config_lib
-from jaxcls import data, models, optim, train
+from jaxcls import data, models, optim
+from jaxcls.training import run as train
 
 
 def _trajectory(config, images, labels, spe: int, calls: int):
@@ -119,7 +120,8 @@ def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
 
 @pytest.mark.slow
 def test_a_population_member_accumulates_as_the_single_run():
-  from jaxcls import population, sweep
+  from jaxcls.sweep import grid as sweep
+  from jaxcls.sweep import population
   from test_sweep import (
     _max_diff,
     _quiet,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import activations
+from jaxcls.ops import activations
 
 X = np.linspace(-6, 6, 101).astype(np.float32)
 

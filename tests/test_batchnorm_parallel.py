@@ -48,7 +48,8 @@ def _compute(path):
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from jaxcls import parallel, resnet
+  from jaxcls.models import resnet
+  from jaxcls.training import parallel
 
   assert jax.device_count() == DEVICES, jax.devices()
   images = jax.random.normal(jax.random.key(0), (BATCH, 16, 16, 1)) * 2 + 1

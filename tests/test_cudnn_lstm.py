@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from jax.experimental import rnn
 
-from jaxcls import accel, recurrent
+from jaxcls import accel
 from jaxcls.accel import cudnn_lstm
+from jaxcls.models import recurrent
 
 STEPS, BATCH, FEATURES, HIDDEN = 7, 3, 5, 6
 

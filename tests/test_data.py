@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxcls import data, local_data
+from jaxcls import data
+from jaxcls.data import local_files as local_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

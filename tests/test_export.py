@@ -21,7 +21,10 @@ from PIL import Image
 
 from experiments import predict
 from jaxcls import config as config_lib
-from jaxcls import data, export, inspection, models, optim, train
+from jaxcls import data, models, optim
+from jaxcls.export import artifact as export
+from jaxcls.training import inspection
+from jaxcls.training import run as train
 from trained_workdir import trained_workdir
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.

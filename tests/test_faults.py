@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxcls import local_data, models, optim, train
+from jaxcls import models, optim
+from jaxcls.data import local_files as local_data
+from jaxcls.training import run as train
 
 pytestmark = [
   pytest.mark.slow,  # Trains models: the full tier.

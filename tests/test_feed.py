@@ -1,4 +1,4 @@
-"""The feeds (jaxcls.feed) against the plain per-step loop, and pool_2x2."""
+"""The feeds (jaxcls.training.feed) against the per-step loop; pool_2x2."""
 
 import functools
 
@@ -10,17 +10,10 @@ import pytest
 
 from backends import BIT_EXACT
 from jaxcls import config as config_lib
-from jaxcls import (
-  data,
-  fastpath,
-  feed,
-  guards,
-  kernels,
-  models,
-  optim,
-  parallel,
-  train,
-)
+from jaxcls import data, models, optim
+from jaxcls.ops import fastpath, kernels
+from jaxcls.training import feed, guards, parallel
+from jaxcls.training import run as train
 
 
 def make_state(dropout_rate=0.1):

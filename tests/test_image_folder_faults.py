@@ -13,7 +13,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from jaxcls import data, image_folder
+from jaxcls import data
+from jaxcls.data import image_folder
 from test_local_data import ROOT, make_folder, one_line
 
 TWO = {'a': 30, 'b': 200}

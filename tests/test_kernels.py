@@ -1,4 +1,4 @@
-"""The small-channel convolution path (jaxcls.kernels) against lax's."""
+"""The small-channel convolution path (jaxcls.ops.kernels) against lax's."""
 
 import functools
 
@@ -10,8 +10,9 @@ import pytest
 from jax import lax
 
 from backends import CPU_ONLY
-from jaxcls import kernels, models
+from jaxcls import models
 from jaxcls.accel import xla_options
+from jaxcls.ops import kernels
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -244,7 +245,9 @@ def test_compiler_options_per_backend_and_user_flags(monkeypatch):
 
 def test_the_loops_train_step_compiles_with_the_options():
   from jaxcls import config as config_lib
-  from jaxcls import data, optim, parallel, train
+  from jaxcls import data, optim
+  from jaxcls.training import parallel
+  from jaxcls.training import run as train
 
   config = config_lib.get_config()  # The article's CNN: conv 16 -> 32.
   spec = data.DATASETS['fashion_mnist']

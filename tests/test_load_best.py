@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxcls import checkpoint, inspection
+from jaxcls.training import checkpoint, inspection
 from trained_workdir import trained_workdir
 
 

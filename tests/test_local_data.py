@@ -15,7 +15,11 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from jaxcls import data, image_folder, inspection, local_data, train
+from jaxcls import data
+from jaxcls.data import image_folder
+from jaxcls.data import local_files as local_data
+from jaxcls.training import inspection
+from jaxcls.training import run as train
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.
 

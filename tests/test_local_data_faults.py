@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxcls import data, local_data
+from jaxcls import data
+from jaxcls.data import local_files as local_data
 from test_local_data import (
   ROOT,
   add_to_tar,
@@ -76,11 +77,13 @@ def test_a_changed_manual_dir_is_prepared_again_an_unchanged_one_reused(
   src, tfds_dir = tmp_path / 'src', str(tmp_path / 'tfds')
   write_idx_folder(src, mnist_like(0), gz=False)
   first = local_data.get_builder('mnist', tfds_dir, manual_dir=str(src))
-  prepared = data.prepare
-  monkeypatch.setattr(data, 'prepare', lambda *a, **k: pytest.fail('again'))
+  prepared = data.specs.prepare
+  monkeypatch.setattr(
+    data.specs, 'prepare', lambda *a, **k: pytest.fail('again')
+  )
   again = local_data.get_builder('mnist', tfds_dir, manual_dir=str(src))
   assert again.data_dir == first.data_dir  # Unchanged: its copy is read.
-  monkeypatch.setattr(data, 'prepare', prepared)
+  monkeypatch.setattr(data.specs, 'prepare', prepared)
   written = mnist_like(1)  # Same names and sizes, new contents and times.
   write_idx_folder(src, written, gz=False)
   second = local_data.get_builder('mnist', tfds_dir, manual_dir=str(src))
@@ -98,10 +101,12 @@ def test_the_default_folder_reuses_its_copy_and_sees_new_files(
   manual = tmp_path / 'tfds' / 'downloads' / 'manual' / 'mnist'
   write_idx_folder(manual, mnist_like(2))
   first = local_data.get_builder('mnist', tfds_dir)
-  prepared = data.prepare
-  monkeypatch.setattr(data, 'prepare', lambda *a, **k: pytest.fail('again'))
+  prepared = data.specs.prepare
+  monkeypatch.setattr(
+    data.specs, 'prepare', lambda *a, **k: pytest.fail('again')
+  )
   assert local_data.get_builder('mnist', tfds_dir).data_dir == first.data_dir
-  monkeypatch.setattr(data, 'prepare', prepared)
+  monkeypatch.setattr(data.specs, 'prepare', prepared)
   written = mnist_like(3)
   write_idx_folder(manual, written)
   second = local_data.get_builder('mnist', tfds_dir)

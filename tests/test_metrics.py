@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcls import guards, metrics
+from jaxcls.training import guards, metrics
 from trained_workdir import (
   BATCH_SIZE,
   LOG_EVERY_STEPS,

@@ -17,8 +17,9 @@ import pytest
 
 from backends import CPU_ONLY
 from experiments import fashion_mnist
-from jaxcls import accel, fastpath, models
+from jaxcls import accel, models
 from jaxcls.accel import cpu_conv
+from jaxcls.ops import fastpath
 
 pytestmark = CPU_ONLY
 

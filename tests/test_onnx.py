@@ -15,7 +15,10 @@ import pytest
 
 from experiments import predict
 from jaxcls import config as config_lib
-from jaxcls import export, fastpath, models, steps
+from jaxcls import models
+from jaxcls.export import artifact as export
+from jaxcls.ops import fastpath
+from jaxcls.training import steps
 from test_export import (
   IMAGE_SHAPE,
   REPO,

@@ -24,7 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 
 import jaxcls
-from jaxcls import entry_points
+from jaxcls.commands import entry_points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('jaxcls', 'experiments')
@@ -234,7 +234,7 @@ def test_each_command_runs_a_module_that_exists():
   assert sorted(scripts) == sorted(COMMANDS)
   for command, target in scripts.items():
     module, function = target.split(':')
-    assert module == 'jaxcls.entry_points'
+    assert module == 'jaxcls.commands.entry_points'
     assert callable(getattr(entry_points, function))
     tool = command[len('jaxcls-') :]
     if tool != 'train':  # jaxcls-X runs experiments/X.py

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxcls import data, local_data, models, optim, parallel, train
+from jaxcls import data, models, optim
+from jaxcls.data import local_files as local_data
+from jaxcls.training import parallel
+from jaxcls.training import run as train
 
 pytestmark = [
   pytest.mark.slow,  # Trains models: the full tier.

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from experiments import predict
-from jaxcls import data, inspection
+from jaxcls import data
+from jaxcls.training import inspection
 from trained_workdir import trained_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

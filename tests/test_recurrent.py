@@ -1,4 +1,4 @@
-"""Recurrent cells, layers and the row-by-row classifier (jaxcls.recurrent)."""
+"""Recurrent cells, layers, the row-by-row classifier (models.recurrent)."""
 
 import functools
 import json
@@ -12,7 +12,9 @@ import pytest
 import jaxcls
 from experiments import sequential_mnist
 from jaxcls import config as config_lib
-from jaxcls import models, recurrent, train
+from jaxcls import models
+from jaxcls.models import recurrent
+from jaxcls.training import run as train
 
 HIDDEN, INPUTS, BATCH, STEPS = 8, 5, 3, 6
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from experiments import report
-from jaxcls import data, inspection
+from jaxcls import data
+from jaxcls.training import inspection
 from trained_workdir import trained_workdir
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.

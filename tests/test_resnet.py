@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxcls import config as config_lib
-from jaxcls import models, resnet
+from jaxcls import models
+from jaxcls.models import resnet
 
 
 def resnet_param_count(depth, width=1, in_channels=3, num_classes=10):

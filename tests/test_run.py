@@ -6,7 +6,9 @@ import os
 import pytest
 
 from conftest import tiny_config
-from jaxcls import checkpoint, local_data, train
+from jaxcls.data import local_files as local_data
+from jaxcls.training import checkpoint
+from jaxcls.training import run as train
 
 pytestmark = [
   pytest.mark.slow,  # Trains models: the full tier.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from jaxcls import inspection, scores
+from jaxcls.training import inspection, scores
 
 K = 6
 NAMES = [f'c{i}' for i in range(K)]

@@ -1,4 +1,4 @@
-"""Tests for populations (jaxcls.population), sweeps (jaxcls.sweep), the
+"""Tests for populations (jaxcls.sweep.population), sweeps (jaxcls.sweep), the
 sweep experiment and its benchmark."""
 
 import json
@@ -13,7 +13,11 @@ from benchmarks import sweep_speed
 from experiments import fashion_mnist
 from experiments import sweep as sweep_exp
 from jaxcls import config as config_lib
-from jaxcls import data, fastpath, models, optim, population, sweep, train
+from jaxcls import data, models, optim
+from jaxcls.ops import fastpath
+from jaxcls.sweep import grid as sweep
+from jaxcls.sweep import population
+from jaxcls.training import run as train
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.
 

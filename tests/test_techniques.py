@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcls import techniques
+from jaxcls.ops import techniques
 
 K = 10
 

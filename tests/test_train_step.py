@@ -7,7 +7,9 @@ import numpy as np
 import optax
 
 from jaxcls import config as config_lib
-from jaxcls import data, models, optim, parallel, train
+from jaxcls import data, models, optim
+from jaxcls.training import parallel
+from jaxcls.training import run as train
 
 
 def make_state(dropout_rate=0.0, shape=(28, 28, 1)):

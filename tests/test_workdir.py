@@ -12,9 +12,12 @@ import time
 import pytest
 
 from conftest import tiny_config
-from jaxcls import checkpoint, cli, data, inspection, train
 from jaxcls import config as config_lib
-from jaxcls import workdir as workdir_lib
+from jaxcls import data
+from jaxcls.commands import cli
+from jaxcls.training import checkpoint, inspection
+from jaxcls.training import run as train
+from jaxcls.training import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow  # Trains models: the full tier.
 
@@ -359,8 +362,8 @@ def test_a_killed_prepare_leaves_no_incomplete_folders(tmp_path):
 
 
 def test_a_refusal_names_the_fields_that_differ_and_the_saved_flags():
-  from jaxcls import checkpoint
   from jaxcls import config as config_lib
+  from jaxcls.training import checkpoint
 
   saved = config_lib.get_config()
   now = config_lib.get_config()

@@ -33,7 +33,7 @@ def tiny_config():
 @functools.cache
 def trained_workdir() -> tuple[str, dict]:
   """``(workdir, results)`` of the shared tiny run (trained on first use)."""
-  from jaxcls import train
+  from jaxcls.training import run as train
 
   workdir = tempfile.mkdtemp(prefix='jaxcls_trained_')
   atexit.register(shutil.rmtree, workdir, ignore_errors=True)

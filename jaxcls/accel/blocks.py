@@ -9,8 +9,8 @@ records the path it took (:func:`jaxcls.accel.path`).
 
 import jax
 
-import jaxcls.accel as accel
 from jaxcls.accel import cpu_conv, cpu_rnn, cudnn_lstm
+from jaxcls.accel import policy as accel
 
 
 def conv_block(x_shape, features: int, dtype, xla_fn, wrt=(0, 1, 2)):

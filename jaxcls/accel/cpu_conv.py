@@ -14,12 +14,12 @@ pre-activation gradient, the weight and bias gradients, and a second call
 the input gradient (dropped by XLA where nothing needs it, as for the
 image). Images are split over XLA's intra-op threads.
 
-Same function and parameters as :class:`jaxcls.kernels.Conv` followed by
-:func:`jaxcls.activations.relu` and :func:`jaxcls.kernels.max_pool_2x2`: the
-tests compare values and every gradient with that path. The bits are not
-Eigen's (another order of float sums), so a run on the kernel does not
-repeat bit for bit on XLA's ops (``JAXCLS_KERNELS=off``), nor the other way
-round. Results do not depend on the number of threads: the weight gradient
+Same function and parameters as :class:`jaxcls.ops.kernels.Conv` followed by
+:func:`jaxcls.ops.activations.relu` and :func:`jaxcls.ops.kernels.max_pool_2x2`:
+the tests compare values and every gradient with that path. The bits are not
+Eigen's (another order of float sums), so a run on the kernel does not repeat
+bit for bit on XLA's ops (``JAXCLS_KERNELS=off``), nor the other way round.
+Results do not depend on the number of threads: the weight gradient
 sums fixed chunks of 8 images, then the chunks in order.
 
 :func:`why_not` says where it cannot run: the default backend is the CPU,
@@ -183,7 +183,7 @@ conv_relu_pool.defvjp(_forward, _backward)
 class ConvReluPool(nn.Module):
   """A 3x3 'SAME' convolution + bias, ReLU and 2x2 max pooling, in one op.
 
-  The same parameters as ``jaxcls.kernels.Conv(features, (3, 3),
+  The same parameters as ``jaxcls.ops.kernels.Conv(features, (3, 3),
   padding='SAME')`` (``kernel`` ``(3, 3, C_in, features)``, ``bias``; same
   initialisers), so a model can switch between the two with the same
   checkpoint. Only for inputs where :func:`why_not` is None.

@@ -1,7 +1,7 @@
 """The LSTM's and GRU's recurrences on the CPU, as kernels of our own (XLA FFI).
 
-Under XLA:CPU the fused scans (:func:`jaxcls.recurrent.lstm_sequence`,
-:func:`jaxcls.recurrent.gru_recurrence`) are, per time step, a
+Under XLA:CPU the fused scans (:func:`jaxcls.models.recurrent.lstm_sequence`,
+:func:`jaxcls.models.recurrent.gru_recurrence`) are, per time step, a
 single-threaded matmul and ~15 small kernels that run one after another,
 forward and back. ``jaxcls/csrc/rnn_cpu.cc`` runs all T steps in one call
 instead: per step one matmul and one fused, vectorised pass over the gates,
@@ -129,7 +129,7 @@ def _backward(residuals, cotangents):
 
 @jax.custom_vjp
 def lstm_sequence(xs, w_i, w_h, b, carry):
-  """:func:`jaxcls.recurrent.lstm_sequence` (float32) on the CPU kernel.
+  """:func:`jaxcls.models.recurrent.lstm_sequence` (float32) on the CPU kernel.
 
   ``xs`` ``(T, B, D)``, ``w_i`` ``(D, 4H)``, ``w_h`` ``(H, 4H)``, ``b``
   ``(4H,)``, ``carry`` ``(c, h)`` each ``(B, H)``; returns ``(hs (T, B, H),
@@ -173,7 +173,7 @@ def _gru_backward(residuals, cotangents):
 
 @jax.custom_vjp
 def gru_recurrence(projected, w_h, b_h, h0):
-  """:func:`jaxcls.recurrent.gru_recurrence` (float32) on the CPU kernel.
+  """:func:`jaxcls.models.recurrent.gru_recurrence` (float32) on the CPU kernel.
 
   ``projected`` ``(T, B, 3H)`` is ``x_t @ W_i + b_i`` (gates r, z, n),
   ``w_h`` ``(H, 3H)``, ``b_h`` ``(3H,)``, ``h0`` ``(B, H)``; returns ``(hs

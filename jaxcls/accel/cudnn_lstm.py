@@ -2,7 +2,7 @@
 
 cuDNN's LSTM is PyTorch's (``nn.LSTM`` calls it): gates in the order i, f,
 g, o, weights ``W_ih (4H, D)`` and ``W_hh (4H, H)`` and two bias vectors.
-:class:`jaxcls.recurrent.LSTMCell` keeps the same gate order with the
+:class:`jaxcls.models.recurrent.LSTMCell` keeps the same gate order with the
 kernels transposed (``(D, 4H)``, ``(H, 4H)``) and one bias (the sum of
 PyTorch's two), so moving to cuDNN is a transpose and a concatenation of
 the parameters, not a change of the math: :func:`pack_weights`. Autodiff
@@ -13,7 +13,7 @@ and the checkpoint layout is the same on every backend.
 :func:`jaxcls.accel.settings`, the default backend is a
 GPU and the matmul dtype is float32 (cuDNN's RNN in ``jax.experimental.rnn``
 has no bfloat16 path). Elsewhere the fused scan
-(:func:`jaxcls.recurrent.lstm_sequence`) runs.
+(:func:`jaxcls.models.recurrent.lstm_sequence`) runs.
 
 Off by default, because it is slower here: on one H200 the article's LSTM
 (hidden 128, 28 rows) trained a step 2-4x slower on cuDNN than with the
@@ -111,7 +111,7 @@ def pack_weights(w_i: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def lstm_sequence(xs, w_i, w_h, b, carry):
-  """:func:`jaxcls.recurrent.lstm_sequence` (float32) on cuDNN.
+  """:func:`jaxcls.models.recurrent.lstm_sequence` (float32) on cuDNN.
 
   ``xs (T, B, D)`` time-major, ``carry = (c, h)``; returns
   ``(hs (T, B, H), (c, h))``. Differentiable in every argument.

@@ -26,12 +26,6 @@ time-major, ``(T, B, F)``. Gate math and the carried state stay float32 when
 
 Gate layouts follow PyTorch's ``nn.LSTM`` (i, f, g, o) and ``nn.GRU``
 (r, z, n), so a PyTorch model with the same weights computes the same thing.
-
-Importing this module registers ``'rnn'``, ``'lstm'`` and ``'gru'`` in
-``models.MODELS``. ``jaxcls/__init__.py`` imports it, and Python always runs a
-package's ``__init__`` before any of its submodules, so any ``import jaxcls``
-or ``from jaxcls import ...`` registers them; ``models.py`` never imports this
-module, so there is no import cycle.
 """
 
 import functools
@@ -41,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import fastpath, models
+from jaxcls.ops import fastpath
 
 Carry = Any  # h (B, H) for RNN and GRU; (c, h) for LSTM.
 
@@ -603,6 +597,3 @@ def build_classifier(config, num_classes: int) -> RecurrentClassifier:
     forget_bias=config.forget_bias,
     dtype=jnp.dtype(config.compute_dtype),
   )
-
-
-models.MODELS.update(dict.fromkeys(CELLS, build_classifier))

@@ -4,7 +4,7 @@
   comma-separated values (``sweep_learning_rate = '1e-4,1e-3'``); the grid is
   their product, or ``sweep_samples`` members drawn from it.
 * **Traced** fields (``TRACED_FIELDS``: seed, learning rate, weight decay)
-  are per-member values inside one population (``jaxcls.population``).
+  are per-member values inside one population (``jaxcls.sweep.population``).
   Every other swept field (dropout rate, l1/l2, model, ...) changes shapes or
   Python control flow, so each of its values gets its own population.
 * A population larger than ``population_chunk`` (0: as many as fit in half
@@ -28,9 +28,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcls import checkpoint, data, fastpath, models, population, train
 from jaxcls import config as config_lib
-from jaxcls import workdir as workdir_lib
+from jaxcls import data, models
+from jaxcls.ops import fastpath
+from jaxcls.sweep import population
+from jaxcls.training import checkpoint
+from jaxcls.training import run as train
+from jaxcls.training import workdir as workdir_lib
 
 TRACED_FIELDS = ('seed', 'learning_rate', 'weight_decay')
 SWEEP_PREFIX = 'sweep_'

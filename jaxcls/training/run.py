@@ -1,10 +1,10 @@
 """The training loop, and evaluation over whole splits.
 
 ``train_and_evaluate(config, workdir)`` is one flat loop over calls of ``n``
-steps (jaxcls.feed): it loads data, resumes from the workdir if it holds a
-checkpoint, evaluates on the validation split every epoch, keeps the best
-model, and scores that model once on the test split. The pure steps live in
-jaxcls.steps and are re-exported here (``train.train_step``).
+steps (jaxcls.training.feed): it loads data, resumes from the workdir if it
+holds a checkpoint, evaluates on the validation split every epoch, keeps the
+best model, and scores that model once on the test split. The pure steps live in
+jaxcls.training.steps and are re-exported here (``train.train_step``).
 """
 
 import dataclasses
@@ -20,22 +20,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcls import (
-  checkpoint,
-  data,
-  epochs,
-  fastpath,
-  guards,
-  models,
-  optim,
-  parallel,
-  profiling,
-)
 from jaxcls import config as config_lib
-from jaxcls import feed as feed_lib
-from jaxcls import metrics as metrics_lib
-from jaxcls import workdir as workdir_lib
-from jaxcls.steps import (
+from jaxcls import data, models, optim
+from jaxcls.ops import fastpath
+from jaxcls.training import checkpoint, epochs, guards, parallel, profiling
+from jaxcls.training import feed as feed_lib
+from jaxcls.training import metrics as metrics_lib
+from jaxcls.training import workdir as workdir_lib
+from jaxcls.training.steps import (
   TrainState,
   check_batch,
   create_train_state,
@@ -398,7 +390,7 @@ def end_of_epoch(
 
 
 def make_feed(run: Run, rng):
-  """The device or host feed for ``run`` (see jaxcls.feed)."""
+  """The device or host feed for ``run`` (see jaxcls.training.feed)."""
   step, _ = configured_steps(run.config, run.ds.spec)
   if feed_lib.use_device_data(run.config):
     return feed_lib.DeviceFeed(step, run.ds.train, run.steps.mesh)
@@ -410,7 +402,7 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
 
   Resumes from ``workdir`` when it holds a checkpoint of the same config.
   With ``eval_only``, restores the best checkpoint and scores it on test.
-  The workdir is locked for the whole run (jaxcls.workdir).
+  The workdir is locked for the whole run (jaxcls.training.workdir).
   """
   config_lib.validate(config)
   parallel.initialize_distributed(config)
@@ -433,7 +425,7 @@ def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
 
 
 def train_loop(run: Run) -> dict:
-  """The one training loop: :class:`jaxcls.epochs.Epochs`' calls, flat."""
+  """The one training loop: :class:`.epochs.Epochs`' calls, flat."""
   config, spe = run.config, run.steps_per_epoch
   train_rng = jax.random.split(jax.random.key(config.seed))[1]
   state, progress = resume(run)

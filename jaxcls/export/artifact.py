@@ -16,7 +16,7 @@ Three formats are written from it:
   serialization: the same StableHLO inside an ``XlaCallModule`` op). Its
   ``serving_default`` signature takes ``images`` and returns the same dict.
 * ``model.onnx``: ONNX (opset 21) converted by jax2onnx
-  (:mod:`jaxcls.export_onnx`); onnxruntime runs it with ``{'images':
+  (:mod:`jaxcls.export.onnx`); onnxruntime runs it with ``{'images':
   images}`` and returns ``[probabilities, logits]``. A model jax2onnx cannot
   convert is skipped, with the reason in ``export.json``'s ``skipped``, when
   other formats are written too.
@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import config as config_lib
-from jaxcls import data, fastpath, techniques
+from jaxcls import data
+from jaxcls.ops import fastpath, techniques
 
 SERVING_FILE = 'serving.jax'
 SAVED_MODEL_DIR = 'saved_model'
@@ -180,10 +181,9 @@ def _version(package: str) -> str:
 
 
 def _jaxcls_version() -> str:
-  import jaxcls
+  from jaxcls import __version__  # a literal: loads nothing
 
-  version = getattr(jaxcls, '__version__', None)
-  return version or _version('jaxcls')
+  return __version__ or _version('jaxcls')
 
 
 def _run_results(workdir: str, checkpoint_meta: dict) -> dict:
@@ -345,7 +345,7 @@ def write(
         f'({INPUT_NAME}=images)',
       }
     if 'onnx' in formats:
-      from jaxcls import export_onnx  # Lazy: only this format needs ONNX.
+      from jaxcls.export import onnx as export_onnx
 
       alone = set(formats) == {'onnx'}  # Else skipped if not convertible.
       export_onnx.add_to(meta, state, image_shape, tmp, serve, alone)
@@ -375,7 +375,7 @@ def export_workdir(
   Returns ``(folder, metadata)``. The test accuracy comes from the run's
   ``results.json`` when that scores this very checkpoint.
   """
-  from jaxcls import inspection
+  from jaxcls.training import inspection
 
   for _ in range(3):  # A live run may replace the best checkpoint meanwhile.
     before = inspection.best_meta(workdir)
@@ -562,7 +562,7 @@ def _load_saved_model(path: str):
 
 def _load_onnx(path: str):
   """``(predict, image_shape)`` of a model.onnx (onnxruntime)."""
-  from jaxcls import export_onnx
+  from jaxcls.export import onnx as export_onnx
 
   return export_onnx.load(path)
 

@@ -49,7 +49,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxcls import data
+from jaxcls.data import specs
 
 DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_ENV = 'JAXCLS_FASHION_MNIST_DIR'
@@ -418,7 +418,7 @@ def _split_file(paths: tuple[str, ...], split: str, labels=False) -> str:
 def _check_splits(name: str, splits: dict[str, Arrays], paths) -> None:
   """Raises CorruptDatasetFileError, naming the split and its file, for a
   split of 0 examples or labels outside ``0..num_classes - 1``."""
-  num_classes = data.get_spec(name).num_classes
+  num_classes = specs.get_spec(name).num_classes
   for split, (_, labels) in splits.items():
     if not len(labels):
       raise CorruptDatasetFileError(
@@ -552,7 +552,7 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
   )
 
   def _info(self) -> tfds.core.DatasetInfo:
-    spec = data.get_spec(self.builder_config.name)
+    spec = specs.get_spec(self.builder_config.name)
     return self.dataset_info_from_configs(
       features=tfds.features.FeaturesDict(
         {
@@ -688,7 +688,7 @@ def check_prepared(builder, name: str) -> None:
   key = (folder, os.stat(os.path.join(folder, 'dataset_info.json')).st_mtime_ns)
   if key in _CHECKED:
     return
-  num_classes = data.get_spec(name).num_classes
+  num_classes = specs.get_spec(name).num_classes
   try:
     lo, hi = _label_range(folder)
   except tf.errors.OpError as e:
@@ -733,7 +733,7 @@ def get_builder(
     return builder
   # Read and checked before anything is written: a bad file leaves nothing.
   builder.source_splits = read_folder(name, folder)
-  data.prepare(
+  specs.prepare(
     builder,
     download_config=tfds.download.DownloadConfig(manual_dir=folder),
     download_dir=os.path.join(_data_root(data_dir), 'downloads'),

@@ -1,4 +1,4 @@
-"""Classification models as Flax linen modules, and a registry by name.
+"""The tutorial article's CNN: two convolution blocks and a dense head.
 
 Every model maps a float batch of images ``(B, H, W, C)`` to logits
 ``(B, num_classes)`` and takes ``train`` (for dropout and BatchNorm).
@@ -14,10 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import activations, fastpath, kernels, resnet
+from jaxcls.models import resnet
+from jaxcls.ops import activations, fastpath, kernels
 
 # max_pool_2x2 lives in kernels (resnet uses it too); kept here for callers.
-from jaxcls.kernels import _windows_2x2, max_pool_2x2  # noqa: F401
+from jaxcls.ops.kernels import _windows_2x2, max_pool_2x2  # noqa: F401
 
 
 @jax.custom_vjp
@@ -157,7 +158,8 @@ class CNN(nn.Module):
     return x.astype(jnp.float32)
 
 
-def _cnn(config, num_classes: int) -> nn.Module:
+def build_cnn(config, num_classes: int) -> CNN:
+  """``models.MODELS['cnn']``: the article's CNN from the config."""
   return CNN(
     num_classes=num_classes,
     activation=config.activation,
@@ -167,19 +169,3 @@ def _cnn(config, num_classes: int) -> nn.Module:
     batchnorm=config.batchnorm,
     batchnorm_axis_name=resnet.batchnorm_axis_name(config),
   )
-
-
-# name -> function(config, num_classes) -> module. Other modules (recurrent
-# models) register themselves here on import of jaxcls.
-MODELS = {'cnn': _cnn, 'resnet': resnet.build_resnet}
-
-
-def create_model(config, num_classes: int) -> nn.Module:
-  """Builds the model named ``config.model`` for ``num_classes`` classes."""
-  try:
-    build = MODELS[config.model]
-  except KeyError:
-    raise ValueError(
-      f'unknown model {config.model!r}; choose one of {sorted(MODELS)}'
-    ) from None
-  return build(config, num_classes)

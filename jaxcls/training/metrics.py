@@ -38,8 +38,8 @@ def hparams_from_config(config) -> dict:
 def window_scalars(step_metrics: dict, epoch: float) -> dict:
   """Mean train loss and accuracy over a window of steps.
 
-  ``step_metrics`` maps ``loss``, ``correct`` and ``count`` to host arrays
-  with one entry per step (``jaxcls.guards.per_step``): the ``train_step``
+  ``step_metrics`` maps ``loss``, ``correct`` and ``count`` to host arrays with
+  one entry per step (``jaxcls.training.guards.per_step``): the ``train_step``
   sums. ``epoch`` is the fractional epoch (step / steps per epoch), for
   plotting.
   """

@@ -48,17 +48,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxcls import (
-  data,
-  epochs,
-  fastpath,
-  guards,
-  models,
-  optim,
-  parallel,
-  train,
-)
-from jaxcls import feed as feed_lib
+from jaxcls import data, models, optim
+from jaxcls.ops import fastpath
+from jaxcls.training import epochs, guards, parallel
+from jaxcls.training import feed as feed_lib
+from jaxcls.training import run as train
 
 MODES = ('auto', 'vmap', 'unrolled', 'loop')
 

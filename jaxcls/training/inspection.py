@@ -19,16 +19,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxcls import (
-  checkpoint,
-  data,
-  fastpath,
-  models,
-  optim,
-  techniques,
-  train,
-)
 from jaxcls import config as config_lib
+from jaxcls import data, models, optim
+from jaxcls.ops import fastpath, techniques
+from jaxcls.training import checkpoint
+from jaxcls.training import run as train
 
 
 def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:

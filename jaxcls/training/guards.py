@@ -116,7 +116,7 @@ def _check_losses(
 
 def exit_on_signal(name: str, step: int, workdir: str, latest) -> None:
   """After the checkpoint at ``step`` is saved: say so, exit 128 + signal."""
-  from jaxcls import checkpoint  # Not at the top: checkpoint imports Orbax.
+  from jaxcls.training import checkpoint
 
   checkpoint.wait(latest)
   if jax.process_index() == 0:

@@ -37,7 +37,7 @@ Trains (or, with --eval_only, scores) one experiment, exactly as
 
 
 def _fail(message: str) -> NoReturn:
-  # The same one line and status as jaxcls.cli for a bad command line.
+  # The same one line and status as jaxcls.commands.cli for a bad command line.
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
 

@@ -39,7 +39,7 @@ def quiet_logs() -> None:
   # TF only decodes data here; its oneDNN kernels are not worth a log line.
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   # Orbax logs a failed save with its whole traceback at ERROR; the save's
-  # error is reported as one line by jaxcls.checkpoint instead.
+  # error is reported as one line by jaxcls.training.checkpoint instead.
   logging.set_verbosity(logging.FATAL)
 
 
@@ -182,12 +182,12 @@ def train(config, workdir: str, eval_only: bool = False) -> dict:
   # cannot be had is reported within seconds.
   config_lib.validate(config)
   data.builder_for(config)
-  from jaxcls import train as train_lib
+  from jaxcls.training import run as train_lib
 
   try:
     return train_lib.train_and_evaluate(config, workdir, eval_only=eval_only)
   except RuntimeError as e:
-    from jaxcls import parallel
+    from jaxcls.training import parallel
 
     lost = parallel.lost_peer(e, workdir)
     if lost:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls import export
+from jaxcls.export import artifact as export
 
 OPSET = 21  # onnxruntime >= 1.20 runs it
 # The versions measured together with requirements.txt's pins.

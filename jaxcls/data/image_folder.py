@@ -63,7 +63,7 @@ import warnings
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxcls import data
+from jaxcls.data import specs
 
 EXTENSIONS = ('.png', '.jpg', '.jpeg')
 SPLIT_FOLDERS = {
@@ -548,7 +548,7 @@ def get_builder(
   unless a copy of the folder as it is now was prepared before."""
   if not manual_dir:
     raise ImageFolderError(
-      f'dataset {data.IMAGE_FOLDER!r} needs --config.manual_dir=PATH, {_LAYOUT}'
+      f'dataset {specs.IMAGE_FOLDER!r} needs --config.manual_dir=PATH, {_LAYOUT}'
     )
   root = os.path.abspath(os.path.expanduser(manual_dir))
   data_root = os.path.expanduser(
@@ -578,14 +578,14 @@ def get_builder(
     data_dir=data_root,
     config=tfds.core.BuilderConfig(name=name, description=f'{root}'),
   )
-  data.prepare(builder)
+  specs.prepare(builder)
   return tfds.builder_from_directory(path)
 
 
-def spec(builder) -> data.DatasetSpec:
+def spec(builder) -> specs.DatasetSpec:
   """The DatasetSpec of a prepared image-folder builder (from its info)."""
   features = builder.info.features
-  return data.DatasetSpec(
+  return specs.DatasetSpec(
     image_shape=tuple(features['image'].shape),
     num_classes=features['label'].num_classes,
     augment=False,

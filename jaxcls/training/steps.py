@@ -11,7 +11,7 @@ The state carries, besides the parameters and optimizer state:
   BatchNorm). Training applies the model with ``mutable=['batch_stats']``
   and keeps the updated statistics; evaluation uses them as they are.
 * ``ema``: an exponential moving average of the variables (params and
-  batch_stats), when ``ema_decay > 0`` (jaxcls.techniques.ema_update).
+  batch_stats), when ``ema_decay > 0`` (jaxcls.ops.techniques.ema_update).
 """
 
 from typing import Any
@@ -24,7 +24,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxcls import data, fastpath, optim, techniques
+from jaxcls import data, optim
+from jaxcls.ops import fastpath, techniques
 
 
 class TrainState(train_state.TrainState):
@@ -172,7 +173,7 @@ def train_step(
   (and BatchNorm averages its statistics over the same axis).
 
   ``label_smoothing``, ``mixup_alpha``/``cutmix_alpha`` and ``ema_decay``
-  (jaxcls.techniques) are off at 0; mixing needs ``num_classes``.
+  (jaxcls.ops.techniques) are off at 0; mixing needs ``num_classes``.
   ``metrics`` holds sums over the batch (``loss``, ``correct``, ``count``)
   so that they add up across steps and
   devices; with mixing, ``correct`` counts the dominant image's label.
@@ -226,7 +227,7 @@ def train_step(
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema is not None:
     # ``state.step`` is now the number of updates so far: the decay warms up
-    # from the first one (jaxcls.techniques.ema_decay).
+    # from the first one (jaxcls.ops.techniques.ema_decay).
     state = state.replace(
       ema=techniques.ema_update(
         state.ema,
@@ -253,7 +254,7 @@ def eval_step(
   ``batch`` may hold a float ``mask`` (1 = real example, 0 = padding).
   ``use_ema`` evaluates the moving average of the weights; ``flip_tta``
   averages the predictions for each image and its mirror image
-  (jaxcls.techniques.flip_tta_logits).
+  (jaxcls.ops.techniques.flip_tta_logits).
   """
   check_batch(batch)
   variables = state.ema if use_ema else model_variables(state)

@@ -15,33 +15,9 @@ import os
 
 import jax
 
+from jaxcls.config import parse_steps  # noqa: F401  (profiling.parse_steps)
+
 FOLDER = 'profile'
-
-
-def parse_steps(text: str) -> tuple[int, int] | None:
-  """``'START:END'`` -> ``(START, END)``, ``''`` -> None (off).
-
-  Raises:
-    ValueError: one line naming the value and the form it needs.
-  """
-  if not text:
-    return None
-  parts = str(text).split(':')
-  try:
-    if len(parts) != 2:
-      raise ValueError
-    start, end = (int(p) for p in parts)
-  except ValueError:
-    raise ValueError(
-      f'profile_steps must be START:END (two step numbers, e.g. 10:20), got '
-      f'{text!r}; set --config.profile_steps=10:20 or leave it empty'
-    ) from None
-  if start < 0 or end <= start:
-    raise ValueError(
-      f'profile_steps={text!r} needs 0 <= START < END, e.g. 10:20; set '
-      '--config.profile_steps=START:END'
-    )
-  return start, end
 
 
 class StepTrace:

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxcls import kernels
+from jaxcls.ops import kernels
 
 # torchvision's ResNet initialisation (He et al. 2015, fan_out, for ReLU).
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -181,7 +181,7 @@ class ResNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-# The axis name jaxcls.parallel.pmap_steps maps the train step over.
+# The axis name jaxcls.training.parallel.pmap_steps maps the train step over.
 PMAP_AXIS = 'batch'
 
 

@@ -11,8 +11,8 @@ Each checkpoint carries JSON metadata (epoch, best validation accuracy and the
 config fingerprint) so that a workdir of another model or config is refused.
 Orbax writes into a temporary folder and renames it when complete, so a
 checkpoint interrupted mid-save is never loaded. Only the run that holds the
-workdir's lock (``jaxcls.workdir.lock``) opens writable managers, and only
-they delete unfinished temporary folders; readers open managers with
+workdir's lock (``jaxcls.training.workdir.lock``) opens writable managers,
+and only they delete unfinished temporary folders; readers open managers with
 ``read_only=True``, which never delete, rename or create anything.
 """
 

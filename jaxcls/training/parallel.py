@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcls import fastpath
+from jaxcls.ops import fastpath
 
 DATA_AXIS = 'data'
 
@@ -170,7 +170,7 @@ def jit_steps(train_step, eval_step, mesh: Mesh) -> Steps:
 def pmap_steps(train_step, eval_step) -> Steps:
   """``jax.pmap`` over the local devices, gradients averaged by pmean.
 
-  ``train_step`` must take ``axis_name`` (jaxcls.train.train_step does).
+  ``train_step`` must take ``axis_name`` (jaxcls.training.run.train_step does).
   ``jax.pmap`` takes no compiler options, so on XLA:CPU this path keeps
   XLA's default convolution library (jaxcls.accel.compiler_options). The
   state is replicated with a leading device axis; metrics come back summed

@@ -33,7 +33,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxcls import data, fastpath
+from jaxcls import data
+from jaxcls.ops import fastpath
 
 # backend -> steps per compiled call on the device feed (benchmarks/NOTES.md).
 _STEPS_PER_CALL = {'cpu': 1, 'gpu': 32, 'tpu': 32}

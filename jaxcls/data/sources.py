@@ -1,0 +1,203 @@
+"""Where a split comes from: a prepared TFDS builder, local files, an image
+folder or a download, read once into host memory.
+
+TensorFlow is used only here, on the host, while loading.
+"""
+
+import dataclasses
+import io
+import os
+import socket
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxcls.data import image_folder, local_files, specs
+
+
+def source_args(config) -> dict:
+  """The config fields that say where a dataset's files are and how to shape
+  them, as keyword arguments of :func:`get_builder` and :func:`load`."""
+  return {
+    'manual_dir': config.manual_dir,
+    'image_size': config.image_size,
+    'channels': config.channels,
+  }
+
+
+def builder_for(config):
+  """The prepared TFDS builder of ``config.dataset`` (see get_builder)."""
+  return get_builder(config.dataset, config.data_dir, **source_args(config))
+
+
+def dataset_spec(config) -> specs.DatasetSpec:
+  """The spec of ``config.dataset``: the fixed table, or for an image folder
+  its prepared TFDS dataset's image shape and class names."""
+  if config.dataset != specs.IMAGE_FOLDER:
+    return specs.get_spec(config.dataset)
+  return image_folder.spec(builder_for(config))
+
+
+def _can_reach(host: str, timeout: float = 3.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def get_builder(
+  name: str,
+  data_dir: str | None = None,
+  *,
+  manual_dir: str | None = None,
+  image_size: int = 0,
+  channels: int = 0,
+):
+  """Returns a prepared TFDS builder for ``name``, preparing it if possible.
+
+  For mnist, fashion_mnist and cifar10, in order: a prepared stock TFDS
+  dataset in ``data_dir``; the dataset prepared from local files
+  (``local_files/<name>``, see jaxcls/local_files.py), from ``manual_dir`` or
+  the default folders; a TFDS download, tried only if the download host
+  answers. Otherwise raises DatasetUnavailableError within seconds, naming
+  the files that would do and where to put them.
+
+  For ``image_folder``, the folder ``manual_dir`` prepared at ``image_size``
+  and ``channels`` (0: chosen from the data; see jaxcls/data/image_folder.py).
+  """
+  import tensorflow_datasets as tfds  # Lazy: keeps `import jaxcls` light.
+
+  specs.check_dataset_name(name)
+  if name == specs.IMAGE_FOLDER:
+      return image_folder.get_builder(manual_dir, data_dir, image_size, channels)
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  local = local_files.get_builder(name, data_dir, manual_dir)
+  if local is not None:
+    return local
+  root = os.path.dirname(os.path.dirname(builder.data_dir))
+  if not _can_reach(specs._DOWNLOAD_HOSTS[name]):
+    raise specs.DatasetUnavailableError(local_files.unavailable_message(name, root))
+  specs.prepare(builder)
+  return builder
+
+
+def read_split(builder, split: str) -> specs.Split:
+  """Decodes a whole TFDS split (any split string) into host arrays."""
+  import tensorflow_datasets as tfds
+
+  # Iterating in large batches: `batch_size=-1` crashes TF 2.21 under
+  # tfds.testing.mock_data, and per-example iteration is slow.
+  images, labels = [], []
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    for batch in tfds.as_numpy(ds.batch(4096)):
+      images.append(batch['image'])
+      labels.append(batch['label'])
+  except Exception as e:  # TF raises DataLossError etc. for damaged files.
+    first_line = (str(e).strip().splitlines() or [''])[0][:200]
+    raise ValueError(
+      f'the prepared files of {builder.name} in {builder.data_dir} are '
+      f'corrupt ({type(e).__name__}: {first_line}); delete that folder so '
+      'that it is prepared again'
+    ) from None
+  if not images:
+    raise ValueError(f'split {split!r} of {builder.name} is empty')
+  return specs.Split(
+    np.concatenate(images).astype(np.uint8),
+    np.concatenate(labels).astype(np.int32),
+  )
+
+
+def load(
+  name: str,
+  data_dir: str | None = None,
+  validation_percent: int = 10,
+  train_examples: int = -1,
+  num_shards: int = 1,
+  shard_ids: tuple[int, ...] = (0,),
+  *,
+  manual_dir: str | None = None,
+  image_size: int = 0,
+  channels: int = 0,
+) -> specs.Data:
+  """Loads train / validation / test for ``name`` into host memory.
+
+  The validation split is TFDS's ``validation`` split where the dataset has
+  one (an image folder with a ``val/`` folder), else the last
+  ``validation_percent`` % of TFDS's train split; training uses the rest, or
+  only its first ``train_examples`` if > 0. The training part is cut into
+  ``num_shards`` equal parts (TFDS ``even_splits``) and only the parts in
+  ``shard_ids`` are read: with several processes, each reads its own.
+  Validation and test are read whole (small). ``manual_dir``, ``image_size``
+  and ``channels`` are passed to :func:`get_builder`.
+  """
+  import tensorflow_datasets as tfds
+
+  builder = get_builder(
+    name,
+    data_dir,
+    manual_dir=manual_dir,
+    image_size=image_size,
+    channels=channels,
+  )
+  if name == specs.IMAGE_FOLDER:
+      spec = image_folder.spec(builder)
+  else:
+    spec = specs.get_spec(name)
+  splits = builder.info.splits
+  if 'validation' in splits and 'train' in splits:
+    cut = splits['train'].num_examples
+    end = cut if train_examples <= 0 else min(cut, train_examples)
+    val_split = 'validation'
+  elif 'train' in splits:
+    # Absolute indices, so that a capped run decodes only what it uses.
+    cut = splits['train'].num_examples * (100 - validation_percent) // 100
+    end = cut if train_examples <= 0 else min(cut, train_examples)
+    val_split = f'train[{cut}:]'
+  else:  # No split sizes recorded (tfds.testing.mock_data): percentages.
+    cut = end = f'{100 - validation_percent}%'
+    val_split = f'train[{cut}:]'
+  parts = tfds.even_splits(f'train[:{end}]', n=num_shards, drop_remainder=True)
+  shards = [read_split(builder, parts[i]) for i in shard_ids]
+  if train_examples > 0:
+    n = train_examples // num_shards
+    shards = [specs.Split(s.images[:n], s.labels[:n]) for s in shards]
+  val = read_split(builder, val_split)
+  test = read_split(builder, 'test')
+  for split in (*shards, val, test):
+    if split.images.shape[1:] != spec.image_shape:
+      raise ValueError(
+        f'{builder.name} images have shape '
+        f'{split.images.shape[1:]}, expected {spec.image_shape}'
+      )
+    if (
+      split.labels.size
+      and not 0 <= split.labels.min() <= split.labels.max() < spec.num_classes
+    ):
+      raise ValueError(
+        f'{builder.name} has labels outside 0..'
+        f'{spec.num_classes - 1}; its files are corrupt'
+      )
+  config_name = builder.builder_config.name if builder.builder_config else ''
+  source = f'{builder.name}/{config_name}' if config_name else builder.name
+  if name == specs.IMAGE_FOLDER and jax.process_index() == 0:
+    print(folder_summary(manual_dir, spec, shards, val, test))
+  return specs.Data(shards, val, test, spec, source=source)
+
+
+def folder_summary(root, spec: specs.DatasetSpec, shards, val, test) -> str:
+  """What an image-folder run chose, in one line: classes, splits, shape."""
+  names = ', '.join(spec.class_names[:12])
+  more = len(spec.class_names) - 12
+  names += f', ... ({more} more)' if more > 0 else ''
+  h, w, c = spec.image_shape
+  train = sum(len(s) for s in shards)
+  return (
+    f'Image folder {root}: {spec.num_classes} classes ({names}); '
+    f'{train} train / {len(val)} validation / {len(test)} test images; '
+    f'each {h}x{w}x{c}'
+  )
