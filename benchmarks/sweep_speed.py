@@ -31,8 +31,7 @@ import jax
 import numpy as np
 
 from experiments import sweep as sweep_exp
-from jaxcls import data, models, optim
-from jaxcls.sweep import grid as sweep
+from jaxcls import data, models, optim, sweep
 from jaxcls.sweep import population
 from jaxcls.training import epochs, parallel
 from jaxcls.training import feed as feed_lib

@@ -58,7 +58,7 @@ def main(argv):
       f'{problem}; use --workdir=W (the folder training wrote to) '
       '[--format=all|jax|saved_model|onnx]'
     )
-  from jaxcls.export import artifact as export
+  from jaxcls import export
 
   formats = export.FORMATS if FLAGS.format == 'all' else (FLAGS.format,)
   folder, meta = export.export_workdir(FLAGS.workdir, formats)

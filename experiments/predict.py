@@ -202,7 +202,7 @@ def predict_exported(
   """
   import numpy as np
 
-  from jaxcls.export import artifact as export
+  from jaxcls import export
 
   if not paths:
     raise ValueError('no image files given; pass one or more PNG/JPEG paths')

@@ -43,7 +43,7 @@ def get_config():
 
 
 def main(config, workdir: str, log=print) -> dict:
-  from jaxcls.sweep import grid as sweep
+  from jaxcls import sweep
 
   return sweep.run_sweep(
     config,

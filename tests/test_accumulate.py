@@ -120,7 +120,7 @@ def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
 
 @pytest.mark.slow
 def test_a_population_member_accumulates_as_the_single_run():
-  from jaxcls.sweep import grid as sweep
+  from jaxcls import sweep
   from jaxcls.sweep import population
   from test_sweep import (
     _max_diff,

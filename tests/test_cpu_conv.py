@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 
 from backends import CPU_ONLY
-from jaxcls import accel, models, optim
+from jaxcls import accel, export, models, optim
 from jaxcls import config as config_lib
 from jaxcls.accel import cpu_conv
-from jaxcls.export import artifact as export
 from jaxcls.ops import activations, kernels
 from jaxcls.training import steps
 

@@ -18,9 +18,8 @@ import pytest
 
 from backends import CPU_ONLY
 from jaxcls import config as config_lib
-from jaxcls import models, optim
+from jaxcls import export, models, optim
 from jaxcls.accel import cpu_rnn
-from jaxcls.export import artifact as export
 from jaxcls.models import recurrent
 from jaxcls.training import steps
 

@@ -21,8 +21,7 @@ from PIL import Image
 
 from experiments import predict
 from jaxcls import config as config_lib
-from jaxcls import data, models, optim
-from jaxcls.export import artifact as export
+from jaxcls import data, export, models, optim
 from jaxcls.training import inspection
 from jaxcls.training import run as train
 from trained_workdir import trained_workdir
@@ -192,13 +191,13 @@ def test_export_json_describes_the_export(cnn_export):
   )
   assert meta['files']['jax']['platforms'] == ['cpu', 'cuda']
   jax_file = os.path.join(folder, export.SERVING_FILE)
-  assert meta['files']['jax']['sha256'] == export._sha256(jax_file)  # pylint: disable=protected-access
+  assert meta['files']['jax']['sha256'] == export.artifact._sha256(jax_file)  # pylint: disable=protected-access
 
 
 def test_test_accuracy_only_from_results_of_this_checkpoint(tmp_path):
   results = {'config_fingerprint': 'abc', 'test_accuracy': 0.9, 'best_epoch': 2}
   (tmp_path / 'results.json').write_text(json.dumps(results))
-  run_results = export._run_results  # pylint: disable=protected-access
+  run_results = export.artifact._run_results  # pylint: disable=protected-access
   meta = {'fingerprint': 'abc', 'epoch': 2, 'best_val_accuracy': 0.8}
   assert run_results(str(tmp_path), meta)['test_accuracy'] == 0.9
   # A newer best checkpoint (a live run), another config, a corrupt file.

@@ -15,8 +15,7 @@ import pytest
 
 from experiments import predict
 from jaxcls import config as config_lib
-from jaxcls import models
-from jaxcls.export import artifact as export
+from jaxcls import export, models
 from jaxcls.ops import fastpath
 from jaxcls.training import steps
 from test_export import (
@@ -167,7 +166,7 @@ def test_export_json_records_model_onnx(exports):
     assert json.load(f) == json.loads(json.dumps(meta))
   entry = meta['files']['onnx']
   path = os.path.join(folder, export.ONNX_FILE)
-  assert entry['sha256'] == export._sha256(path)  # pylint: disable=protected-access
+  assert entry['sha256'] == export.artifact._sha256(path)  # pylint: disable=protected-access
   for package in ('jax2onnx', 'onnx', 'onnxruntime'):
     assert meta['versions'][package] != 'unknown'
 
