@@ -1,89 +1,9 @@
-"""Export the best checkpoint of a workdir for serving without jaxcls.
+# `python -m experiments.export --workdir=W`: the command lives in
+# jaxcls.commands.export; this module keeps its name and public names.
+from jaxcls.commands import export as _command
+from jaxcls.commands.export import FLAGS, define_flags, main  # noqa: F401
 
-Run:  python -m experiments.export --workdir=runs/fashion_mnist \
-        [--format=all|jax|saved_model|onnx]
-
-Writes ``W/export/``:
-
-* ``serving.jax``: ``jax.export`` StableHLO for CPU and CUDA;
-  ``jax.export.deserialize(bytes).call(images)`` takes uint8 images
-  ``(batch, H, W, C)`` of any batch size and returns ``{'probabilities',
-  'logits'}``, float32 ``(batch, num_classes)``;
-* ``saved_model/``: a TensorFlow SavedModel (jax2tf) whose
-  ``serving_default`` signature takes ``images`` and returns the same dict;
-* ``model.onnx``: ONNX (jax2onnx, opset 21) for onnxruntime: input
-  ``images``, outputs ``probabilities`` and ``logits``;
-* ``export.json``: class names, input shape and dtype, config fingerprint,
-  test accuracy, versions and the artifacts' sha256.
-
-The folder is written whole (built aside, checked against the model, then
-moved into place), so it holds the formats of the last export only.
-A model that cannot be converted to ONNX prints one ``warning: ...`` line
-under ``--format=all`` and the other formats are written; with
-``--format=onnx`` that is an error.
-``python -m experiments.predict --exported=W/export image.png`` predicts
-from it. A missing checkpoint or an unusable workdir prints ``error: ...``
-on one line and exits with status 2.
-"""
-
-import sys
-
-from absl import flags
-
-from jaxcls.commands import cli
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  flags.DEFINE_string(
-    'workdir', None, 'The training workdir (its best checkpoint is exported).'
-  )
-  flags.DEFINE_enum(
-    'format',
-    'all',
-    ['all', 'jax', 'saved_model', 'onnx'],
-    'Which artifacts to write.',
-  )
-
-
-def main(argv):
-  if len(argv) > 1 or not FLAGS.workdir:
-    problem = (
-      f'unexpected arguments {argv[1:]}'
-      if len(argv) > 1
-      else '--workdir is required'
-    )
-    cli.fail(
-      f'{problem}; use --workdir=W (the folder training wrote to) '
-      '[--format=all|jax|saved_model|onnx]'
-    )
-  from jaxcls import export
-
-  formats = export.FORMATS if FLAGS.format == 'all' else (FLAGS.format,)
-  folder, meta = export.export_workdir(FLAGS.workdir, formats)
-  shape = ', '.join(map(str, meta['input']['shape'][1:]))
-  for fmt, entry in meta['files'].items():
-    suffix = '/' if fmt == 'saved_model' else ''
-    runs_on = (
-      f'opset {entry["opset"]}, onnxruntime'
-      if fmt == 'onnx'
-      else f'platforms {", ".join(entry["platforms"])}'
-    )
-    print(
-      f'wrote {folder}/{entry["path"]}{suffix} ({fmt}: uint8 (batch, '
-      f'{shape}) -> probabilities, logits; {runs_on})'
-    )
-  for reason in meta.get('skipped', {}).values():
-    print(f'warning: {" ".join(reason.split())}', file=sys.stderr)
-  accuracy = meta.get('test_accuracy')
-  print(
-    f'wrote {folder}/export.json ({meta["dataset"]} {meta["model"]}, '
-    f'checkpoint step {meta["checkpoint_step"]}, test accuracy '
-    f'{"unknown" if accuracy is None else f"{accuracy:.4f}"})'
-  )
-
+__doc__ = _command.USAGE  # absl's --help prints the __main__ module's doc.
 
 if __name__ == '__main__':
-  define_flags()
-  cli.app_run(main)
+  _command.run()

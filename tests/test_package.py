@@ -162,7 +162,7 @@ def test_wheel_holds_the_two_packages_commands_and_ranges(built):
   # Every command points to a function that exists.
   for command in COMMANDS:
     match = re.search(
-      rf'^{command} = jaxcls\.entry_points:(\w+)$', scripts, re.M
+      rf'^{command} = jaxcls\.commands\.entry_points:(\w+)$', scripts, re.M
     )
     assert match, (command, scripts)
     assert callable(getattr(entry_points, match.group(1)))

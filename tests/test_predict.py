@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import predict
 from jaxcls import data
+from jaxcls.commands import predict
 from jaxcls.training import inspection
 from trained_workdir import trained_workdir
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import report
 from jaxcls import data
+from jaxcls.commands import report, report_figures
 from jaxcls.training import inspection
 from trained_workdir import trained_workdir
 
@@ -140,18 +140,19 @@ def test_misclassified_grid_shows_wrong_predictions_only(reported, test_split):
   probs = np.eye(10)[labels]  # Right everywhere ...
   probs[[2, 7, 11]] = np.roll(probs[[2, 7, 11]], 1, axis=1)  # ... but here.
   names = [f'c{i}' for i in range(10)]
-  titles = report.misclassified_titles(labels, probs, names, 25)
+  titles = report_figures.misclassified_titles(labels, probs, names, 25)
   assert list(titles) == [2, 7, 11]
   for i, title in titles.items():
     assert title == (
       f'#{i} true: c{labels[i]}\npred: c{(labels[i] + 1) % 10} (100%)'
     )
-  assert list(report.misclassified_titles(labels, probs, names, 2)) == [2, 7]
+  first_two = report_figures.misclassified_titles(labels, probs, names, 2)
+  assert list(first_two) == [2, 7]
 
 
 def test_curves_need_a_finished_epoch(tmp_path):
   with pytest.raises(ValueError, match='no completed epoch'):
-    report.plot_curves(
+    report_figures.plot_curves(
       [{'step': 3, 'train_loss_recent': 1.0, 'epoch_progress': 0.3}],
       str(tmp_path / 'c.png'),
     )

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from experiments import report
+from jaxcls.commands import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,0 +1,297 @@
+"""The ``predict`` command: classify image files with a trained model.
+
+:func:`predict` uses a workdir's best checkpoint, :func:`predict_exported`
+an export of it (``jaxcls.export``). :func:`load_image` reads any PNG or
+JPEG the way the model was trained (size, channels, 16-bit, transparency);
+a file it cannot use raises :class:`BadImageError`. :data:`USAGE` is the
+``--help`` text; ``python -m experiments.predict`` and ``jaxcls-predict``
+run :func:`run`.
+"""
+
+from absl import flags
+
+from jaxcls.commands import cli
+
+FLAGS = flags.FLAGS
+
+# What --help prints: absl shows the __main__ module's docstring, and
+# experiments.predict takes this as its own.
+USAGE = """\
+Classify image files with a trained model: a workdir's best checkpoint,
+or an export of it (``python -m experiments.export``).
+
+Run:  python -m experiments.predict --workdir=runs/fashion_mnist shoe.png \
+        [more.jpg ...] [--top_k=3] [--invert]
+      python -m experiments.predict --exported=runs/fashion_mnist/export \
+        shoe.png     # or .../serving.jax, .../model.onnx, .../saved_model
+
+Any PNG or JPEG (any size, any colour mode) is converted the way the model
+was trained: to grayscale (MNIST, Fashion-MNIST) or RGB (CIFAR-10), cropped
+to the model's aspect ratio around the centre and resized to its size (28x28
+or 32x32), as uint8; the model normalises it as in training. MNIST-style
+images are light objects on a dark background; ``--invert`` flips a dark-on-
+light picture (a photo on white paper) to match. Prints the ``top_k`` classes
+with their probabilities. An unreadable file or a missing checkpoint prints
+``error: ...`` on one line and exits with status 2.
+
+How pixels are read (see :func:`load_image`):
+
+* 16-bit images are scaled to 8 bits (65535 -> 255), not clipped.
+* Transparent images: the object is what is opaque. A picture whose visible
+  pixels are all one colour (a silhouette, icon or mask: its shape is only in
+  the alpha channel) becomes its alpha, opaque = light on dark, like MNIST
+  ink, whatever ``--invert`` says. Any other picture is composited onto the
+  background MNIST and Fashion-MNIST have, black (for colour models too), or
+  onto white with ``--invert``, which then turns it black.
+* Images over ``MAX_PIXELS`` (PIL's decompression-bomb limit, 89 million
+  pixels) are refused before they are decoded.
+"""
+
+
+def define_flags() -> None:
+  """Defines ``--workdir``, ``--exported``, ``--top_k`` and ``--invert``."""
+  # Defined only when run as a program, so that tests can import this module
+  # next to other tools that define a --workdir flag too. Disclaimed: absl
+  # then files the flags under the first caller outside this module, the
+  # __main__ module (experiments.predict), whose flags --help lists.
+  flags.disclaim_key_flags()
+  flags.DEFINE_string(
+    'workdir', None, 'The training workdir (its best checkpoint is used).'
+  )
+  flags.DEFINE_string(
+    'exported',
+    None,
+    'An export instead of a workdir: the folder '
+    'experiments.export wrote, its serving.jax, its model.onnx '
+    '(onnxruntime) or its saved_model folder.',
+  )
+  flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.')
+  flags.DEFINE_bool(
+    'invert', False, 'Invert the pixels (dark objects on a light background).'
+  )
+
+
+class BadImageError(ValueError):
+  """An input file is missing or is not a readable image."""
+
+
+# PIL's own decompression-bomb threshold (it warns above it and refuses above
+# twice it): a 9459x9459 image, more than any phone camera writes by default.
+MAX_PIXELS = 89_478_485
+# Visible pixels within this many levels of one colour carry no picture of
+# their own: the shape is in the alpha channel.
+_FLAT_COLOUR_LEVELS = 8
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+
+
+def _eight_bit(image):
+  """16-bit grayscale scaled to 8 bits (PIL's convert would clip at 255)."""
+  import numpy as np
+  from PIL import Image
+
+  if image.mode not in _SIXTEEN_BIT_MODES:
+    return image
+  pixels = np.asarray(image).astype(np.float64)
+  return Image.fromarray(
+    np.rint(np.clip(pixels, 0, 65535) / 257).astype(np.uint8), 'L'
+  )
+
+
+def _flatten_alpha(image, invert: bool):
+  """An RGB image with the transparency resolved (see :data:`USAGE`).
+
+  A picture drawn only in alpha (all visible pixels one colour, alpha not
+  constant) becomes its alpha as light-on-dark ink; any other picture is
+  composited onto black (white when ``invert``: the picture is dark on light
+  and the inversion that follows makes the background black).
+  """
+  import numpy as np
+  from PIL import Image
+
+  if not image.has_transparency_data:
+    return image
+  rgba = np.asarray(image.convert('RGBA')).astype(np.float64)
+  colour, alpha = rgba[..., :3], rgba[..., 3:] / 255
+  visible = colour[alpha[..., 0] > 0]
+  if (
+    len(visible)
+    and np.ptp(alpha) > 0
+    and np.ptp(visible, axis=0).max() <= _FLAT_COLOUR_LEVELS
+  ):
+    ink = alpha * 255  # Opaque = object = light, as MNIST's ink.
+    out = np.repeat(255 - ink if invert else ink, 3, axis=-1)
+  else:
+    background = 255.0 if invert else 0.0
+    out = colour * alpha + background * (1 - alpha)
+  return Image.fromarray(np.rint(out).astype(np.uint8), 'RGB')
+
+
+def load_image(
+  path: str, image_shape: tuple[int, int, int], invert: bool = False
+):
+  """The file at ``path`` as uint8 (H, W, C) for a model of ``image_shape``.
+
+  Converted as :data:`USAGE` describes: channels, 16 bits, transparency,
+  then cropped around the centre and resized.
+
+  Args:
+    path: a PNG or JPEG file.
+    image_shape: the model's ``(H, W, C)``; C is 1 (grayscale) or 3 (RGB).
+    invert: flip a dark-on-light picture to light-on-dark.
+
+  Raises:
+    BadImageError: naming the file and what is wrong with it.
+  """
+  import re
+  import warnings
+
+  import numpy as np
+  from PIL import Image, ImageOps, UnidentifiedImageError
+
+  height, width, channels = image_shape
+  try:
+    with warnings.catch_warnings():
+      # Sizes are checked below, with a clearer message than PIL's warning.
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        pixels = image.size[0] * image.size[1]
+        if pixels > MAX_PIXELS:
+          raise Image.DecompressionBombError(f'({pixels} pixels)')
+        image.load()  # Decodes now, so a truncated file fails here.
+        image = ImageOps.exif_transpose(image)  # Phone photos: upright.
+        image = _flatten_alpha(_eight_bit(image), invert)
+        image = image.convert('L' if channels == 1 else 'RGB')
+  except FileNotFoundError:
+    raise BadImageError(f'{path}: no such file') from None
+  except IsADirectoryError:
+    raise BadImageError(f'{path}: is a directory, not an image') from None
+  except UnidentifiedImageError:
+    raise BadImageError(
+      f'{path}: not an image PIL can read (expected PNG or JPEG)'
+    ) from None
+  except Image.DecompressionBombError as e:  # Before a single pixel decodes.
+    size = re.search(r'\((\d+) pixels\)', str(e))
+    size = f'{int(size.group(1)):,} pixels' if size else 'too many pixels'
+    raise BadImageError(
+      f'{path}: {size}, more than the {MAX_PIXELS:,} '
+      'predict decodes; scale the image down first'
+    ) from None
+  except (OSError, SyntaxError, ValueError) as e:  # Truncated or corrupt.
+    raise BadImageError(f'{path}: corrupt or truncated image ({e})') from None
+  image = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
+  if invert:
+    image = ImageOps.invert(image)
+  pixels = np.asarray(image, np.uint8)
+  return pixels.reshape(height, width, channels)
+
+
+def top_k(probs, names: list[str], k: int) -> list[tuple[str, float]]:
+  """The ``k`` most probable ``(class name, probability)``, best first."""
+  import numpy as np
+
+  order = np.argsort(-probs, kind='stable')[:k]
+  return [(names[i], float(probs[i])) for i in order]
+
+
+def predict(
+  workdir: str, paths: list[str], k: int = 3, invert: bool = False
+) -> list[list[tuple[str, float]]]:
+  """Top-``k`` predictions for every file in ``paths``, in order.
+
+  Args:
+    workdir: a training workdir; its best checkpoint is used.
+    paths: image files, read by :func:`load_image`.
+    k: how many classes per image, 1 to the number of classes.
+    invert: passed to :func:`load_image`.
+
+  Returns:
+    One list of ``(class name, probability)`` per file, best first.
+
+  Raises:
+    ValueError: no paths, a bad ``k`` or an unusable file (all checked
+      before the weights are restored).
+  """
+  import numpy as np
+
+  from jaxcls import data
+  from jaxcls.training import inspection
+
+  if not paths:
+    raise ValueError('no image files given; pass one or more PNG/JPEG paths')
+  # Files are checked before the weights are restored: bad input fails fast.
+  spec = data.dataset_spec(inspection.best_config(workdir))
+  if not 1 <= k <= spec.num_classes:
+    raise ValueError(f'--top_k must be in 1..{spec.num_classes}, got {k}')
+  images = np.stack([load_image(p, spec.image_shape, invert) for p in paths])
+  config, state = inspection.load_best(workdir)
+  names = inspection.class_names(config)
+  probs = inspection.predict_all(
+    state, images, len(images), flip_tta=config.flip_tta
+  )
+  return [top_k(p, names, k) for p in probs]
+
+
+def predict_exported(
+  path: str, paths: list[str], k: int = 3, invert: bool = False
+) -> list[list[tuple[str, float]]]:
+  """Like :func:`predict`, from an export (no model is built or restored).
+
+  Args:
+    path: what ``experiments.export`` wrote: the export folder, its
+      ``serving.jax``, ``model.onnx`` (onnxruntime) or ``saved_model``
+      folder, each checked against ``export.json``'s sha256.
+    paths, k, invert: as for :func:`predict`.
+
+  Returns:
+    As :func:`predict` does.
+
+  Raises:
+    ValueError: as :func:`predict`, an unusable export (``ExportError``) or
+      classes that ``export.json`` does not name.
+  """
+  import numpy as np
+
+  from jaxcls import export
+
+  if not paths:
+    raise ValueError('no image files given; pass one or more PNG/JPEG paths')
+  served = export.load(path)
+  num_classes = len(served.class_names) if served.class_names else None
+  if k < 1 or (num_classes and k > num_classes):
+    raise ValueError(
+      f'--top_k must be in 1..{num_classes or "classes"}, got {k}'
+    )
+  images = np.stack([load_image(p, served.image_shape, invert) for p in paths])
+  probs = served.predict(images)
+  names = served.class_names or [str(i) for i in range(probs.shape[-1])]
+  if len(names) != probs.shape[-1] or k > len(names):
+    raise ValueError(
+      f'{served.path}: gives {probs.shape[-1]} classes, '
+      f'export.json names {len(names)}; export again'
+    )
+  return [top_k(p, names, k) for p in probs]
+
+
+def main(argv):
+  """The absl main: predicts for every file in ``argv[1:]`` and prints it."""
+  if bool(FLAGS.workdir) == bool(FLAGS.exported):
+    cli.fail(
+      'pass --workdir (the folder training wrote to) or --exported '
+      '(what experiments.export wrote), one of them'
+    )
+  if FLAGS.exported:
+    results = predict_exported(
+      FLAGS.exported, argv[1:], FLAGS.top_k, FLAGS.invert
+    )
+  else:
+    results = predict(FLAGS.workdir, argv[1:], FLAGS.top_k, FLAGS.invert)
+  for path, best in zip(argv[1:], results):
+    print(path)
+    for rank, (name, p) in enumerate(best, 1):
+      print(f'  {rank}. {name:<16s} {p:7.2%}')
+
+
+def run() -> None:
+  """The command: defines the flags and runs :func:`main` on ``sys.argv``."""
+  define_flags()
+  cli.app_run(main)
