@@ -5,15 +5,10 @@ The order of examples is a pure function of ``(seed, epoch)`` (see
 restart without saving iterator state.
 """
 
-import dataclasses
-import io
-import os
-import socket
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from jaxcls.data import specs
 
 
@@ -62,7 +57,10 @@ def train_batch(
 
 
 def sharded_train_batch(
-  shards: list[specs.Split], orders: list[np.ndarray], index: int, per_shard: int
+  shards: list[specs.Split],
+  orders: list[np.ndarray],
+  index: int,
+  per_shard: int,
 ) -> dict[str, np.ndarray]:
   """Batch ``index`` from each shard (in its own order), concatenated."""
   parts = [train_batch(s, o, index, per_shard) for s, o in zip(shards, orders)]
@@ -72,7 +70,10 @@ def sharded_train_batch(
 
 
 def eval_batches(
-  split: specs.Split, batch_size: int, process_index: int = 0, process_count: int = 1
+  split: specs.Split,
+  batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ):
   """Yields this process's rows of each global batch, padded, with a mask.
 

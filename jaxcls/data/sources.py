@@ -4,15 +4,12 @@ folder or a download, read once into host memory.
 TensorFlow is used only here, on the host, while loading.
 """
 
-import dataclasses
-import io
 import os
 import socket
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
 from jaxcls.data import image_folder, local_files, specs
 
 
@@ -57,21 +54,24 @@ def get_builder(
 ):
   """Returns a prepared TFDS builder for ``name``, preparing it if possible.
 
-  For mnist, fashion_mnist and cifar10, in order: a prepared stock TFDS
-  dataset in ``data_dir``; the dataset prepared from local files
-  (``local_files/<name>``, see jaxcls/local_files.py), from ``manual_dir`` or
-  the default folders; a TFDS download, tried only if the download host
-  answers. Otherwise raises DatasetUnavailableError within seconds, naming
-  the files that would do and where to put them.
+  For the fixed datasets, in order: a prepared stock TFDS dataset; one made
+  from local files (:mod:`.local_files`); a download, if the host answers.
 
-  For ``image_folder``, the folder ``manual_dir`` prepared at ``image_size``
-  and ``channels`` (0: chosen from the data; see jaxcls/data/image_folder.py).
+  Args:
+    name: a dataset of ``specs.DATASETS``, or ``image_folder``.
+    data_dir: TFDS's data folder (None: TFDS's default).
+    manual_dir: the folder of the dataset's files (None: the default ones).
+    image_size, channels: an image folder's (0: chosen from the data).
+
+  Raises:
+    DatasetUnavailableError: within seconds, naming the files that would do.
+    ImageFolderError, CorruptDatasetFileError: for a bad folder or files.
   """
   import tensorflow_datasets as tfds  # Lazy: keeps `import jaxcls` light.
 
   specs.check_dataset_name(name)
   if name == specs.IMAGE_FOLDER:
-      return image_folder.get_builder(manual_dir, data_dir, image_size, channels)
+    return image_folder.get_builder(manual_dir, data_dir, image_size, channels)
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
@@ -80,13 +80,19 @@ def get_builder(
     return local
   root = os.path.dirname(os.path.dirname(builder.data_dir))
   if not _can_reach(specs._DOWNLOAD_HOSTS[name]):
-    raise specs.DatasetUnavailableError(local_files.unavailable_message(name, root))
+    raise specs.DatasetUnavailableError(
+      local_files.unavailable_message(name, root)
+    )
   specs.prepare(builder)
   return builder
 
 
 def read_split(builder, split: str) -> specs.Split:
-  """Decodes a whole TFDS split (any split string) into host arrays."""
+  """Decodes a whole TFDS split (any split string) into host arrays.
+
+  Raises:
+    ValueError: the prepared files are corrupt, or the split is empty.
+  """
   import tensorflow_datasets as tfds
 
   # Iterating in large batches: `batch_size=-1` crashes TF 2.21 under
@@ -112,6 +118,54 @@ def read_split(builder, split: str) -> specs.Split:
   )
 
 
+def _spec(name: str, builder) -> specs.DatasetSpec:
+  """The spec of ``name``, served by the prepared ``builder``."""
+  if name == specs.IMAGE_FOLDER:
+    return image_folder.spec(builder)
+  return specs.get_spec(name)
+
+
+def _train_end_and_validation(
+  splits, validation_percent: int, train_examples: int
+) -> tuple[int | str, str]:
+  """``(end, validation split)``: training reads ``train[:end]``."""
+  if 'validation' in splits and 'train' in splits:
+    cut = splits['train'].num_examples
+    end = cut if train_examples <= 0 else min(cut, train_examples)
+    return end, 'validation'
+  if 'train' in splits:
+    # Absolute indices, so that a capped run decodes only what it uses.
+    cut = splits['train'].num_examples * (100 - validation_percent) // 100
+    end = cut if train_examples <= 0 else min(cut, train_examples)
+    return end, f'train[{cut}:]'
+  # No split sizes recorded (tfds.testing.mock_data): percentages.
+  cut = f'{100 - validation_percent}%'
+  return cut, f'train[{cut}:]'
+
+
+def _check_split(builder, spec: specs.DatasetSpec, split: specs.Split):
+  """ValueError if ``split`` does not have ``spec``'s shape and classes."""
+  if split.images.shape[1:] != spec.image_shape:
+    raise ValueError(
+      f'{builder.name} images have shape '
+      f'{split.images.shape[1:]}, expected {spec.image_shape}'
+    )
+  if (
+    split.labels.size
+    and not 0 <= split.labels.min() <= split.labels.max() < spec.num_classes
+  ):
+    raise ValueError(
+      f'{builder.name} has labels outside 0..'
+      f'{spec.num_classes - 1}; its files are corrupt'
+    )
+
+
+def _source_name(builder) -> str:
+  """``name/config`` of the builder (``name`` where it has no config)."""
+  config_name = builder.builder_config.name if builder.builder_config else ''
+  return f'{builder.name}/{config_name}' if config_name else builder.name
+
+
 def load(
   name: str,
   data_dir: str | None = None,
@@ -126,14 +180,18 @@ def load(
 ) -> specs.Data:
   """Loads train / validation / test for ``name`` into host memory.
 
-  The validation split is TFDS's ``validation`` split where the dataset has
-  one (an image folder with a ``val/`` folder), else the last
-  ``validation_percent`` % of TFDS's train split; training uses the rest, or
-  only its first ``train_examples`` if > 0. The training part is cut into
-  ``num_shards`` equal parts (TFDS ``even_splits``) and only the parts in
-  ``shard_ids`` are read: with several processes, each reads its own.
-  Validation and test are read whole (small). ``manual_dir``, ``image_size``
-  and ``channels`` are passed to :func:`get_builder`.
+  Args:
+    name, data_dir, manual_dir, image_size, channels: see :func:`get_builder`.
+    validation_percent: the % at the end of TFDS's train split that validates
+      where the dataset has no ``validation`` split (an image folder's val/).
+    train_examples, num_shards, shard_ids: train on the first train_examples
+      (all if <= 0), cut in num_shards equal parts; read only parts shard_ids.
+
+  Returns:
+    :class:`specs.Data`: this process's train shards, validation, test, spec.
+
+  Raises:
+    ValueError: the prepared files are corrupt or of another shape.
   """
   import tensorflow_datasets as tfds
 
@@ -144,23 +202,12 @@ def load(
     image_size=image_size,
     channels=channels,
   )
-  if name == specs.IMAGE_FOLDER:
-      spec = image_folder.spec(builder)
-  else:
-    spec = specs.get_spec(name)
-  splits = builder.info.splits
-  if 'validation' in splits and 'train' in splits:
-    cut = splits['train'].num_examples
-    end = cut if train_examples <= 0 else min(cut, train_examples)
-    val_split = 'validation'
-  elif 'train' in splits:
-    # Absolute indices, so that a capped run decodes only what it uses.
-    cut = splits['train'].num_examples * (100 - validation_percent) // 100
-    end = cut if train_examples <= 0 else min(cut, train_examples)
-    val_split = f'train[{cut}:]'
-  else:  # No split sizes recorded (tfds.testing.mock_data): percentages.
-    cut = end = f'{100 - validation_percent}%'
-    val_split = f'train[{cut}:]'
+  spec = _spec(name, builder)
+  end, val_split = _train_end_and_validation(
+    builder.info.splits, validation_percent, train_examples
+  )
+  # Equal parts (TFDS even_splits): with several processes, each reads its
+  # own; validation and test are read whole (small).
   parts = tfds.even_splits(f'train[:{end}]', n=num_shards, drop_remainder=True)
   shards = [read_split(builder, parts[i]) for i in shard_ids]
   if train_examples > 0:
@@ -169,24 +216,10 @@ def load(
   val = read_split(builder, val_split)
   test = read_split(builder, 'test')
   for split in (*shards, val, test):
-    if split.images.shape[1:] != spec.image_shape:
-      raise ValueError(
-        f'{builder.name} images have shape '
-        f'{split.images.shape[1:]}, expected {spec.image_shape}'
-      )
-    if (
-      split.labels.size
-      and not 0 <= split.labels.min() <= split.labels.max() < spec.num_classes
-    ):
-      raise ValueError(
-        f'{builder.name} has labels outside 0..'
-        f'{spec.num_classes - 1}; its files are corrupt'
-      )
-  config_name = builder.builder_config.name if builder.builder_config else ''
-  source = f'{builder.name}/{config_name}' if config_name else builder.name
+    _check_split(builder, spec, split)
   if name == specs.IMAGE_FOLDER and jax.process_index() == 0:
     print(folder_summary(manual_dir, spec, shards, val, test))
-  return specs.Data(shards, val, test, spec, source=source)
+  return specs.Data(shards, val, test, spec, source=_source_name(builder))
 
 
 def folder_summary(root, spec: specs.DatasetSpec, shards, val, test) -> str:

@@ -8,13 +8,9 @@ an image folder's comes from its prepared files.
 import dataclasses
 import io
 import os
-import socket
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
 
 # Where each stock TFDS builder downloads from: probed (3 s timeout) before a
 # download is tried, because TFDS itself retries offline for minutes.
@@ -74,8 +70,8 @@ DATASETS = {
 }
 
 
-# A folder of class folders (jaxcls/image_folder.py): its spec comes from the
-# prepared data, so it is not in the fixed table above.
+# A folder of class folders (jaxcls/data/image_folder.py): its spec comes
+# from the prepared data, so it is not in the fixed table above.
 IMAGE_FOLDER = 'image_folder'
 
 
@@ -123,7 +119,11 @@ class Data:
 
 
 def check_dataset_name(name: str) -> None:
-  """Raises ValueError with the choices if ``name`` is not a dataset here."""
+  """Checks that ``name`` is a dataset jaxcls knows.
+
+  Raises:
+    ValueError: naming the choices, if it is not.
+  """
   if name != IMAGE_FOLDER and name not in DATASETS:
     raise ValueError(
       f'unknown dataset {name!r}; choose one of '
@@ -134,7 +134,9 @@ def check_dataset_name(name: str) -> None:
 def get_spec(name: str) -> DatasetSpec:
   """The spec of a fixed dataset (mnist, fashion_mnist, cifar10).
 
-  An image folder's spec depends on its files: use :func:`dataset_spec`.
+  Raises:
+    ValueError: for an unknown name, or for ``image_folder``, whose spec
+      depends on its files (see ``sources.dataset_spec``).
   """
   check_dataset_name(name)
   if name == IMAGE_FOLDER:
