@@ -342,11 +342,11 @@ def test_auto_chunk_size_fits_the_free_memory(monkeypatch):
     )
   )
   assert loop >= 4 * 4 * params  # params + 2 Adam moments, float32, x4
-  monkeypatch.setattr(sweep.grid, 'member_bytes', lambda *a: 1000)
-  monkeypatch.setattr(sweep.grid, 'free_device_bytes', lambda: 6000 + 1)
+  monkeypatch.setattr(sweep.memory, 'member_bytes', lambda *a: 1000)
+  monkeypatch.setattr(sweep.memory, 'free_device_bytes', lambda: 6000 + 1)
   assert sweep.auto_chunk_size(config, ds, members=8) == 3  # half of 6
   assert sweep.auto_chunk_size(config, ds, members=2) == 2
-  monkeypatch.setattr(sweep.grid, 'free_device_bytes', lambda: 1000)
+  monkeypatch.setattr(sweep.memory, 'free_device_bytes', lambda: 1000)
   with pytest.raises(ValueError, match='does not fit'):
     sweep.auto_chunk_size(config, ds, members=8)
 
