@@ -191,13 +191,13 @@ def test_export_json_describes_the_export(cnn_export):
   )
   assert meta['files']['jax']['platforms'] == ['cpu', 'cuda']
   jax_file = os.path.join(folder, export.SERVING_FILE)
-  assert meta['files']['jax']['sha256'] == export.artifact._sha256(jax_file)  # pylint: disable=protected-access
+  assert meta['files']['jax']['sha256'] == export.common.sha256(jax_file)
 
 
 def test_test_accuracy_only_from_results_of_this_checkpoint(tmp_path):
   results = {'config_fingerprint': 'abc', 'test_accuracy': 0.9, 'best_epoch': 2}
   (tmp_path / 'results.json').write_text(json.dumps(results))
-  run_results = export.artifact._run_results  # pylint: disable=protected-access
+  run_results = export.writing._run_results  # pylint: disable=protected-access
   meta = {'fingerprint': 'abc', 'epoch': 2, 'best_val_accuracy': 0.8}
   assert run_results(str(tmp_path), meta)['test_accuracy'] == 0.9
   # A newer best checkpoint (a live run), another config, a corrupt file.

@@ -166,7 +166,7 @@ def test_export_json_records_model_onnx(exports):
     assert json.load(f) == json.loads(json.dumps(meta))
   entry = meta['files']['onnx']
   path = os.path.join(folder, export.ONNX_FILE)
-  assert entry['sha256'] == export.artifact._sha256(path)  # pylint: disable=protected-access
+  assert entry['sha256'] == export.common.sha256(path)
   for package in ('jax2onnx', 'onnx', 'onnxruntime'):
     assert meta['versions'][package] != 'unknown'
 

@@ -1,9 +1,16 @@
 """Ship a trained model: ``serving.jax`` (jax.export), a SavedModel and
 ``model.onnx``, each checked on the test images, and reading them back.
+
+:mod:`~jaxcls.export.common` holds the file names and :class:`ExportError`,
+:mod:`~jaxcls.export.serving` the serving function every format is made
+from, :mod:`~jaxcls.export.onnx` the ONNX format, and
+:mod:`~jaxcls.export.writing` and :mod:`~jaxcls.export.reading` the writing
+of an export folder (:func:`write`) and its reading back (:func:`load`).
+Each imports only the ones before it in that list.
 """
 
-from jaxcls.export import artifact, onnx
-from jaxcls.export.artifact import (
+from jaxcls.export import common, onnx, reading, serving, writing
+from jaxcls.export.common import (
   FORMAT_VERSION,
   FORMATS,
   INPUT_NAME,
@@ -15,16 +22,15 @@ from jaxcls.export.artifact import (
   SERVING_FILE,
   SIGNATURE,
   ExportError,
-  Served,
+)
+from jaxcls.export.reading import Served, load
+from jaxcls.export.serving import (
   check_outputs,
   export_jax,
-  export_workdir,
-  load,
   model_variables,
-  save_saved_model,
   serving_function,
-  write,
 )
+from jaxcls.export.writing import export_workdir, save_saved_model, write
 
 __all__ = [
   'ExportError',
@@ -39,14 +45,17 @@ __all__ = [
   'SERVING_FILE',
   'SIGNATURE',
   'Served',
-  'artifact',
   'check_outputs',
+  'common',
   'export_jax',
   'export_workdir',
   'load',
   'model_variables',
   'onnx',
+  'reading',
   'save_saved_model',
+  'serving',
   'serving_function',
   'write',
+  'writing',
 ]

@@ -1,21 +1,17 @@
 """The ONNX format of an export (``model.onnx``), and reading it back.
 
-jax2onnx converts the serving function of :mod:`jaxcls.export` (its jaxpr,
-primitive by primitive) to ONNX operators of opset :data:`OPSET`, with every
-variable baked in as an initializer: the input is uint8 ``images`` ``(batch,
-H, W, C)`` with a symbolic ``batch``, the outputs ``probabilities`` and
-``logits``, float32 ``(batch, num_classes)``. onnxruntime alone runs it.
-
-tf2onnx on the SavedModel is no way there: jax2tf (JAX 0.10) writes native
-serialization only, one ``XlaCallModule`` op holding StableHLO, and tf2onnx
-1.17 cannot convert that op.
+jax2onnx converts the serving function of :mod:`jaxcls.export.serving` (its
+jaxpr, primitive by primitive) to ONNX operators of opset :data:`OPSET`, with
+every variable baked in as an initializer: the input is uint8 ``images``
+``(batch, H, W, C)`` with a symbolic ``batch``, the outputs ``probabilities``
+and ``logits``, float32 ``(batch, num_classes)``. onnxruntime alone runs it.
+(tf2onnx cannot convert the SavedModel's ``XlaCallModule`` op.)
 
 Some models do not convert (with jax2onnx 0.12.5: the plain ``rnn``, whose
 ``nn.scan`` carry has the symbolic batch in its shape, and any run with
 ``flip_tta``, whose ``jnp.split`` needs a concrete batch). Then
 :func:`add_to` raises ExportError in one line when ONNX is the only format
-asked for, and otherwise records that line in ``export.json``'s ``skipped``
-and lets the other formats be written.
+asked for, and otherwise records that line in ``export.json``'s ``skipped``.
 """
 
 import contextlib
@@ -28,17 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.export import artifact as export
+from jaxcls.export import serving
+from jaxcls.export.common import (
+  INPUT_NAME,
+  ONNX_FILE,
+  OUTPUT_NAMES,
+  ExportError,
+  sha256,
+  version,
+)
 
 OPSET = 21  # onnxruntime >= 1.20 runs it
 # The versions measured together with requirements.txt's pins.
 INSTALL = 'pip install jax2onnx==0.12.5 onnx==1.23.2 onnxruntime==1.32.0'
 _INSTEAD = 'export --format=jax or --format=saved_model instead'
-
-ExportError = export.ExportError
-# export.py's helpers, shared by its formats.
-_sha256 = export._sha256  # pylint: disable=protected-access
-_version = export._version  # pylint: disable=protected-access
 
 
 @contextlib.contextmanager
@@ -78,15 +77,24 @@ def convert(
 ) -> bytes:
   """The serving function of ``state`` as a serialized ONNX model.
 
-  Raises ExportError, in one line naming ``what``, when jax2onnx cannot
-  convert it.
+  Args:
+    state: the train state to serve.
+    image_shape: ``(H, W, C)`` of one image.
+    flip_tta: as in :func:`~jaxcls.export.serving.serving_function`.
+    what: the model's name in the error message.
+
+  Returns:
+    The bytes of the ONNX ``ModelProto``.
+
+  Raises:
+    ExportError: in one line naming ``what``, when jax2onnx cannot convert it.
   """
   jax2onnx = _require('jax2onnx')
-  serve = export.serving_function(state, flip_tta)
+  serve = serving.serving_function(state, flip_tta)
 
   def outputs(images):  # A tuple: ONNX outputs in OUTPUT_NAMES order.
     out = serve(images)
-    return tuple(out[name] for name in export.OUTPUT_NAMES)
+    return tuple(out[name] for name in OUTPUT_NAMES)
 
   spec = jax.ShapeDtypeStruct(('batch', *image_shape), jnp.uint8)
   try:
@@ -96,12 +104,12 @@ def convert(
         [spec],
         model_name='jaxcls',
         opset=OPSET,
-        input_names=[export.INPUT_NAME],
-        output_names=list(export.OUTPUT_NAMES),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
       )
   except Exception as e:  # An unsupported primitive: any exception type.
     raise ExportError(
-      f'{export.ONNX_FILE}: jax2onnx {_version("jax2onnx")} cannot convert '
+      f'{ONNX_FILE}: jax2onnx {version("jax2onnx")} cannot convert '
       f'{what} ({_reason(e)}); {_INSTEAD}'
     ) from None
   # Optional shape notes on intermediate values, which jax2onnx may get
@@ -122,22 +130,20 @@ def _session(path: str, providers=None):
 
 def _check(path: str, serve, image_shape) -> None:
   """Raises ExportError unless onnxruntime runs ``path`` as ``serve``."""
-  names = list(export.OUTPUT_NAMES)
+  names = list(OUTPUT_NAMES)
   try:
     session = _session(path, ['CPUExecutionProvider'])
-    call = lambda x: dict(
-      zip(names, session.run(names, {export.INPUT_NAME: x}))
-    )
-    export.check_outputs(call, serve, image_shape, export.ONNX_FILE)
+    call = lambda x: dict(zip(names, session.run(names, {INPUT_NAME: x})))
+    serving.check_outputs(call, serve, image_shape, ONNX_FILE)
   except ExportError:
     raise ExportError(
-      f'{export.ONNX_FILE}: onnxruntime gives other outputs than the model '
-      f'(jax2onnx {_version("jax2onnx")} mis-converted it); {_INSTEAD}'
+      f'{ONNX_FILE}: onnxruntime gives other outputs than the model '
+      f'(jax2onnx {version("jax2onnx")} mis-converted it); {_INSTEAD}'
     ) from None
   except Exception as e:  # onnxruntime's own error types.
     raise ExportError(
-      f'{export.ONNX_FILE}: onnxruntime cannot run what jax2onnx '
-      f'{_version("jax2onnx")} wrote ({_reason(e)}); {_INSTEAD}'
+      f'{ONNX_FILE}: onnxruntime cannot run what jax2onnx '
+      f'{version("jax2onnx")} wrote ({_reason(e)}); {_INSTEAD}'
     ) from None
 
 
@@ -146,11 +152,22 @@ def write(
 ) -> dict:
   """Writes ``folder/model.onnx``, checked against ``serve`` on the CPU.
 
-  Returns its entry of ``export.json``'s ``files``.
+  Args:
+    state: the train state to serve.
+    image_shape: ``(H, W, C)`` of one image.
+    folder: the folder the file is written into.
+    serve: the serving function the file is checked against.
+    flip_tta, what: as for :func:`convert`.
+
+  Returns:
+    Its entry of ``export.json``'s ``files``.
+
+  Raises:
+    ExportError: it cannot be converted, or runs otherwise than ``serve``.
   """
   _require('onnxruntime')  # Before the conversion's seconds are spent.
   model = convert(state, image_shape, flip_tta, what)
-  path = os.path.join(folder, export.ONNX_FILE)
+  path = os.path.join(folder, ONNX_FILE)
   with open(path, 'wb') as f:
     f.write(model)
   try:
@@ -159,21 +176,30 @@ def write(
     os.remove(path)  # Skipped: the folder must not hold a bad file.
     raise
   return {
-    'path': export.ONNX_FILE,
-    'sha256': _sha256(path),
+    'path': ONNX_FILE,
+    'sha256': sha256(path),
     'opset': OPSET,
     'load': 'onnxruntime.InferenceSession(path).run(None, '
-    f'{{"{export.INPUT_NAME}": images}}) -> '
-    f'[{", ".join(export.OUTPUT_NAMES)}]',
+    f'{{"{INPUT_NAME}": images}}) -> '
+    f'[{", ".join(OUTPUT_NAMES)}]',
   }
 
 
 def add_to(meta: dict, state, image_shape, folder, serve, alone: bool):
   """Writes model.onnx into ``folder`` and describes it in ``meta``.
 
-  When it cannot be written, raises ExportError if ONNX is the only format
-  asked for (``alone``); else records the one-line reason as
-  ``meta['skipped']['onnx']``, so that the other formats are still written.
+  Args:
+    meta: ``export.json`` being written; gets the file's entry and versions,
+      or the one-line reason it was skipped as ``meta['skipped']['onnx']``.
+    state: the train state to serve.
+    image_shape: ``(H, W, C)`` of one image.
+    folder: the folder the file is written into.
+    serve: the serving function the file is checked against.
+    alone: whether ONNX is the only format asked for.
+
+  Raises:
+    ExportError: it cannot be written and ``alone`` is true (else the other
+      formats are still written).
   """
   what = f'the {meta["model"]} model' + (
     ' with flip_tta' if meta['flip_tta'] else ''
@@ -187,15 +213,25 @@ def add_to(meta: dict, state, image_shape, folder, serve, alone: bool):
       raise
     reason = str(e).removesuffix(f'; {_INSTEAD}')
     meta.setdefault('skipped', {})['onnx'] = (
-      f'{reason}; {export.ONNX_FILE} not written, the other formats are'
+      f'{reason}; {ONNX_FILE} not written, the other formats are'
     )
     return
   for package in ('jax2onnx', 'onnx', 'onnxruntime'):
-    meta['versions'][package] = _version(package)
+    meta['versions'][package] = version(package)
 
 
 def load(path: str):
-  """``(predict, image_shape)`` of a model.onnx, run by onnxruntime."""
+  """Reads a model.onnx back, run by onnxruntime.
+
+  Args:
+    path: the model.onnx file.
+
+  Returns:
+    ``(predict, image_shape)``: images -> probabilities, and ``(H, W, C)``.
+
+  Raises:
+    ExportError: onnxruntime cannot read it, or it is no jaxcls export.
+  """
   try:
     session = _session(path)
   except ExportError:
