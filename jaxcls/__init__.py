@@ -1,24 +1,18 @@
 """jaxcls: classic classification networks (CNN, RNN, LSTM, GRU) in JAX.
 
-The public API, each name a small pure function or a Flax linen module, and
-imported on first use (``import jaxcls`` itself loads nothing heavy):
+The public API, loaded on first use (``import jaxcls`` itself is cheap):
+models (``CNN``, ``ResNet``, ``SimpleRNNCell``, ``LSTMCell``, ``GRUCell``,
+``Recurrent``, ``Bidirectional``, ``RecurrentStack``, ``RecurrentClassifier``,
+``create_model``); training (``get_config``, ``create_optimizer``,
+``create_train_state``, ``train_step``, ``eval_step``, ``cross_entropy``,
+``check_batch``, ``model_variables``, ``params_sha256``, ``TrainState``,
+``train_and_evaluate``); data (``load_data``, ``normalize``,
+``random_crop_flip``); and the modules ``activations``, ``techniques``,
+``inspection``, ``metrics``, ``recurrent``, ``accel``.
 
-* models: ``CNN`` (the article's), ``ResNet``, the recurrent cells
-  ``SimpleRNNCell``, ``LSTMCell``, ``GRUCell``, the layers ``Recurrent``,
-  ``Bidirectional``, ``RecurrentStack``, ``RecurrentClassifier``, and
-  ``create_model(config, num_classes)``;
-* training: ``get_config``, ``create_optimizer``, ``create_train_state``,
-  ``train_step``, ``eval_step``, ``cross_entropy``, ``check_batch``,
-  ``model_variables``, ``params_sha256``, ``TrainState``, and the whole run,
-  ``train_and_evaluate(config, workdir)``;
-* data: ``load_data``, ``normalize``, ``random_crop_flip``;
-* modules: ``activations``, ``techniques``, ``inspection``, ``metrics``,
-  ``recurrent``, ``accel``.
-
-The subpackages, lowest first: ``accel`` (C++ and cuDNN kernels), ``ops``,
-``models``, ``data``, ``optim``, ``config``, ``training``, ``sweep``,
-``export``, ``commands``. Modules moved there keep their old names
-(``jaxcls.train`` is ``jaxcls.training.run``), with a DeprecationWarning.
+Subpackages, lowest first: accel, ops, models, data, optim, config, training,
+sweep, export, commands. Old module names (``jaxcls.train``) still import,
+with a DeprecationWarning naming the new place (``jaxcls.training.run``).
 """
 
 import importlib

@@ -173,3 +173,36 @@ def test_modules_functions_and_docstrings_fit(path):
     if len(doc.splitlines()) > MAX_DOCSTRING_LINES
   ]
   assert long_docs == [], rel
+
+
+def test_old_module_names_still_import_with_a_warning():
+  """Code written before the subpackages keeps working (one warning)."""
+  import subprocess
+  import sys
+
+  script = (
+    'import warnings; warnings.simplefilter("error", DeprecationWarning)\n'
+    'import jaxcls\n'
+    'assert jaxcls.train_step.__module__ == "jaxcls.training.steps"\n'
+    'from jaxcls import models; assert "lstm" in models.MODELS\n'
+    'try:\n'
+    '  import jaxcls.train\n'
+    'except DeprecationWarning as e:\n'
+    '  print(e)\n'
+    'warnings.simplefilter("ignore")\n'
+    'import jaxcls.train, jaxcls.training.run\n'
+    'assert jaxcls.train is jaxcls.training.run\n'
+    'from jaxcls.recurrent import LSTMCell\n'
+    'assert LSTMCell is jaxcls.LSTMCell\n'
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', script],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == (
+    'jaxcls.train moved to jaxcls.training.run; import it from there'
+  )
