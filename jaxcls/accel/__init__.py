@@ -1,25 +1,18 @@
 """jaxcls's accelerators, behind one small interface.
 
-What lives here, and nothing outside imports it but :mod:`jaxcls.ops.fastpath`:
+Nothing outside this folder imports it but :mod:`jaxcls.ops.fastpath`, and
+deleting the folder leaves a working library on XLA's ops. :mod:`.build`
+compiles and loads the C++ kernels (``csrc/*.cc``); :mod:`.cpu_conv` and
+:mod:`.cpu_rnn` run the CNN block and the LSTM/GRU recurrences as XLA:CPU
+custom calls; :mod:`.cudnn_lstm` runs the LSTM on cuDNN (NVIDIA GPUs,
+opt-in); :mod:`.xla_options` holds the XLA:CPU compiler options.
 
-* :mod:`.build`: compiling and loading the C++ kernels (``csrc/*.cc``);
-* :mod:`.cpu_conv`, :mod:`.cpu_rnn`: the CNN block and the LSTM/GRU
-  recurrences as XLA:CPU custom calls;
-* :mod:`.cudnn_lstm`: the LSTM on cuDNN (NVIDIA GPUs, opt-in);
-* :mod:`.xla_options`: the XLA:CPU compiler options;
-* :mod:`.choice`: which path a kernel takes, decided by measurement.
-
-A C++ kernel runs only where it measured faster than XLA's own ops on this
-machine: at the first trace of each (kernel, shape) the two paths are timed
-for a few steps and the decision is kept beside the built library
-(:func:`jaxcls.accel.build.cache_dir`), so later processes reuse it.
-``JAXCLS_KERNELS=auto|on|off`` (or :func:`configure`) forces the choice.
-
-A choice is read when a function is traced, and ``jax.jit`` caches traces:
-a function jitted with plain ``jax.jit`` keeps the path of its first trace.
-:func:`jit` keys its cache on :func:`settings` too, so a function it wraps
-follows :func:`using`, :func:`disabled` and :func:`configure` call by call.
-Deleting this folder leaves a working library on XLA's ops.
+A C++ kernel runs only where it measured faster than XLA's ops on this
+machine (:mod:`.choice`); ``JAXCLS_KERNELS=auto|on|off`` or
+:func:`configure` forces the choice. A choice is read when a function is
+traced, and ``jax.jit`` keeps the path of its first trace: :func:`jit` keys
+its cache on :func:`settings` too, so what it wraps follows :func:`using`,
+:func:`disabled` and :func:`configure` call by call.
 """
 
 from jaxcls.accel import choice, policy

@@ -20,11 +20,10 @@ def conv_block(x_shape, features: int, dtype, xla_fn, wrt=(0, 1, 2)):
     x_shape: the block's input shape ``(B, H, W, C_in)``.
     features: ``C_out``.
     dtype: the compute dtype.
-    xla_fn: ``(x, kernel, bias) -> y`` on XLA's ops, timed against the
-      kernel by a measured decision.
+    xla_fn: ``(x, kernel, bias) -> y`` on XLA's ops, timed against it.
     wrt: what a train step differentiates, of ``(x, kernel, bias)``: not
-      ``x`` in the first layer (the image), nothing in evaluation, whose
-      measurement then times the forward pass alone.
+      ``x`` in the first layer (the image); nothing in evaluation, which
+      then times the forward pass alone.
 
   Returns:
     :class:`jaxcls.accel.cpu_conv.ConvReluPool` (same parameters as a

@@ -1,21 +1,18 @@
 """Building and loading jaxcls's C++ kernels (XLA FFI, CPU only).
 
-The kernels (``csrc/*.cc``: the LSTM and GRU in :mod:`jaxcls.accel.cpu_rnn`,
-the CNN block in :mod:`jaxcls.accel.cpu_conv`) ship as source. The first trace
-that wants one compiles its file with the system's C++ compiler (``$CXX``,
-else ``c++``; a few seconds) against jaxlib's FFI headers, for this machine's
-CPU (``-march=native``), into :func:`cache_dir`, once per source, jaxlib,
-compiler and CPU; the file is written atomically, so processes building at
-once are safe. Without a compiler, or if the build fails, one warning line
-says why and the caller falls back to XLA's own ops: a kernel never makes a
-run fail. Whether a built kernel runs is :mod:`jaxcls.accel.choice`'s call.
+The kernels (``csrc/*.cc``: the LSTM and GRU of :mod:`jaxcls.accel.cpu_rnn`,
+the CNN block of :mod:`jaxcls.accel.cpu_conv`) ship as source. The first
+trace that wants one compiles it with the system's C++ compiler (``$CXX``,
+else ``c++``) for this machine's CPU into :func:`cache_dir`, once per source,
+jaxlib, compiler and CPU. Without a compiler, or if the build fails, one
+warning line says why and the caller falls back to XLA's own ops: a kernel
+never makes a run fail. Whether a built kernel runs is
+:mod:`jaxcls.accel.choice`'s call.
 
 The cache holds code this process will execute, so it must be this user's
-alone: the folder is made ``0700`` and refused (XLA's ops run, one line says
-why) if another user owns it or others can write to it, a library is loaded
-only if its sha256 matches the digest written when it was built, and
-without ``$HOME`` there is no cache unless ``$JAXCLS_CACHE`` names one: never
-a folder relative to wherever the process happens to run.
+alone (:func:`private_dir`), and a library loads only if its sha256 matches
+the digest written when it was built. Without ``$HOME`` there is no cache
+unless ``$JAXCLS_CACHE`` names one: never a folder relative to the cwd.
 """
 
 import ctypes
@@ -85,7 +82,11 @@ def _check_private(path: str, what: str) -> None:
 
 
 def private_dir() -> str:
-  """:func:`cache_dir`, made ``0700`` if new, checked to be this user's."""
+  """:func:`cache_dir`, made ``0700`` if new, checked to be this user's.
+
+  Raises UnsafeCacheError (the caller runs XLA's ops and says why in one
+  line) if another user owns it or others can write to it.
+  """
   folder = cache_dir()
   os.makedirs(folder, mode=0o700, exist_ok=True)
   _check_private(folder, 'the kernel cache')

@@ -1,12 +1,10 @@
 """Which path a kernel takes on this machine, decided by measurement.
 
 At the first trace of a (kernel, shape) on a CPU, :func:`decision` times the
-kernel and XLA's own ops on arrays of that shape: forward and backward,
-jitted with the same compiler options, seven interleaved samples of
-back-to-back calls each (about 20 ms a sample, after one to warm up), the
-fastest of each kept. The kernel runs only if it was faster. The decision
-goes to ``choices-<key>.json`` in the kernel cache, keyed by the CPU's model
-and flags, jaxlib, the kernels' sources and ``XLA_FLAGS``, so that later
+kernel and XLA's own ops on arrays of that shape (:func:`measure`, forward
+and backward); the kernel runs only if it was faster. The decision goes to
+``choices-<key>.json`` in the kernel cache, keyed by the CPU's model and
+flags, jaxlib, the kernels' sources and ``XLA_FLAGS``, so that later
 processes on this machine take the same path without measuring, and a new
 CPU, jaxlib or kernel measures again.
 
@@ -102,6 +100,9 @@ def _step(fn, cotangents, wrt):
 
 def measure(kernel_fn, xla_fn, shapes, wrt=None) -> dict:
   """Seconds per forward+backward call of each path: ``{'kernel', 'xla'}``.
+
+  Both jitted with the same compiler options; after a warm-up, the fastest
+  of :data:`REPEATS` interleaved samples of back-to-back calls each.
 
   Args:
     kernel_fn, xla_fn: the same function of arrays of ``shapes``.

@@ -1,33 +1,18 @@
 """The CNN's convolution block on the CPU, as a kernel of our own (XLA FFI).
 
 A block is ``max_pool_2x2(relu(conv3x3(x, kernel, 'SAME') + bias))``: the
-article's CNN is two of them. Under XLA:CPU its train step spends most of
-its time around the convolutions rather than in them: the ReLU's mask and
-the pool's routing are ~10 full-resolution elementwise passes (each
-recomputing the first convolution), and each weight gradient waits for two
-layout transposes. ``jaxcls/csrc/conv_cpu.cc`` does a block in one call each
-way: the forward pass is one register-blocked implicit matmul per image with
-bias, ReLU and pooling fused in, and stores the factor that routes the
-pooled gradient back (autodiff's own: ``1/ties`` on a window's maxima where
-the pre-activation is positive, else 0); the backward pass forms the
-pre-activation gradient, the weight and bias gradients, and a second call
-the input gradient (dropped by XLA where nothing needs it, as for the
-image). Images are split over XLA's intra-op threads.
+article's CNN is two of them. Under XLA:CPU its train step spends most of its
+time around the convolutions rather than in them: the ReLU's mask and the
+pool's routing are many full-resolution elementwise passes, and each weight
+gradient waits for layout transposes. ``jaxcls/csrc/conv_cpu.cc`` does a
+block in one call each way, with images split over XLA's intra-op threads.
 
 Same function and parameters as :class:`jaxcls.ops.kernels.Conv` followed by
-:func:`jaxcls.ops.activations.relu` and :func:`jaxcls.ops.kernels.max_pool_2x2`:
-the tests compare values and every gradient with that path. The bits are not
-Eigen's (another order of float sums), so a run on the kernel does not repeat
-bit for bit on XLA's ops (``JAXCLS_KERNELS=off``), nor the other way round.
-Results do not depend on the number of threads: the weight gradient
-sums fixed chunks of 8 images, then the chunks in order.
-
-:func:`why_not` says where it cannot run: the default backend is the CPU,
-float32, a 3x3 kernel on ``(B, H, W, C_in)`` images with H and W even and
-``C_out`` a multiple of 16. The input gradient runs on the kernel when
-``C_in`` is a multiple of 16 too, else on lax's convolution. Built on first
-use (:mod:`jaxcls.accel.build`); without a compiler the XLA path runs.
-Where it can run, :mod:`jaxcls.accel.choice` decides whether it does.
+:func:`jaxcls.ops.activations.relu` and :func:`jaxcls.ops.kernels.max_pool_2x2`
+(the tests compare values and every gradient), but another order of float
+sums: a run on the kernel does not repeat bit for bit on XLA's ops
+(``JAXCLS_KERNELS=off``). :func:`why_not` says where it cannot run; where it
+can, :mod:`jaxcls.accel.choice` decides whether it does.
 """
 
 import ctypes
@@ -125,6 +110,10 @@ def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array):
 
 
 def _forward(x, kernel, bias):
+  # One register-blocked implicit matmul per image with bias, ReLU and
+  # pooling fused in. ``route`` is the factor that sends the pooled gradient
+  # back (autodiff's own: 1/ties on a window's maxima where the
+  # pre-activation is positive, else 0), as a code (:func:`_route`).
   _require()
   pooled, route = jax.ffi.ffi_call(
     'jaxcls_conv_block_forward',
@@ -148,6 +137,10 @@ def _route(route: jax.Array, g: jax.Array) -> jax.Array:
 
 
 def _backward(residuals, g):
+  # The pre-activation gradient, the weight and bias gradients, and a second
+  # call the input gradient (dropped by XLA where nothing needs it, as for the
+  # image). The weight gradient sums fixed chunks of 8 images, then the chunks
+  # in order, so results do not depend on the number of threads.
   x, kernel, route = residuals
   b, h, w, c_in = x.shape
   c_out = kernel.shape[-1]

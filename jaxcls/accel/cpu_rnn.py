@@ -1,33 +1,18 @@
 """The LSTM's and GRU's recurrences on the CPU, as kernels of our own (XLA FFI).
 
-Under XLA:CPU the fused scans (:func:`jaxcls.models.recurrent.lstm_sequence`,
-:func:`jaxcls.models.recurrent.gru_recurrence`) are, per time step, a
-single-threaded matmul and ~15 small kernels that run one after another,
-forward and back. ``jaxcls/csrc/rnn_cpu.cc`` runs all T steps in one call
-instead: per step one matmul and one fused, vectorised pass over the gates,
-with the batch split into row blocks that run the whole sequence on XLA's
-intra-op threads at once (rows never interact). The input projection (one
-big matmul before the loop) and the weight gradients (one big matmul each
-after it) stay in XLA, as in the fused scans.
+Under XLA:CPU the fused scans (:func:`jaxcls.models.fused_rnn.lstm_sequence`,
+:func:`jaxcls.models.fused_rnn.gru_recurrence`) are, per time step, a
+single-threaded matmul and ~15 small kernels that run one after another.
+``jaxcls/csrc/rnn_cpu.cc`` runs all T steps in one call: per step one matmul
+and one fused, vectorised pass over the gates, with the batch split into row
+blocks that run the whole sequence on XLA's intra-op threads at once.
 
-Same math, same parameters, same gate layouts (PyTorch's i, f, g, o and r,
-z, n): the tests compare values and every gradient with the fused scans, and
-check that a row's result does not depend on how the batch was split. The
-bits are not the fused scans' (another order of float sums, another exp), so
-a run on the kernels does not repeat bit for bit on the fused scans
-(``JAXCLS_KERNELS=off``), nor the other way round.
-
-Building (:mod:`jaxcls.accel.build`): the first LSTM or GRU trace on a CPU
-compiles the source with the system's C++ compiler (``$CXX``, else ``c++``;
-about 3 s) against jaxlib's FFI headers, for this machine's CPU
-(``-march=native``), into ``$JAXCLS_CACHE`` (default ``~/.cache/jaxcls``),
-once per source, jaxlib, compiler and CPU. Without a compiler, or if the
-build fails, one warning line says why and the fused scans run: a kernel
-never makes a run fail.
-
-:func:`why_not` says where they cannot run: the default backend is the CPU,
-float32 matmuls, and a hidden size that is a multiple of 16. Where they can,
-:mod:`jaxcls.accel.choice` decides whether they do.
+Same math, parameters and gate layouts (PyTorch's i, f, g, o and r, z, n):
+the tests compare values and every gradient with the fused scans, and check
+that a row's result does not depend on how the batch was split. The bits are
+not the fused scans' (another order of float sums, another exp): a run does
+not repeat bit for bit with ``JAXCLS_KERNELS=off``. :func:`why_not` says where
+they cannot run; where they can, :mod:`jaxcls.accel.choice` decides.
 """
 
 import ctypes
@@ -97,6 +82,7 @@ def _forward(xs, w_i, w_h, b, carry):
   c0, h0 = carry
   steps, batch, features = xs.shape
   hidden, gates = w_h.shape
+  # The input projection stays in XLA: one big matmul before the loop.
   gates_x = (xs.reshape(-1, features) @ w_i + b).reshape(steps, batch, gates)
   hs, cs, acts = jax.ffi.ffi_call(
     'jaxcls_lstm_forward',
@@ -129,7 +115,7 @@ def _backward(residuals, cotangents):
 
 @jax.custom_vjp
 def lstm_sequence(xs, w_i, w_h, b, carry):
-  """:func:`jaxcls.models.recurrent.lstm_sequence` (float32) on the CPU kernel.
+  """:func:`jaxcls.models.fused_rnn.lstm_sequence` (float32) on the CPU kernel.
 
   ``xs`` ``(T, B, D)``, ``w_i`` ``(D, 4H)``, ``w_h`` ``(H, 4H)``, ``b``
   ``(4H,)``, ``carry`` ``(c, h)`` each ``(B, H)``; returns ``(hs (T, B, H),
@@ -173,7 +159,7 @@ def _gru_backward(residuals, cotangents):
 
 @jax.custom_vjp
 def gru_recurrence(projected, w_h, b_h, h0):
-  """:func:`jaxcls.models.recurrent.gru_recurrence` (float32) on the CPU kernel.
+  """:func:`jaxcls.models.fused_rnn.gru_recurrence` (float32) on the CPU kernel.
 
   ``projected`` ``(T, B, 3H)`` is ``x_t @ W_i + b_i`` (gates r, z, n),
   ``w_h`` ``(H, 3H)``, ``b_h`` ``(3H,)``, ``h0`` ``(B, H)``; returns ``(hs

@@ -1,37 +1,18 @@
 """The LSTM layer on cuDNN, through ``jax.experimental.rnn``, on NVIDIA GPUs.
 
-cuDNN's LSTM is PyTorch's (``nn.LSTM`` calls it): gates in the order i, f,
-g, o, weights ``W_ih (4H, D)`` and ``W_hh (4H, H)`` and two bias vectors.
-:class:`jaxcls.models.recurrent.LSTMCell` keeps the same gate order with the
-kernels transposed (``(D, 4H)``, ``(H, 4H)``) and one bias (the sum of
-PyTorch's two), so moving to cuDNN is a transpose and a concatenation of
-the parameters, not a change of the math: :func:`pack_weights`. Autodiff
-runs through the packing, so the gradients land on jaxcls's own parameters
-and the checkpoint layout is the same on every backend.
+cuDNN's LSTM is PyTorch's: gates i, f, g, o, weights ``W_ih (4H, D)`` and
+``W_hh (4H, H)`` and two biases. :class:`jaxcls.models.rnn_cells.LSTMCell`
+keeps that gate order with the kernels transposed and one bias, so moving to
+cuDNN repacks the parameters (:func:`pack_weights`) without changing the
+math; autodiff runs through the packing, so the gradients land on jaxcls's
+own parameters and checkpoints are the same on every backend.
 
-:func:`use_cudnn` decides: ``cudnn_lstm=True`` in
-:func:`jaxcls.accel.settings`, the default backend is a
-GPU and the matmul dtype is float32 (cuDNN's RNN in ``jax.experimental.rnn``
-has no bfloat16 path). Elsewhere the fused scan
-(:func:`jaxcls.models.recurrent.lstm_sequence`) runs.
-
-Off by default, because it is slower here: on one H200 the article's LSTM
-(hidden 128, 28 rows) trained a step 2-4x slower on cuDNN than with the
-fused scan at batch 64 to 4,096 (benchmarks/NOTES.md, round 6). Turn it on
-with ``jaxcls.accel.configure(cudnn_lstm=True)`` (or
-``with jaxcls.accel.using(cudnn_lstm=True):`` around a trace), for
-longer sequences or wider layers where cuDNN's persistent kernels pay off.
-
-jaxlib emits cuDNN's RNN custom call without operand or result layouts, so
-XLA may lay a buffer out in another order (for instance, turn a transpose
-that feeds the call into a relabelling of the same memory), while cuDNN
-reads and writes row-major memory: the results were then wrong
-(benchmarks/NOTES.md). This module re-registers jaxlib's lowerings with
-row-major layouts pinned on the call.
-
-With the default matmul precision, cuDNN may use TF32 on Ampere and newer
-GPUs, as XLA's own float32 matmuls there do;
-``jax.default_matmul_precision('highest')`` turns TF32 off for both.
+:func:`use_cudnn` decides; elsewhere the fused scan
+(:func:`jaxcls.models.fused_rnn.lstm_sequence`) runs. Off by default: the
+article's small LSTM trains slower on cuDNN than on the fused scan; turn it
+on (``jaxcls.accel.configure(cudnn_lstm=True)``) for longer sequences or
+wider layers. cuDNN may use TF32 on Ampere and newer GPUs, as XLA's float32
+matmuls do; ``jax.default_matmul_precision('highest')`` turns it off for both.
 """
 
 import jax
@@ -73,6 +54,11 @@ def _with_row_major_layouts(lowering):
   return lower
 
 
+# jaxlib emits cuDNN's RNN custom call without operand or result layouts, so
+# XLA may lay a buffer out in another order (e.g. turn a transpose that feeds
+# the call into a relabelling of the same memory), while cuDNN reads and
+# writes row-major memory: the results were then wrong. Hence jaxlib's
+# lowerings, re-registered with row-major layouts pinned on the call.
 _gpu_rnn = getattr(rnn, 'gpu_rnn', None)
 if _gpu_rnn is not None and hasattr(_gpu_rnn, 'cudnn_rnn_bwd_lowering'):
   mlir.register_lowering(
@@ -88,7 +74,12 @@ if _gpu_rnn is not None and hasattr(_gpu_rnn, 'cudnn_rnn_bwd_lowering'):
 
 
 def use_cudnn(dtype, enabled: bool) -> bool:
-  """Whether :class:`LSTMCell` layers in ``dtype`` run on cuDNN here."""
+  """Whether :class:`LSTMCell` layers in ``dtype`` run on cuDNN here.
+
+  Only when ``enabled`` (``cudnn_lstm`` in :func:`jaxcls.accel.settings`),
+  the default backend is a GPU and the matmul dtype is float32 (cuDNN's RNN
+  in ``jax.experimental.rnn`` has no bfloat16 path).
+  """
   return (
     enabled
     and jnp.dtype(dtype) == jnp.float32
@@ -111,7 +102,7 @@ def pack_weights(w_i: jax.Array, w_h: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def lstm_sequence(xs, w_i, w_h, b, carry):
-  """:func:`jaxcls.models.recurrent.lstm_sequence` (float32) on cuDNN.
+  """:func:`jaxcls.models.fused_rnn.lstm_sequence` (float32) on cuDNN.
 
   ``xs (T, B, D)`` time-major, ``carry = (c, h)``; returns
   ``(hs (T, B, H), (c, h))``. Differentiable in every argument.

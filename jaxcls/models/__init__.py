@@ -1,5 +1,9 @@
 """Classification models as Flax linen modules, and the registry by name.
 
+The article's CNN (:mod:`.cnn`), a small ResNet (:mod:`.resnet`), and RNN,
+LSTM and GRU classifiers over image rows (:mod:`.recurrent`, with the cells
+in :mod:`.rnn_cells` and the fused kernels in :mod:`.fused_rnn`).
+
 Every model maps a float batch ``(B, H, W, C)`` to float32 logits
 ``(B, num_classes)`` and takes ``train`` (dropout and BatchNorm). Dropout
 needs a ``'dropout'`` PRNG key when ``train=True``; a model with BatchNorm

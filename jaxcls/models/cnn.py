@@ -1,11 +1,11 @@
 """The tutorial article's CNN: two convolution blocks and a dense head.
 
-Every model maps a float batch of images ``(B, H, W, C)`` to logits
-``(B, num_classes)`` and takes ``train`` (for dropout and BatchNorm).
-``model.apply`` is a pure function of ``(variables, x)``; dropout needs an
-explicit ``'dropout'`` PRNG key when ``train=True``, and a model with
-BatchNorm returns its new ``batch_stats`` when applied with
-``mutable=['batch_stats']``.
+A block is a 3x3 convolution, the activation and 2x2 pooling (BatchNorm
+before the activation if asked). Max pooling keeps NaN
+(:func:`nan_max_pool_2x2`), and a plain conv-ReLU-max-pool block may run as
+one fused op on an accelerator (:meth:`CNN.fused_block`) from the same
+parameters. The model contract (``train``, dropout keys, ``batch_stats``) is
+:mod:`jaxcls.models`'.
 """
 
 import functools

@@ -2,33 +2,16 @@
 
 He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR
 2016, section 4.2: a 3x3 stem convolution with 16 filters (stride 1, no
-max-pool, so a 28x28 or 32x32 image keeps its resolution), then three stages
-of ``n`` basic blocks with 16, 32 and 64 filters, the second and third
-starting with a stride-2 block (32 -> 16 -> 8, or 28 -> 14 -> 7), then global
-average pooling and a dense layer: ``6n + 2`` weighted layers. ResNet-20
-(``n = 3``) has 0.27M parameters, ResNet-56 (``n = 9``) 0.85M.
-
-``stem_pool=True`` departs from that on purpose, for CPU budgets: a 2x2 max
-pool right after the stem convolution (before its BatchNorm), as ImageNet
-ResNets pool after their stem, so the stages run at 14, 7 and 4 for a 28x28
-image (16, 8, 4 for 32x32). ResNet-8 then costs a third per image on a
-2-core CPU, and width 2 with the pool is cheaper than width 1 without it
-(benchmarks/NOTES.md, round 5).
-
-The structure follows flax's ``examples/imagenet/models.py`` (ResNet V1:
-conv -> BN -> ReLU, BN -> add -> ReLU at the end of a block, convolutions
-without bias, BatchNorm momentum 0.9 and epsilon 1e-5). Where the stride-2
-block changes the width, the shortcut is either He et al.'s option A for
-CIFAR (``shortcut='pad'``: subsample 2x2 and zero-pad the new channels; no
-parameters) or option B (``shortcut='projection'``: 1x1 convolution + BN, as
-flax imagenet does).
+max-pool, so the image keeps its resolution), three stages of ``n`` basic
+blocks with 16, 32 and 64 filters (the second and third start with a stride-2
+block: 32 -> 16 -> 8, or 28 -> 14 -> 7), global average pooling and a dense
+layer: ``6n + 2`` weighted layers. ResNet-20 (``n = 3``) has 0.27M parameters,
+ResNet-56 (``n = 9``) 0.85M. ``stem_pool=True`` departs from the paper on
+purpose, for CPU budgets (:class:`ResNet`).
 
 Apply with ``train=True`` and ``mutable=['batch_stats']``; it returns
 ``(logits, {'batch_stats': new_stats})``. With ``train=False`` the running
-averages are used and the output of an example does not depend on the rest
-of its batch. ``axis_name`` makes BatchNorm average its batch statistics over
-a ``pmap``/``shard_map`` axis; under ``jit`` with a sharded batch, XLA already
-computes them over the global batch (tests/test_batchnorm_parallel.py).
+averages are used, so an example's output does not depend on its batch.
 """
 
 import functools
@@ -47,7 +30,15 @@ SHORTCUTS = ('pad', 'projection')
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with BatchNorm and a shortcut (He et al. 2016)."""
+  """Two 3x3 convolutions with BatchNorm and a shortcut (He et al. 2016).
+
+  ResNet V1 as in flax's ``examples/imagenet/models.py``: conv -> BN -> ReLU,
+  conv -> BN, add the shortcut, ReLU; convolutions without bias, BatchNorm
+  momentum 0.9 and epsilon 1e-5. Where a stride-2 block changes the width,
+  the shortcut is He et al.'s option A for CIFAR (``'pad'``: subsample 2x2
+  and zero-pad the new channels; no parameters) or option B
+  (``'projection'``: 1x1 convolution + BN, as flax's imagenet example does).
+  """
 
   filters: int
   strides: int = 1
@@ -120,6 +111,9 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   stem_pool: bool = False
   dtype: Any = jnp.float32
+  # BatchNorm averages its batch statistics over this pmap/shard_map axis.
+  # Under jit with a sharded batch XLA already computes them over the global
+  # batch (tests/test_batchnorm_parallel.py), and no axis is named.
   axis_name: str | None = None
   conv: Any = nn.Conv
 

@@ -1,20 +1,18 @@
 """Activation functions, by name, with the standard math.
 
 The tutorial article this project grew from gets three things wrong; jaxcls
-implements the textbook definitions and these docstrings say where it differs:
+implements the textbook definitions, and these docstrings say where:
 
-* tanh: the article writes ``sinh(x)/cosh(x) = ((e^x - e^-x)/(e^x + e^-x)) /
-  (e^2 - 1)``. The extra division by ``(e^2 - 1)`` is wrong; the standard
-  definition is ``tanh(x) = (e^x - e^-x) / (e^x + e^-x)``.
-* ReLU: the article calls ReLU "zero-centred" and gives its derivative as
-  ``max(0, x)``. ReLU is not zero-centred (its outputs are never negative), and
-  ``max(0, x)`` is ReLU itself. The derivative is the step function:
-  ``1`` for ``x > 0`` and ``0`` for ``x < 0`` (JAX uses ``0`` at ``x == 0``).
-* softmax: the article calls softmax a "multi-label" activation. Softmax
-  outputs one distribution over mutually exclusive classes (multi-class,
-  single-label). Multi-label problems use an independent sigmoid per class.
+* tanh: the article divides ``(e^x - e^-x) / (e^x + e^-x)`` once more by
+  ``(e^2 - 1)``; that is wrong: ``tanh(x) = (e^x - e^-x) / (e^x + e^-x)``.
+* ReLU: the article calls it zero-centred (its outputs are never negative)
+  and gives its derivative as ``max(0, x)``, which is ReLU itself. The
+  derivative is the step function: ``1`` for ``x > 0``, ``0`` for ``x < 0``
+  (JAX uses ``0`` at ``x == 0``).
+* softmax: not "multi-label": one distribution over mutually exclusive
+  classes. Multi-label problems use an independent sigmoid per class.
 
-All functions are thin aliases of ``jax.nn`` so they stay jittable and fast.
+All functions are thin aliases of ``jax.nn``, so they stay jittable and fast.
 """
 
 from collections.abc import Callable

@@ -1,29 +1,14 @@
 """Faster kernels for XLA:CPU that compute the same functions as lax's.
 
-**Small-channel convolutions.** In jaxlib 0.10.2, XLA:CPU sends a
-convolution to YNNPACK only when ``max(C_in, C_out) > 16``
-(``IsConvolutionOpSupportedByYnn`` in openxla/xla
-``xla/backends/cpu/ynn_support.cc``); smaller ones, such as the CNN's first
-convolution (1 -> 16 channels), run on Eigen's generic kernel, which took
-2.7-5.3 ms per batch of 64 against 0.3 ms for the form below
-(benchmarks/NOTES.md). :func:`shifted_conv` writes the convolution as
-``kh * kw * C_in`` shifted multiply-adds of the padded input, which XLA fuses
-into one elementwise loop. Its weight gradient would be slow in that form,
-so the backward pass is ``jax.vjp`` of ``lax.conv_general_dilated``: the
-weight gradient contracts over the batch (64 features), so it is eligible for
-YNNPACK, and the input gradient is dropped by XLA when nothing needs it (the
-first layer).
-
+**Small-channel convolutions.** XLA:CPU sends a convolution to YNNPACK only
+when ``max(C_in, C_out) > 16``; smaller ones, such as the CNN's first (1 ->
+16 channels), run on Eigen's slow generic kernel. :func:`shifted_conv` writes
+such a convolution as ``kh * kw * C_in`` shifted multiply-adds of the padded
+input, which XLA fuses into one loop; its gradients are lax's own.
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature and
-takes this path only where it applies and was measured to win (XLA:CPU,
-2-D, stride 1, no dilation, no groups, NHWC/HWIO, ``max(C_in, C_out) <=
-16``); everything else goes to ``lax.conv_general_dilated`` unchanged.
-:class:`Conv` is ``flax.linen.Conv`` using it: the same parameters
-(``kernel``, ``bias``), names and initialisation, so it is a drop-in.
-
-The fast forward sums its terms in a different order from Eigen, so outputs
-differ from ``lax.conv_general_dilated`` by float32 rounding (about 1e-7
-relative), not bit for bit; the gradients are lax's own.
+takes that path only where it applies and wins (:func:`use_shifted`);
+:class:`Conv` is ``flax.linen.Conv`` on it, a drop-in. The shifted forward
+sums in another order than Eigen: outputs differ by float32 rounding.
 
 **Max pooling.** :func:`max_pool_2x2` is 2x2 max pooling whose forward pass
 prepares autodiff's own gradient, so the backward pass is one multiply and
@@ -40,11 +25,10 @@ from jax import lax
 
 # Above this many channels (in or out) the shifted form loses: to YNNPACK
 # under XLA's defaults (ynn_support.cc: IsConvolutionOpSupportedByYnn), and to
-# Eigen under compiler_options() (the CNN step was 3-7x slower with 32).
+# Eigen under compiler_options().
 MAX_SHIFTED_CHANNELS = 16
 # Up to this many terms per output (kh * kw * C_in: a 3x3 stem on grey or RGB
-# images) the shifted form wins whatever C_out is: a 1 -> 32 stem at 28x28,
-# batch 128, forward + weight gradient 5.2 ms against Eigen's 8.1.
+# images) the shifted form wins whatever C_out is (benchmarks/NOTES.md).
 MAX_SHIFTED_TERMS = 27
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -110,6 +94,9 @@ def _shifted_conv_fwd(x, kernel, pads):
 
 
 def _shifted_conv_bwd(pads, residuals, g):
+  # lax's gradients: the shifted form would be slow for the weight gradient,
+  # while lax's contracts over the batch and so is eligible for YNNPACK. XLA
+  # drops the input gradient where nothing needs it (the first layer).
   x, kernel = residuals
   _, vjp = jax.vjp(lambda x, k: _lax_conv(x, k, pads), x, kernel)
   return vjp(g)
@@ -247,9 +234,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   gradient in the backward pass as ``g / count * mask``; XLA:CPU then fuses
   that division, with the count's reduction, into the preceding layer's
   input-gradient convolution or matmul, and runs the fused region on
-  single-threaded YNNPACK (1.2 ms of a 5.4 ms CNN step). Here the forward pass
-  stores ``mask / count`` and the backward pass is one multiply, so the
-  convolution stays a plain multithreaded one (benchmarks/NOTES.md, round 4).
+  single-threaded YNNPACK. Here the forward pass stores ``mask / count`` and
+  the backward pass is one multiply, so the convolution stays a plain
+  multithreaded one (benchmarks/NOTES.md).
   """
   # Without differentiation (evaluation, export) the plain reduction: the
   # same values, and no slices that a symbolic batch size would make dynamic.

@@ -2,20 +2,17 @@
 
 * :func:`smooth_labels`, :func:`cross_entropy_smoothed`: label smoothing
   (Szegedy et al. 2016, "Rethinking the Inception Architecture", section 7).
-* :func:`mixup` (Zhang et al. 2018) and :func:`cutmix` (Yun et al. 2019),
-  following big_vision ``utils.py:get_mixup`` and timm ``data/mixup.py``; and
-  :func:`mixup_or_cutmix`, timm's per-batch switch between the two.
+* :func:`mixup` (Zhang et al. 2018), :func:`cutmix` (Yun et al. 2019) and
+  :func:`mixup_or_cutmix`, as big_vision and timm implement them.
 * :func:`ema_decay`, :func:`ema_update`: an exponential moving average of the
-  weights (Polyak and Juditsky 1992; TF's ``tf.train.ExponentialMovingAverage``
-  with ``num_updates`` for the warm-up).
-* :func:`flip_tta_logits`: test-time augmentation with a horizontal flip;
-  :func:`eval_logits` applies a model with it or without.
+  weights (Polyak and Juditsky 1992; TF's ``ExponentialMovingAverage``).
+* :func:`flip_tta_logits`, :func:`eval_logits`: test-time augmentation with
+  a horizontal flip.
 
-Every function is a function of its arguments only: the random ones take an
-explicit key (in the train step, the step's key), so a resumed run draws the
-same lambdas and boxes. Images are the normalised float images inside the
-jitted step, ``(B, H, W, C)``; labels for mixing are one-hot (or already
-soft) ``(B, K)``.
+The random ones take an explicit key (in the train step, the step's key), so
+a resumed run draws the same lambdas and boxes. Images are the normalised
+float images ``(B, H, W, C)`` of the jitted step; labels for mixing are
+one-hot (or already soft) ``(B, K)``.
 """
 
 from collections.abc import Callable
