@@ -58,6 +58,41 @@ def _step_scan(cell: _Cell, xs: jax.Array, reverse: bool, unroll: int):
   return outputs, cell.hidden(carry)
 
 
+def reverse_within(xs: jax.Array, lengths: jax.Array) -> jax.Array:
+  """Each sequence of time-major ``xs`` reversed within its own length.
+
+  ``out[t, b] = xs[lengths[b] - 1 - t, b]`` for ``t < lengths[b]``; padding
+  stays where it is. Applied twice it is the identity.
+  """
+  t = jnp.arange(xs.shape[0])[:, None]
+  n = lengths[None, :]
+  index = jnp.where(t < n, n - 1 - t, t)
+  return jnp.take_along_axis(
+    xs, index.reshape(index.shape + (1,) * (xs.ndim - 2)), axis=0
+  )
+
+
+def _scan_lengths(scan, xs, lengths, reverse: bool):
+  """``(outputs, last)`` of a forward ``scan`` over sequences of ``lengths``.
+
+  A forward scan is causal, so padding after a sequence's end never reaches
+  its outputs: ``last`` is read at step ``length - 1``. The reverse direction
+  reads each sequence reversed within its length (so it starts at the
+  sequence's own end), and its outputs are put back in input order. Outputs
+  at padding are zero; a sequence of length 0 gets a zero ``last``.
+  """
+  if reverse:
+    xs = reverse_within(xs, lengths)
+  outputs, _ = scan(xs)
+  end = jnp.maximum(lengths - 1, 0)
+  last = outputs[end, jnp.arange(outputs.shape[1])]
+  last = jnp.where((lengths > 0)[:, None], last, 0)
+  if reverse:
+    outputs = reverse_within(outputs, lengths)
+  valid = jnp.arange(outputs.shape[0])[:, None] < lengths[None, :]
+  return jnp.where(valid[..., None], outputs, 0), last
+
+
 class Recurrent(nn.Module):
   """One cell scanned over a time-major sequence, in one direction.
 
@@ -66,6 +101,9 @@ class Recurrent(nn.Module):
   state after the whole sequence) equals ``outputs[0]``. LSTM and GRU cells
   run their fused sequence kernel unless ``fused=False`` or ``unroll > 1``;
   the RNN cell always takes the step path (``nn.scan`` over one step).
+  With ``lengths`` (B,) the sequences are right-padded to ``T``: each one's
+  ``last`` is its state at its own end, and padding never changes a result
+  (see :func:`_scan_lengths`); the same kernels run.
   """
 
   cell: str = 'lstm'
@@ -77,7 +115,9 @@ class Recurrent(nn.Module):
   fused: bool = True  # the cell's fused sequence kernel, where it has one
 
   @nn.compact
-  def __call__(self, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, xs: jax.Array, lengths: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     cell = make_cell(
       self.cell, self.hidden_size, self.forget_bias, self.dtype, name='cell'
     )
@@ -89,8 +129,15 @@ class Recurrent(nn.Module):
       and self.unroll == 1
       and not self.is_initializing()
     ):
-      return _fused_scan(cell, xs, self.reverse)
-    return _step_scan(cell, xs, self.reverse, self.unroll)
+      scan = lambda seq, reverse: _fused_scan(cell, seq, reverse)
+    else:
+      scan = lambda seq, reverse: _step_scan(cell, seq, reverse, self.unroll)
+    if lengths is None:
+      return scan(xs, self.reverse)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    return _scan_lengths(
+      lambda seq: scan(seq, False), xs, lengths, self.reverse
+    )
 
 
 class Bidirectional(nn.Module):
@@ -99,7 +146,8 @@ class Bidirectional(nn.Module):
   ``(T, B, D) -> (outputs (T, B, 2H), last (B, 2H))``: ``outputs[t]`` is
   ``[forward h_t, backward h_t]`` and ``last`` is both directions' states
   after reading the whole sequence (PyTorch's ``h_n``): forward at ``T-1``,
-  backward at ``0``.
+  backward at ``0``. With ``lengths``, the backward direction starts at each
+  sequence's own end (PyTorch's packed sequences).
   """
 
   cell: str = 'lstm'
@@ -107,9 +155,12 @@ class Bidirectional(nn.Module):
   forget_bias: float = 1.0
   unroll: int = 1
   dtype: Any = jnp.float32
+  fused: bool = True
 
   @nn.compact
-  def __call__(self, xs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, xs: jax.Array, lengths: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     def direction(reverse, name):
       return Recurrent(
         self.cell,
@@ -118,8 +169,9 @@ class Bidirectional(nn.Module):
         reverse=reverse,
         unroll=self.unroll,
         dtype=self.dtype,
+        fused=self.fused,
         name=name,
-      )(xs)
+      )(xs, lengths)
 
     fwd, fwd_last = direction(False, 'forward')
     bwd, bwd_last = direction(True, 'backward')
@@ -133,7 +185,8 @@ class RecurrentStack(nn.Module):
   """``num_layers`` recurrent layers, with dropout between (not after) them.
 
   ``(T, B, D) -> (outputs (T, B, F), last (B, F))`` of the top layer, where
-  ``F`` is ``hidden_size``, doubled when ``bidirectional``.
+  ``F`` is ``hidden_size``, doubled when ``bidirectional``. ``lengths``
+  (B,), optional, marks right-padded sequences (see :class:`Recurrent`).
   """
 
   cell: str = 'lstm'
@@ -145,8 +198,15 @@ class RecurrentStack(nn.Module):
   unroll: int = 1
   dtype: Any = jnp.float32
 
+  fused: bool = True
+
   @nn.compact
-  def __call__(self, xs: jax.Array, train: bool = False):
+  def __call__(
+    self,
+    xs: jax.Array,
+    train: bool = False,
+    lengths: jax.Array | None = None,
+  ):
     last = None
     for index in range(self.num_layers):
       if index and self.dropout_rate > 0:
@@ -159,10 +219,11 @@ class RecurrentStack(nn.Module):
         dtype=self.dtype,
         name=f'layer_{index}',
       )
-      layer = (
-        Bidirectional(**kwargs) if self.bidirectional else Recurrent(**kwargs)
-      )
-      xs, last = layer(xs)
+      if self.bidirectional:
+        layer = Bidirectional(**kwargs, fused=self.fused)
+      else:
+        layer = Recurrent(**kwargs, fused=self.fused)
+      xs, last = layer(xs, lengths)
     return xs, last
 
 
