@@ -30,10 +30,8 @@ RUN_ONLY_FIELDS = (
 )
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """Defaults follow the article: the two-conv CNN, Adam, batch 64."""
-  c = ml_collections.ConfigDict()
-  # Data.
+def _data_fields(c: ml_collections.ConfigDict) -> None:
+  """The dataset, where its files are read from, and how much of it."""
   c.dataset = 'mnist'
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
   # A folder of source files (TFDS's manual_dir, '~' expanded): MNIST,
@@ -44,7 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.channels = 0  # image_folder: 1 (grayscale) or 3 (RGB); 0: from data
   c.validation_percent = 10  # the last 10% of TFDS's train split
   c.train_examples = -1  # cap on training examples for quick runs; -1: all
-  # Model.
+
+
+def _model_fields(c: ml_collections.ConfigDict) -> None:
+  """The model: the CNN's options, the recurrent models' and the ResNet's."""
   c.model = 'cnn'
   c.activation = 'relu'
   c.pooling = 'max'
@@ -63,7 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.resnet_shortcut = 'pad'  # option A ('pad') or B ('projection')
   c.resnet_zero_init_residual = False  # last BN scale of each block at 0
   c.resnet_stem_pool = False  # 2x2 max pool after the stem (stages at 1/2 size)
-  # Regularisers (jaxcls/techniques.py); every one is off at its default.
+
+
+def _regulariser_fields(c: ml_collections.ConfigDict) -> None:
+  """Regularisers (jaxcls/techniques.py); every one is off at its default."""
   c.augment = 'auto'  # auto (the dataset's), none, flip, crop_flip
   c.crop_padding = 4  # crop_flip: zero padding before the random crop
   c.label_smoothing = 0.0  # Szegedy et al. 2016
@@ -71,7 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.cutmix_alpha = 0.0  # Yun et al. 2019; 0: off (both on: timm's switch)
   c.ema_decay = 0.0  # EMA of the weights, validated beside them; 0: off
   c.flip_tta = False  # evaluation: average each image and its mirror image
-  # Optimizer.
+
+
+def _optimizer_fields(c: ml_collections.ConfigDict) -> None:
+  """The optimizer, its learning-rate schedule and the article's penalties."""
   c.optimizer = 'adam'
   c.learning_rate = 1e-3
   c.b1 = 0.9
@@ -83,7 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 1.0
   c.l1 = 0.0  # the article's L1 penalty, a loss term
   c.l2 = 0.0  # the article's L2 penalty, a loss term
-  # Training.
+
+
+def _training_fields(c: ml_collections.ConfigDict) -> None:
+  """The loop: its length, batches, seed, checkpoints, logs and guards."""
   c.num_epochs = 10
   c.batch_size = 64  # global batch, over all devices
   c.eval_batch_size = 1000
@@ -94,6 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.patience = 0  # early stop after this many epochs without a better val
   c.nonfinite_policy = 'stop'  # or 'skip': drop NaN/inf steps, up to...
   c.max_nonfinite_steps = 10  # ...this many in a row
+
+
+def _feeding_fields(c: ml_collections.ConfigDict) -> None:
+  """Feeding, accumulation, profiling and the processes of a run."""
   # Feeding (jaxcls/feed.py); neither changes what is trained.
   c.device_data = 'auto'  # training split kept on the device: auto, on, off
   c.steps_per_call = 0  # train steps per compiled call; 0: per backend
@@ -107,6 +121,28 @@ def get_config() -> ml_collections.ConfigDict:
   # multi-process run to reproduce that run's batches in one process.
   c.num_data_shards = 0
   c.distributed = False  # also turned on by $JAX_COORDINATOR_ADDRESS
+
+
+# The sections of get_config, in the order of its fields.
+_SECTIONS = (
+  _data_fields,
+  _model_fields,
+  _regulariser_fields,
+  _optimizer_fields,
+  _training_fields,
+  _feeding_fields,
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults follow the article: the two-conv CNN, Adam, batch 64.
+
+  Each section of fields is filled by its own helper (``_data_fields``,
+  ``_model_fields``, ...), in order; the comments there document the fields.
+  """
+  c = ml_collections.ConfigDict()
+  for fill in _SECTIONS:
+    fill(c)
   return c
 
 

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from jaxcls import config as config_lib
 from jaxcls import data
 from jaxcls.commands import cli
-from jaxcls.training import checkpoint, inspection
+from jaxcls.training import checkpoint, evaluation, inspection
 from jaxcls.training import run as train
 from jaxcls.training import workdir as workdir_lib
 
@@ -178,7 +178,7 @@ def test_sigterm_during_validation_keeps_the_training_time(
   reference, tmp_path, monkeypatch
 ):
   workdir = str(tmp_path)
-  evaluate, calls = train.evaluate, []
+  evaluate, calls = evaluation.evaluate, []
 
   def signal_in_first_validation(*args, **kwargs):
     calls.append(1)
@@ -186,10 +186,10 @@ def test_sigterm_during_validation_keeps_the_training_time(
       os.kill(os.getpid(), signal.SIGTERM)
     return evaluate(*args, **kwargs)
 
-  monkeypatch.setattr(train, 'evaluate', signal_in_first_validation)
+  monkeypatch.setattr(evaluation, 'evaluate', signal_in_first_validation)
   with pytest.raises(SystemExit):
     train.train_and_evaluate(tiny_config(**TWO_EPOCHS), workdir)
-  monkeypatch.setattr(train, 'evaluate', evaluate)
+  monkeypatch.setattr(evaluation, 'evaluate', evaluate)
   results = train.train_and_evaluate(tiny_config(**TWO_EPOCHS), workdir)
   assert results['params_sha256'] == reference['params_sha256']
   assert results['train_seconds'] > 0

@@ -7,13 +7,11 @@ A workdir holds two Orbax CheckpointManagers:
 * ``checkpoints/best``: the state with the best validation accuracy so far
   (the article's ``best_mnist_cnn``), used for the test score.
 
-Each checkpoint carries JSON metadata (epoch, best validation accuracy and the
-config fingerprint) so that a workdir of another model or config is refused.
-Orbax writes into a temporary folder and renames it when complete, so a
-checkpoint interrupted mid-save is never loaded. Only the run that holds the
-workdir's lock (``jaxcls.training.workdir.lock``) opens writable managers,
-and only they delete unfinished temporary folders; readers open managers with
-``read_only=True``, which never delete, rename or create anything.
+Each checkpoint's JSON metadata (epoch, best validation accuracy, config
+fingerprint) lets a workdir of another model or config be refused. Orbax
+renames a checkpoint into place once complete: one interrupted mid-save is
+never loaded. Only the holder of the workdir's lock (``workdir.lock``) writes
+and deletes unfinished saves; readers (``read_only=True``) change nothing.
 """
 
 import os

@@ -1,28 +1,17 @@
 """Feeding the training loop: host batches, or data kept on the device.
 
-Two ways to get a call's batches to the device, chosen by the config:
-
-* **device** (``config.device_data``): the whole training split is copied to
-  the device(s) once, as uint8 (replicated over the mesh: MNIST-sized data
-  is tens of MB). A compiled call then runs ``n`` optimizer steps, gathering
-  each batch on the device from one int32 array of row indices. No host
-  gather, no host-to-device copy of images and one Python dispatch per ``n``
-  steps. It is the trick behind the fast CIFAR-10 training records, and it
-  matters most on accelerators, where a step of these small models takes
-  less time than its launch.
+* **device** (``config.device_data``): the training split is copied to the
+  device(s) once, as uint8, replicated over the mesh; a compiled call runs
+  ``n`` steps, each gathering its batch there from int32 row indices. One
+  dispatch per ``n`` steps and no image copies: what counts on accelerators,
+  where a step of these small models takes less time than its launch.
 * **host**: each step's batch is gathered from host numpy and put on the
-  device(s), one step per call. It is used with ``pmap`` and when several
-  processes each hold only their own part of the data.
+  device(s), one step per call; for ``pmap``, and for processes that each
+  hold only their own part of the data.
 
-``steps_per_call`` (``n``) is chosen per backend
-(:func:`default_steps_per_call`): on XLA:CPU one step per call measured
-fastest (benchmarks/NOTES.md: a scanned while loop makes the CNN's
-convolution gradients ~5x slower, unrolling adds compile time and no speed);
-on GPU and TPU many steps per call.
-
-Each step is ``train.train_step`` itself, with its key ``fold_in(rng,
-step)`` and its batch from the same ``(seed, epoch)`` order, so every feed
-and every ``n`` trains the same function of (seed, step).
+Every feed and every ``n`` (per backend: :func:`default_steps_per_call`)
+trains the same function of (seed, step): each step is ``train_step`` with
+key ``fold_in(rng, step)`` and its batch from the ``(seed, epoch)`` order.
 """
 
 import time
@@ -36,7 +25,8 @@ from jax.sharding import PartitionSpec as P
 from jaxcls import data
 from jaxcls.ops import fastpath
 
-# backend -> steps per compiled call on the device feed (benchmarks/NOTES.md).
+# backend -> steps per compiled call on the device feed (benchmarks/NOTES.md):
+# one on XLA:CPU, where neither a scanned loop nor unrolled steps are faster.
 _STEPS_PER_CALL = {'cpu': 1, 'gpu': 32, 'tpu': 32}
 
 

@@ -167,15 +167,13 @@ def summary(
     names: the K class names.
     probs: ``(N, K)`` probabilities the matrix was counted from.
     labels: ``(N,)`` true class indices.
-    k: how many top confusions.
-    num_bins: how many calibration bins.
+    k, num_bins: how many top confusions, and how many calibration bins.
 
   Returns:
     ``{'per_class': [{'name', 'precision', 'recall', 'f1', 'support'}, ...]
     (in class order), 'macro_avg', 'weighted_avg', 'accuracy',
-    'top_confusions', 'ece', 'reliability': [{'lower', 'upper',
-    'confidence', 'accuracy', 'count'}, ...]}``; an empty bin's confidence
-    and accuracy are None.
+    'top_confusions', 'ece', 'reliability': [{'lower', 'upper', 'confidence',
+    'accuracy', 'count'}, ...]}``; empty bins: None confidence and accuracy.
   """
   m = _check_matrix(matrix)
   scores = per_class(m)

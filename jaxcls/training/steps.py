@@ -146,39 +146,21 @@ def augment_images(
   return images
 
 
-def train_step(
-  state: TrainState,
-  batch: dict,
-  rng: jax.Array,
-  augment=False,
-  l1: float = 0.0,
-  l2: float = 0.0,
-  axis_name: str | None = None,
-  crop_padding: int = 4,
-  label_smoothing: float = 0.0,
-  mixup_alpha: float = 0.0,
-  cutmix_alpha: float = 0.0,
-  ema_decay: float = 0.0,
-  num_classes: int = 0,
+def _step_inputs(
+  state,
+  batch,
+  rng,
+  augment,
+  axis_name,
+  crop_padding,
+  mixup_alpha,
+  cutmix_alpha,
+  num_classes,
 ):
-  """One optimizer step: ``(state, batch, rng) -> (state, metrics)``.
-
-  ``batch`` holds uint8 ``image`` (B, H, W, C) and int ``label`` (B,);
-  normalisation and augmentation (:func:`augment_images`) happen here, on
-  the device. ``rng`` is the run's base key: the key for this step is
-  ``fold_in(rng, state.step)``, so augmentation, mixing and dropout are
-  functions of (seed, step) and a resumed run repeats them exactly.
-  ``l1``/``l2`` weight the article's penalty terms. ``axis_name`` is set only
-  under ``pmap``, where gradients are averaged across devices explicitly
-  (and BatchNorm averages its statistics over the same axis).
-
-  ``label_smoothing``, ``mixup_alpha``/``cutmix_alpha`` and ``ema_decay``
-  (jaxcls.ops.techniques) are off at 0; mixing needs ``num_classes``.
-  ``metrics`` holds sums over the batch (``loss``, ``correct``, ``count``)
-  so that they add up across steps and
-  devices; with mixing, ``correct`` counts the dominant image's label.
-  """
-  check_batch(batch)
+  """``(images, labels, targets, dropout_rng)`` for one step: the augmented,
+  normalised (and perhaps mixed) images, and the targets of the loss."""
+  # Keys are functions of (seed, step): a resumed run repeats its
+  # augmentation, mixing and dropout exactly.
   step_rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # Distinct randomness per pmap device.
     step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
@@ -196,6 +178,14 @@ def train_step(
       mixup_alpha,
       cutmix_alpha,
     )
+  return images, labels, targets, dropout_rng
+
+
+def _loss_and_grads(
+  state, batch, images, targets, dropout_rng, l1, l2, label_smoothing
+):
+  """``((data_loss, logits, batch_stats), grads)``: the loss's gradient
+  w.r.t. the params, with the data loss (no penalties) and BN's updates."""
   mutable = ['batch_stats'] if state.batch_stats is not None else False
 
   def loss_fn(params):
@@ -219,10 +209,13 @@ def train_step(
       loss = loss + l2 * optim.l2_penalty(params)
     return loss, (data_loss, logits, updates.get('batch_stats'))
 
-  (_, (data_loss, logits, batch_stats)), grads = jax.value_and_grad(
-    loss_fn, has_aux=True
-  )(state.params)
-  if axis_name is not None:
+  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return aux, grads
+
+
+def _apply_update(state, grads, batch_stats, axis_name, ema_decay):
+  """The state after the optimizer's update (and the EMA's, if any)."""
+  if axis_name is not None:  # pmap (BatchNorm averages over it as well).
     grads = jax.lax.pmean(grads, axis_name)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema is not None:
@@ -235,6 +228,13 @@ def train_step(
         techniques.ema_decay(state.step - 1, ema_decay),
       )
     )
+  return state
+
+
+def _step_metrics(data_loss, logits, labels, axis_name) -> dict:
+  """Sums over the batch (and the pmap devices): loss, correct, count."""
+  # Sums add up across steps and devices. With mixing, ``correct`` counts
+  # the dominant image's label.
   count = jnp.float32(labels.shape[0])
   metrics = {
     'loss': data_loss * count,
@@ -243,7 +243,56 @@ def train_step(
   }
   if axis_name is not None:
     metrics = jax.lax.psum(metrics, axis_name)
-  return state, metrics
+  return metrics
+
+
+def train_step(
+  state: TrainState,
+  batch: dict,
+  rng: jax.Array,
+  augment=False,
+  l1: float = 0.0,
+  l2: float = 0.0,
+  axis_name: str | None = None,
+  crop_padding: int = 4,
+  label_smoothing: float = 0.0,
+  mixup_alpha: float = 0.0,
+  cutmix_alpha: float = 0.0,
+  ema_decay: float = 0.0,
+  num_classes: int = 0,
+):
+  """One optimizer step: ``(state, batch, rng) -> (state, metrics)``.
+
+  Args:
+    state: the TrainState to update.
+    batch: uint8 ``image`` (B, H, W, C) and int ``label`` (B,); normalised
+      and augmented (:func:`augment_images`) here, on the device.
+    rng: the run's key; the step's own is ``fold_in(rng, state.step)``.
+    augment, l1, l2, crop_padding, label_smoothing, mixup_alpha, cutmix_alpha,
+      ema_decay, num_classes: set from the config (:func:`step_options`);
+      each technique is off at 0, and mixing needs ``num_classes``.
+    axis_name: set under ``pmap`` only, to average the gradients over it.
+
+  Returns:
+    The new state, and the batch's sums ``loss``, ``correct`` and ``count``.
+  """
+  check_batch(batch)
+  images, labels, targets, dropout_rng = _step_inputs(
+    state,
+    batch,
+    rng,
+    augment,
+    axis_name,
+    crop_padding,
+    mixup_alpha,
+    cutmix_alpha,
+    num_classes,
+  )
+  (data_loss, logits, batch_stats), grads = _loss_and_grads(
+    state, batch, images, targets, dropout_rng, l1, l2, label_smoothing
+  )
+  state = _apply_update(state, grads, batch_stats, axis_name, ema_decay)
+  return state, _step_metrics(data_loss, logits, labels, axis_name)
 
 
 def eval_step(
