@@ -49,6 +49,24 @@ def test_short_real_run_learns(trained):
   assert on_disk['train_images_per_second'] > 0
 
 
+def test_results_hold_per_class_scores_of_the_test_split(trained):
+  """Counted from the best model's test predictions: they agree with the
+  test accuracy the run reports, and cover every class and example."""
+  workdir, results = trained
+  with open(os.path.join(workdir, 'results.json')) as f:
+    scores = json.load(f)['test_scores']
+  assert scores == results['test_scores']
+  assert abs(scores['accuracy'] - results['test_accuracy']) < 1e-6
+  assert [r['name'] for r in scores['per_class']][:2] == [
+    'T-shirt/top',
+    'Trouser',
+  ]
+  assert sum(r['support'] for r in scores['per_class']) == 10000
+  recall = sum(r['recall'] * r['support'] for r in scores['per_class'])
+  assert abs(recall / 10000 - results['test_accuracy']) < 1e-6
+  assert 0 <= scores['ece'] <= 1 and len(scores['top_confusions']) == 5
+
+
 def test_eval_only_restores_the_best_model_and_scores_it_identically(trained):
   workdir, results = trained
   again = train.train_and_evaluate(

@@ -23,7 +23,7 @@ from jaxcls import config as config_lib
 from jaxcls import data, models, optim
 from jaxcls.ops import fastpath, techniques
 from jaxcls.training import checkpoint
-from jaxcls.training import run as train
+from jaxcls.training import steps as train
 
 
 def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:

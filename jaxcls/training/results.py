@@ -6,7 +6,7 @@
 """
 
 from jaxcls.ops import fastpath
-from jaxcls.training import checkpoint, evaluation
+from jaxcls.training import checkpoint, evaluation, inspection, scores
 from jaxcls.training import feed as feed_lib
 from jaxcls.training.session import Progress, Run, log
 
@@ -73,8 +73,24 @@ def finish(
     device_data=feed_lib.use_device_data(run.config),
     params_sha256=final_hash,
     kernels=kernel_summary(),
+    test_scores=test_scores(run, best_state),
   )
   return run.results
+
+
+def test_scores(run: Run, state) -> dict:
+  """Per-class precision, recall and F1, their macro and weighted means, the
+  top confusions and the calibration (ECE, reliability bins) of ``state``
+  (on the host) on the test split, scored as the run scored it."""
+  test, spec = run.ds.test, run.ds.spec
+  probs = inspection.predict_all(
+    state, test.images, run.config.eval_batch_size, run.config.flip_tta
+  )
+  matrix = inspection.confusion_matrix(
+    test.labels, probs.argmax(-1), spec.num_classes
+  )
+  names = list(spec.class_names or map(str, range(spec.num_classes)))
+  return scores.summary(matrix, names, probs, test.labels, k=5)
 
 
 def kernel_summary() -> str:
