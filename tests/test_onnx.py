@@ -136,7 +136,13 @@ def run_onnx_alone(folder: str, tmp_path, batches) -> dict:
 
 
 @pytest.mark.parametrize(
-  'kind', ['cnn', 'resnet', 'gru', pytest.param('lstm', marks=pytest.mark.slow)]
+  'kind',
+  [
+    'cnn',
+    'gru',
+    pytest.param('resnet', marks=pytest.mark.slow),
+    pytest.param('lstm', marks=pytest.mark.slow),
+  ],
 )
 def test_onnx_gives_serving_jax_outputs_without_jax(tmp_path, exports, kind):
   folder, meta = exports(kind)

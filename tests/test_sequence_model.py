@@ -23,9 +23,18 @@ def padded_series(seed=0):
   return jnp.asarray(x, jnp.float32)
 
 
-@pytest.mark.parametrize('readout', sequence.READOUTS)
-@pytest.mark.parametrize('cell', ['lstm', 'gru'])
-@pytest.mark.parametrize('text', [True, False])
+# One case in the fast tier; the other eleven in the full one.
+CASES = [
+  (r, c, t)
+  if (r, c, t) == ('mean', 'lstm', True)
+  else pytest.param(r, c, t, marks=pytest.mark.slow)
+  for r in sequence.READOUTS
+  for c in ('lstm', 'gru')
+  for t in (True, False)
+]
+
+
+@pytest.mark.parametrize('readout,cell,text', CASES)
 def test_each_sequence_classified_as_when_alone(readout, cell, text):
   model = sequence.SequenceClassifier(
     num_classes=3,
