@@ -197,8 +197,7 @@ class RecurrentStack(nn.Module):
   forget_bias: float = 1.0
   unroll: int = 1
   dtype: Any = jnp.float32
-
-  fused: bool = True
+  fused: bool = True  # each layer's fused sequence kernel, where it has one
 
   @nn.compact
   def __call__(

@@ -37,10 +37,10 @@ def masked_readout(outputs, last, lengths, readout: str) -> jax.Array:
   """
   if readout == 'last':
     return last
-  valid = jnp.arange(outputs.shape[0])[:, None] < lengths[None, :]
-  if readout == 'mean':
+  if readout == 'mean':  # the layers' outputs are zero at padding
     total = jnp.sum(outputs.astype(jnp.float32), axis=0)
     return total / jnp.maximum(lengths, 1)[:, None].astype(jnp.float32)
+  valid = jnp.arange(outputs.shape[0])[:, None] < lengths[None, :]
   masked = jnp.where(valid[..., None], outputs.astype(jnp.float32), -jnp.inf)
   return jnp.where((lengths > 0)[:, None], jnp.max(masked, axis=0), 0.0)
 

@@ -22,8 +22,7 @@ import orbax.checkpoint as ocp
 from jaxcls import config as config_lib
 from jaxcls import data, models, optim
 from jaxcls.ops import fastpath, techniques
-from jaxcls.training import checkpoint
-from jaxcls.training import steps as train
+from jaxcls.training import checkpoint, steps
 
 
 def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
@@ -85,7 +84,7 @@ def _replaced(workdir: str, step: int) -> bool:
 
 def load_best(
   workdir: str, attempts: int = 3
-) -> tuple[ml_collections.ConfigDict, train.TrainState]:
+) -> tuple[ml_collections.ConfigDict, steps.TrainState]:
   """``(config, state)`` of the best checkpoint in ``workdir``.
 
   The model and optimizer are rebuilt from the config stored with the
@@ -104,7 +103,7 @@ def load_best(
       spec = data.dataset_spec(config)
       model = models.create_model(config, spec.num_classes)
       # The optimizer state's structure does not depend on steps_per_epoch.
-      target = train.create_train_state(
+      target = steps.create_train_state(
         jax.random.key(0),
         model,
         optim.create_optimizer(config, 1),
@@ -132,7 +131,7 @@ def class_names(config) -> list[str]:
 
 
 def predict_probs(
-  state: train.TrainState, images: jax.Array, flip_tta: bool = False
+  state: steps.TrainState, images: jax.Array, flip_tta: bool = False
 ) -> jax.Array:
   """Class probabilities (B, num_classes) for uint8 images (B, H, W, C).
 
@@ -141,7 +140,7 @@ def predict_probs(
   """
   logits = techniques.eval_logits(
     state.apply_fn,
-    train.model_variables(state),
+    steps.model_variables(state),
     data.normalize(images),
     flip_tta,
   )
@@ -149,7 +148,7 @@ def predict_probs(
 
 
 def predict_all(
-  state: train.TrainState,
+  state: steps.TrainState,
   images: np.ndarray,
   batch_size: int = 1000,
   flip_tta: bool = False,
@@ -196,7 +195,7 @@ def model_summary(model: nn.Module, image_shape: tuple[int, int, int]) -> str:
 
 
 def flops_per_example(
-  state: train.TrainState,
+  state: steps.TrainState,
   image_shape: tuple[int, int, int],
   batch_size: int = 8,
 ) -> float:
