@@ -114,11 +114,17 @@ def _check_losses(
   return int(bad.sum())
 
 
-def exit_on_signal(name: str, step: int, workdir: str, latest) -> None:
-  """After the checkpoint at ``step`` is saved: say so, exit 128 + signal."""
+def exit_on_signal(name: str, step: int, workdir: str, *managers) -> None:
+  """After the checkpoint at ``step`` is saved: say so, exit 128 + signal.
+
+  Waits for every manager's pending save first (the latest one, and a best
+  model saved at the same epoch's end): an exit with a save in flight loses
+  it, and with several processes leaves the others waiting at its barrier.
+  """
   from jaxcls.training import checkpoint
 
-  checkpoint.wait(latest)
+  for manager in managers:
+    checkpoint.wait(manager)
   if jax.process_index() == 0:
     print(
       f'{name}: saved a checkpoint at step {step} in {workdir}; run the '
