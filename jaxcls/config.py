@@ -42,6 +42,13 @@ def _data_fields(c: ml_collections.ConfigDict) -> None:
   c.channels = 0  # image_folder: 1 (grayscale) or 3 (RGB); 0: from data
   c.validation_percent = 10  # the last 10% of TFDS's train split
   c.train_examples = -1  # cap on training examples for quick runs; -1: all
+  # Sequences (jaxcls/data/sequences.py): 'spam_assassin', 'text_folder'
+  # and UCR/UEA problems as 'ucr/<Name>'; model 'sequence' reads them.
+  c.max_len = 0  # steps kept; 0: 256 words, 1024 bytes, the longest series
+  c.tokenizer = 'words'  # texts: 'words' (a vocabulary of train) or 'bytes'
+  c.vocab_size = 20_000  # word ids, PAD and UNK included
+  c.num_buckets = 4  # padded lengths of training batches (jit programs)
+  c.email_headers = True  # False: emails keep only their Subject and body
 
 
 def _model_fields(c: ml_collections.ConfigDict) -> None:
@@ -57,6 +64,10 @@ def _model_fields(c: ml_collections.ConfigDict) -> None:
   c.bidirectional = False  # forward and backward outputs concatenated
   c.readout = 'last'  # 'last' hidden state or 'mean' over time feeds the head
   c.forget_bias = 1.0  # LSTM forget-gate bias at init (Keras unit_forget_bias)
+  # Model 'sequence' (jaxcls/models/sequence.py) also reads these two, and
+  # hidden_size, num_layers, bidirectional, readout ('last', 'mean', 'max').
+  c.cell = 'lstm'  # 'lstm', 'gru' or 'rnn'
+  c.embed_size = 64  # token embedding, or a series' input projection (0: none)
   # BatchNorm and the small ResNet (jaxcls/resnet.py, He et al. 2016).
   c.batchnorm = False  # the CNN: BatchNorm after each convolution
   c.resnet_depth = 20  # 6n + 2: 20, 32, 44, 56, 110
@@ -102,6 +113,7 @@ def _training_fields(c: ml_collections.ConfigDict) -> None:
   c.log_every_steps = 100
   c.parallel = 'jit'  # 'jit' (NamedSharding over all devices) or 'pmap'
   c.patience = 0  # early stop after this many epochs without a better val
+  c.best_by = 'accuracy'  # the best epoch: highest val accuracy, or 'loss'
   c.nonfinite_policy = 'stop'  # or 'skip': drop NaN/inf steps, up to...
   c.max_nonfinite_steps = 10  # ...this many in a row
 
@@ -222,33 +234,9 @@ def matches(config, meta: dict) -> bool:
   return meta.get('fingerprint') == fingerprint(config, keys=set(stored))
 
 
-def _validate_image_folder(config) -> None:
-  """The fields of dataset 'image_folder'."""
-  is_folder = config.dataset == data.IMAGE_FOLDER
-  if is_folder and not config.manual_dir:
-    raise ValueError(
-      "dataset 'image_folder' needs --config.manual_dir=PATH, "
-      'a folder with one subfolder of images per class'
-    )
-  if config.channels not in (0, 1, 3):
-    raise ValueError(
-      f'channels must be 1, 3 or 0 (from the data), got {config.channels!r}'
-    )
-  if config.image_size < 0 or 0 < config.image_size < 4:
-    raise ValueError(
-      f'image_size must be >= 4 or 0 (from the data), got {config.image_size!r}'
-    )
-  if not is_folder and (config.image_size or config.channels):
-    raise ValueError(
-      f'image_size and channels apply to dataset '
-      f"'image_folder' only; {config.dataset} images are "
-      f'{data.get_spec(config.dataset).image_shape}'
-    )
-
-
 # field -> the allowed values (a callable for registries filled on import).
 CHOICES = {
-  'dataset': lambda: sorted(data.DATASETS) + [data.IMAGE_FOLDER],
+  'dataset': data.dataset_names,
   'model': lambda: sorted(models.MODELS),
   'optimizer': lambda: list(optim.OPTIMIZERS),
   'lr_schedule': lambda: list(optim.SCHEDULES),
@@ -257,7 +245,10 @@ CHOICES = {
   'parallel': ('jit', 'pmap'),
   'nonfinite_policy': ('stop', 'skip'),
   'compute_dtype': ('float32', 'bfloat16'),
-  'readout': ('last', 'mean'),
+  'readout': ('last', 'mean', 'max'),
+  'tokenizer': ('words', 'bytes'),
+  'best_by': ('accuracy', 'loss'),
+  'cell': ('lstm', 'gru', 'rnn'),
   'device_data': ('auto', 'on', 'off'),
   'augment': ('auto', 'none', 'flip', 'crop_flip'),
   'resnet_shortcut': ('pad', 'projection'),
@@ -266,6 +257,7 @@ CHOICES = {
 # Each rule: its wording in the error line, and the test (NaN fails all).
 _RULES = {
   '> 0': lambda v: v > 0,
+  '> 2': lambda v: v > 2,
   '>= 0': lambda v: v >= 0,
   'in [0, 1)': lambda v: 0 <= v < 1,
   'in 1..99': lambda v: 1 <= v <= 99,
@@ -278,6 +270,10 @@ RANGES = {
   'eval_batch_size': '> 0',
   'num_epochs': '> 0',
   'hidden_size': '> 0',
+  'max_len': '>= 0',
+  'vocab_size': '> 2',
+  'num_buckets': '> 0',
+  'embed_size': '>= 0',
   'num_layers': '> 0',
   'validation_percent': 'in 1..99',
   'train_examples': '-1 (all) or > 0',
@@ -326,7 +322,9 @@ def validate(config) -> None:
   for name, allowed in CHOICES.items():
     if name in config:
       allowed = allowed() if callable(allowed) else allowed
-      if config[name] not in allowed:
+      if config[name] not in allowed and not (
+        name == 'dataset' and data.is_sequence(config[name])
+      ):
         raise ValueError(
           f'unknown {name} {config[name]!r}; choose one of '
           f'{list(allowed)} (--config.{name}=...)'
@@ -344,7 +342,7 @@ def validate(config) -> None:
       raise ValueError(
         f'{name} must be {rule}, got {value!r}; set --config.{name}=...'
       )
-  _validate_image_folder(config)
+  data.fields.check(config)
   if config.get('profile_steps'):
     parse_steps(config.profile_steps)
   if config.model == 'resnet':

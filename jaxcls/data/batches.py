@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls.data import specs
+from jaxcls.data.buckets import bucket_for
 
 
 def epoch_permutation(
@@ -74,23 +75,36 @@ def eval_batches(
   batch_size: int,
   process_index: int = 0,
   process_count: int = 1,
+  buckets: tuple[int, ...] = (),
 ):
   """Yields this process's rows of each global batch, padded, with a mask.
 
   The last batch is padded to ``batch_size`` with copies of example 0 whose
   ``mask`` is 0, so every example is counted exactly once and every batch has
   the same shape (one compilation). With several processes, each yields its
-  own contiguous share of the rows of every global batch.
+  own contiguous share of the rows of every global batch. Sequences come
+  with their ``length``, each batch cut to the bucket of its longest.
   """
   local = batch_size // process_count
   n = len(split)
   for start in range(0, n, batch_size):
     rows = np.arange(start, start + batch_size)
+    width = _width(split, rows[rows < n], buckets)
     rows = rows[process_index * local : (process_index + 1) * local]
     mask = rows < n
     rows = np.where(mask, rows, 0)
-    yield {
-      'image': split.images[rows],
+    batch = {
+      'image': split.images[rows, :width],
       'label': split.labels[rows],
       'mask': mask.astype(np.float32),
     }
+    if split.lengths is not None:  # Padding rows: 1 step, within the width.
+      batch['length'] = np.where(mask, split.lengths[rows], 1)
+    yield batch
+
+
+def _width(split: specs.Split, rows: np.ndarray, buckets) -> int | None:
+  """The padded length of a batch of ``rows`` (None: the whole width)."""
+  if split.lengths is None or not buckets:
+    return None
+  return bucket_for(int(split.lengths[rows].max()), buckets)

@@ -10,7 +10,7 @@ import socket
 import jax
 import numpy as np
 
-from jaxcls.data import image_folder, local_files, specs
+from jaxcls.data import image_folder, local_files, sequences, specs
 
 
 def source_args(config) -> dict:
@@ -23,14 +23,35 @@ def source_args(config) -> dict:
   }
 
 
+def sequence_args(config) -> dict:
+  """The config fields that say how a sequence dataset becomes arrays (see
+  :func:`.sequences.load`); empty for images."""
+  if not specs.is_sequence(config.dataset):
+    return {}
+  return {
+    'max_len': config.max_len,
+    'tokenizer': config.tokenizer,
+    'vocab_size': config.vocab_size,
+    'num_buckets': config.num_buckets,
+    'email_headers': config.email_headers,
+  }
+
+
 def builder_for(config):
   """The prepared TFDS builder of ``config.dataset`` (see get_builder)."""
+  if specs.is_sequence(config.dataset):
+    return sequences.get_builder(
+      config.dataset, config.data_dir, config.manual_dir
+    )
   return get_builder(config.dataset, config.data_dir, **source_args(config))
 
 
 def dataset_spec(config) -> specs.DatasetSpec:
   """The spec of ``config.dataset``: the fixed table, or for an image folder
-  its prepared TFDS dataset's image shape and class names."""
+  its prepared TFDS dataset's image shape and class names; for sequences,
+  their loaded data's (the vocabulary is built from the training split)."""
+  if specs.is_sequence(config.dataset):
+    return load_config(config).spec
   if config.dataset != specs.IMAGE_FOLDER:
     return specs.get_spec(config.dataset)
   return image_folder.spec(builder_for(config))
@@ -166,6 +187,20 @@ def _source_name(builder) -> str:
   return f'{builder.name}/{config_name}' if config_name else builder.name
 
 
+def load_config(config, num_shards: int = 1, shard_ids=(0,)) -> specs.Data:
+  """:func:`load` with ``config``'s fields."""
+  return load(
+    config.dataset,
+    config.data_dir,
+    config.validation_percent,
+    config.train_examples,
+    num_shards,
+    shard_ids,
+    **source_args(config),
+    **sequence_args(config),
+  )
+
+
 def load(
   name: str,
   data_dir: str | None = None,
@@ -177,24 +212,28 @@ def load(
   manual_dir: str | None = None,
   image_size: int = 0,
   channels: int = 0,
+  **sequence_kwargs,
 ) -> specs.Data:
-  """Loads train / validation / test for ``name`` into host memory.
+  """Loads train / validation / test for ``name`` into host memory (a
+  sequence dataset: :func:`.sequences.load`, with ``sequence_kwargs``).
 
   Args:
     name, data_dir, manual_dir, image_size, channels: see :func:`get_builder`.
     validation_percent: the % at the end of TFDS's train split that validates
-      where the dataset has no ``validation`` split (an image folder's val/).
+      where there is no ``validation`` split (an image folder's val/).
     train_examples, num_shards, shard_ids: train on the first train_examples
       (all if <= 0), cut in num_shards equal parts; read only parts shard_ids.
 
-  Returns:
-    :class:`specs.Data`: this process's train shards, validation, test, spec.
-
-  Raises:
-    ValueError: the prepared files are corrupt or of another shape.
+  Returns :class:`specs.Data`: this process's train shards, validation,
+  test, spec. Raises ValueError if the prepared files are corrupt or of
+  another shape.
   """
   import tensorflow_datasets as tfds
 
+  if specs.is_sequence(name):
+    where = dict(manual_dir=manual_dir, **sequence_kwargs)
+    args = (validation_percent, train_examples, num_shards, shard_ids)
+    return sequences.load(name, data_dir, *args, **where)
   builder = get_builder(
     name,
     data_dir,

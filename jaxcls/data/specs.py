@@ -23,10 +23,22 @@ _DOWNLOAD_HOSTS = {
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  image_shape: tuple[int, int, int]
+  """What a model is built for: one example's shape, the classes.
+
+  For images ``image_shape`` is (H, W, C) of uint8 pixels; for sequences it
+  is one padded example, ``(max_len,)`` int32 token ids or ``(max_len, C)``
+  float32 features (``input_dtype``).
+  """
+
+  image_shape: tuple[int, ...]
   num_classes: int
   augment: bool  # random crop (padding 4) + horizontal flip when training
   class_names: tuple[str, ...] = ()  # label i is class_names[i]
+  input_dtype: str = 'uint8'  # 'int32' token ids, 'float32' features
+
+  @property
+  def is_sequence(self) -> bool:
+    return self.input_dtype != 'uint8'
 
 
 DATASETS = {
@@ -74,6 +86,18 @@ DATASETS = {
 # from the prepared data, so it is not in the fixed table above.
 IMAGE_FOLDER = 'image_folder'
 
+# Sequence datasets (jaxcls/data/sequences.py): texts, and any UCR/UEA
+# problem as 'ucr/<Name>' (e.g. 'ucr/JapaneseVowels').
+TEXT_DATASETS = ('spam_assassin', 'text_folder')
+UCR_PREFIX = 'ucr/'
+
+
+def is_sequence(name: str) -> bool:
+  """Whether dataset ``name`` is one of sequences (text or time series)."""
+  return name in TEXT_DATASETS or (
+    name.startswith(UCR_PREFIX) and len(name) > len(UCR_PREFIX)
+  )
+
 
 class DatasetUnavailableError(RuntimeError):
   """A dataset is not prepared locally and cannot be downloaded."""
@@ -81,10 +105,15 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclasses.dataclass
 class Split:
-  """One split in host memory: uint8 images (N, H, W, C), int32 labels (N,)."""
+  """One split in host memory: uint8 images (N, H, W, C), int32 labels (N,).
+
+  A split of sequences holds them padded in ``images`` ((N, T) int32 ids or
+  (N, T, C) float32, zero after each end) and their int32 ``lengths`` (N,).
+  """
 
   images: np.ndarray
   labels: np.ndarray
+  lengths: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -106,15 +135,23 @@ class Data:
   test: Split
   spec: DatasetSpec
   source: str  # which TFDS builder the data came from
+  # Sequences: the padded lengths a batch may have (jaxcls/data/buckets.py).
+  buckets: tuple[int, ...] = ()
+  # Sequences: how inputs were made (vocabulary, normalisation), for predict.
+  inputs: dict = dataclasses.field(default_factory=dict)
 
   @property
   def train(self) -> Split:
     """All of this process's training examples, as one split."""
     if len(self.train_shards) == 1:
       return self.train_shards[0]
+    parts = self.train_shards
     return Split(
-      np.concatenate([s.images for s in self.train_shards]),
-      np.concatenate([s.labels for s in self.train_shards]),
+      np.concatenate([s.images for s in parts]),
+      np.concatenate([s.labels for s in parts]),
+      None
+      if parts[0].lengths is None
+      else np.concatenate([s.lengths for s in parts]),
     )
 
 
@@ -124,11 +161,20 @@ def check_dataset_name(name: str) -> None:
   Raises:
     ValueError: naming the choices, if it is not.
   """
-  if name != IMAGE_FOLDER and name not in DATASETS:
+  if name != IMAGE_FOLDER and name not in DATASETS and not is_sequence(name):
     raise ValueError(
-      f'unknown dataset {name!r}; choose one of '
-      f'{sorted(DATASETS) + [IMAGE_FOLDER]}'
+      f'unknown dataset {name!r}; choose one of {dataset_names()}'
     )
+
+
+def dataset_names() -> list[str]:
+  """The dataset names a config may give (a UCR problem as 'ucr/<Name>')."""
+  return [
+    *sorted(DATASETS),
+    IMAGE_FOLDER,
+    *TEXT_DATASETS,
+    UCR_PREFIX + '<Name>',
+  ]
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -139,9 +185,9 @@ def get_spec(name: str) -> DatasetSpec:
       depends on its files (see ``sources.dataset_spec``).
   """
   check_dataset_name(name)
-  if name == IMAGE_FOLDER:
+  if name == IMAGE_FOLDER or is_sequence(name):
     raise ValueError(
-      f'the spec of {IMAGE_FOLDER!r} comes from its files; '
+      f'the spec of {name!r} comes from its files; '
       'use data.dataset_spec(config)'
     )
   return DATASETS[name]

@@ -94,6 +94,21 @@ def byte_ids(
   return pad(ids, max_len)
 
 
+_BLANK_LINE = re.compile(r'\r?\n\r?\n')
+_SUBJECT = re.compile(r'^Subject:[^\n]*', re.IGNORECASE | re.MULTILINE)
+
+
+def without_headers(text: str) -> str:
+  """An email's Subject line and body: its headers but the Subject (all up
+  to the first blank line) dropped, so that a length limit reaches the
+  message itself; a text without a blank line is kept whole."""
+  parts = _BLANK_LINE.split(text, maxsplit=1)
+  if len(parts) == 1:
+    return text
+  subject = _SUBJECT.search(parts[0])
+  return (subject.group(0) + '\n\n' if subject else '') + parts[1]
+
+
 def words(text: str) -> list[str]:
   """The lower-cased ``\\w+`` words of ``text``, in order."""
   return WORD.findall(text.lower())

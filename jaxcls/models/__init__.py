@@ -2,7 +2,8 @@
 
 The article's CNN (:mod:`.cnn`), a small ResNet (:mod:`.resnet`), and RNN,
 LSTM and GRU classifiers over image rows (:mod:`.recurrent`, with the cells
-in :mod:`.rnn_cells` and the fused kernels in :mod:`.fused_rnn`).
+in :mod:`.rnn_cells` and the fused kernels in :mod:`.fused_rnn`), and a
+classifier of texts and time series with lengths (:mod:`.sequence`).
 
 Every model maps a float batch ``(B, H, W, C)`` to float32 logits
 ``(B, num_classes)`` and takes ``train`` (dropout and BatchNorm). Dropout
@@ -16,7 +17,7 @@ not because some module was imported.
 
 import flax.linen as nn
 
-from jaxcls.models import cnn, recurrent, resnet
+from jaxcls.models import cnn, recurrent, resnet, sequence
 from jaxcls.models.cnn import CNN, conv_relu_pool, nan_max_pool_2x2, pool_2x2
 from jaxcls.models.resnet import ResNet
 from jaxcls.ops.kernels import max_pool_2x2
@@ -27,6 +28,7 @@ MODELS = {
   'rnn': recurrent.build_classifier,
   'lstm': recurrent.build_classifier,
   'gru': recurrent.build_classifier,
+  'sequence': sequence.build_sequence,
 }
 
 

@@ -109,3 +109,28 @@ class SequenceClassifier(nn.Module):
     if self.embed_size:
       x = nn.Dense(self.embed_size, dtype=self.dtype, name='input')(x)
     return x.astype(self.dtype)
+
+
+# Token ids of config.tokenizer 'bytes' (jaxcls.data.tokens.BYTE_VOCAB_SIZE:
+# PAD, BOS and the 256 bytes); 'words' has config.vocab_size ids.
+BYTE_VOCAB_SIZE = 258
+
+
+def build_sequence(config, num_classes: int) -> SequenceClassifier:
+  """``models.MODELS`` builder of model 'sequence': token ids for a text
+  dataset (an embedding), feature vectors for a UCR one ('ucr/<Name>')."""
+  text = not config.dataset.startswith('ucr/')
+  vocab = BYTE_VOCAB_SIZE if config.tokenizer == 'bytes' else config.vocab_size
+  return SequenceClassifier(
+    num_classes=num_classes,
+    vocab_size=vocab if text else 0,
+    embed_size=config.embed_size,
+    cell=config.cell,
+    hidden_size=config.hidden_size,
+    num_layers=config.num_layers,
+    bidirectional=config.bidirectional,
+    readout=config.readout,
+    dropout_rate=config.dropout_rate,
+    forget_bias=config.forget_bias,
+    dtype=jnp.dtype(config.compute_dtype),
+  )

@@ -72,6 +72,15 @@ def _early_stop(run: Run, epoch: int, progress: Progress) -> bool:
   return False
 
 
+def _better(config, val: dict, progress: Progress) -> bool:
+  """Whether this epoch's validation beats the best so far: a higher
+  accuracy (``best_by='accuracy'``), or a lower loss (``'loss'``: for a
+  validation set so small that its accuracy saturates early)."""
+  if config.get('best_by', 'accuracy') == 'loss':
+    return progress.best_val_loss < 0 or val['loss'] < progress.best_val_loss
+  return val['accuracy'] > progress.best_val_accuracy
+
+
 def end_of_epoch(
   run: Run,
   state,
@@ -89,8 +98,9 @@ def end_of_epoch(
   params (meta ``weights: ema``), so everything that reads it uses them.
   """
   val, candidate, weights, ema_note = _validate(run, state)
-  if val['accuracy'] > progress.best_val_accuracy:
+  if _better(run.config, val, progress):
     progress.best_val_accuracy, progress.best_epoch = val['accuracy'], epoch
+    progress.best_val_loss = val['loss']
     run.save(run.best, candidate, epoch, progress, weights=weights)
   run.save(run.latest, state, epoch, progress)
   log(
@@ -110,7 +120,7 @@ def stop_if_asked(run: Run, stop, due: bool, state, step, progress) -> None:
   received = guards.agreed_stop(stop, due)
   if received:
     run.save(run.latest, state, step // run.steps_per_epoch, progress)
-    guards.exit_on_signal(received, step, run.workdir, run.latest)
+    guards.exit_on_signal(received, step, run.workdir, run.latest, run.best)
 
 
 def after_call(run: Run, call, progress: Progress, writer, feed) -> bool:

@@ -39,7 +39,7 @@ def params_sha256(params) -> str:
 
 
 def evaluate(
-  eval_fn, state, split: data.Split, batch_size: int, put_batch
+  eval_fn, state, split: data.Split, batch_size: int, put_batch, buckets=()
 ) -> dict:
   """Accuracy and mean loss over every example of ``split``, exactly once.
 
@@ -50,6 +50,7 @@ def evaluate(
     batch_size: the global evaluation batch size.
     put_batch: turns this process's numpy rows into the device batch
       ``eval_fn`` takes: a ``Mesh`` (rows sharded over it) or a function.
+    buckets: sequences: the padded lengths of the batches (Data.buckets).
 
   Returns:
     ``{'accuracy', 'loss', 'count'}`` as Python numbers.
@@ -58,7 +59,7 @@ def evaluate(
     put_batch = functools.partial(parallel.put_batch, mesh=put_batch)
   totals = None
   for batch in data.eval_batches(
-    split, batch_size, jax.process_index(), jax.process_count()
+    split, batch_size, jax.process_index(), jax.process_count(), buckets
   ):
     sums = eval_fn(state, put_batch(batch))
     totals = (

@@ -38,9 +38,12 @@ def default_steps_per_call(backend: str | None = None) -> int:
 def use_device_data(config) -> bool:
   """Whether ``config`` trains from device-resident data.
 
-  'auto' means yes for a single process on the jit path; the data must then
-  fit on each device next to the model.
+  'auto' means yes for a single process on the jit path, for images; the
+  data must then fit on each device next to the model. Sequences take the
+  host feed, whose batches have their own padded lengths.
   """
+  if data.is_sequence(config.dataset):
+    return False
   if config.device_data == 'auto':
     return config.parallel == 'jit' and jax.process_count() == 1
   return config.device_data == 'on'
@@ -72,6 +75,14 @@ def epoch_rows(
     parts.append(offset + order[: steps * per_shard].reshape(steps, per_shard))
     offset += len(split)
   return np.concatenate(parts, axis=1).astype(np.int32)
+
+
+def sequence_rows(seed: int, epoch: int, split: data.Split, batch_size: int):
+  """:func:`epoch_rows` for one shard of sequences: the (seed, epoch) order,
+  windows of it sorted by length, the batches shuffled (see data.buckets)."""
+  order = data.epoch_permutation(seed, epoch, len(split))
+  rng = np.random.default_rng([seed, epoch, 0, 1])
+  return data.buckets.sorted_batches(order, split.lengths, batch_size, rng)
 
 
 def multi_step(step_fn, n: int):
@@ -141,34 +152,53 @@ class HostFeed:
   """One step per call, each batch gathered on the host (any parallelism).
 
   ``train_split`` is this process's shards concatenated, which the rows of
-  :func:`epoch_rows` index. Metrics come back as scalars (one step).
+  :func:`epoch_rows` index. Metrics come back as scalars (one step). For
+  sequences, a batch is cut to the bucket of its longest (``buckets``), and
+  there is one compiled step per bucket.
   """
 
-  def __init__(self, steps, train_split: data.Split):
+  def __init__(self, steps, train_split: data.Split, buckets=()):
     self._steps, self._split = steps, train_split
-    self._train = steps.train
+    self._buckets = tuple(buckets) if train_split.lengths is not None else ()
+    self._train, self._compiled = steps.train, {}
     self.input_seconds = 0.0  # host time spent gathering and copying batches
 
   def compile(self, state, rng, n: int, batch_size: int):
+    """Compiles the step for every padded length ahead of time."""
     del n
     if hasattr(self._train, 'lower'):  # jit; pmap compiles on first call.
-      batch = self._batch(np.zeros((1, batch_size), np.int32))
-      self._train = self._train.lower(state, batch, rng).compile()
-    return self._train
+      for width in self._buckets or (None,):
+        rows = np.zeros((1, batch_size), np.int32)
+        batch = self._batch(rows, width)
+        self._compiled[width] = self._train.lower(state, batch, rng).compile()
+    return self._compiled
 
-  def _batch(self, rows):
-    return self._steps.put_batch(
-      {
-        'image': self._split.images[rows[0]],
-        'label': self._split.labels[rows[0]],
-      }
-    )
+  @property
+  def compiled_programs(self) -> int:
+    return len(self._compiled)
+
+  def _width(self, rows) -> int | None:
+    if not self._buckets:
+      return None
+    longest = int(self._split.lengths[rows[0]].max())
+    return data.buckets.bucket_for(longest, self._buckets)
+
+  def _batch(self, rows, width):
+    r = rows[0]
+    batch = {
+      'image': self._split.images[r, :width],
+      'label': self._split.labels[r],
+    }
+    if self._split.lengths is not None:
+      batch['length'] = self._split.lengths[r]
+    return self._steps.put_batch(batch)
 
   def run(self, state, rows: np.ndarray, rng):
     t = time.perf_counter()
-    batch = self._batch(rows)
+    width = self._width(rows)
+    batch = self._batch(rows, width)
     self.input_seconds += time.perf_counter() - t
-    return self._train(state, batch, rng)
+    return self._compiled.get(width, self._train)(state, batch, rng)
 
 
 __all__ = [
@@ -176,6 +206,7 @@ __all__ = [
   'use_device_data',
   'steps_per_call',
   'epoch_rows',
+  'sequence_rows',
   'multi_step',
   'DeviceFeed',
   'HostFeed',

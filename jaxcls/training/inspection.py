@@ -1,11 +1,13 @@
-"""Looking at a trained model: restore it, summarise it, run it on images.
+"""Looking at a trained model: restore it, summarise it, run it on inputs.
 
 ``load_best(workdir)`` rebuilds the model and restores its best checkpoint
-from the workdir alone (the checkpoint's metadata holds the config).
-``model_summary`` is Flax's ``nn.tabulate`` table (layers, shapes, parameter
-counts, FLOPs per layer); ``flops_per_example`` asks XLA's cost analysis of
-the compiled forward pass. ``predict_probs`` is the jittable softmax of the
-model on uint8 images, normalised exactly as in training.
+from the workdir alone (the checkpoint's metadata holds the config; a
+sequence run's ``inputs.json`` its input shape). ``model_summary`` is Flax's
+``nn.tabulate`` table (layers, shapes, parameter counts, FLOPs per layer);
+``flops_per_example`` asks XLA's cost analysis of the compiled forward pass.
+``predict_probs`` is the jittable softmax of the model on uint8 images,
+normalised exactly as in training, or on padded sequences with lengths;
+``encode_texts`` turns new texts into ids as a text run encoded its own.
 """
 
 import functools
@@ -21,8 +23,10 @@ import orbax.checkpoint as ocp
 
 from jaxcls import config as config_lib
 from jaxcls import data, models, optim
+from jaxcls.data import tokens
 from jaxcls.ops import fastpath, techniques
 from jaxcls.training import checkpoint, steps
+from jaxcls.training import workdir as workdir_lib
 
 
 def _best_meta(workdir: str) -> tuple[ocp.CheckpointManager, dict]:
@@ -100,7 +104,7 @@ def load_best(
       manager, meta = _best_meta(workdir)
       step = manager.latest_step()
       config = config_lib.from_stored(meta['config'])
-      spec = data.dataset_spec(config)
+      spec = run_spec(config, workdir)
       model = models.create_model(config, spec.num_classes)
       # The optimizer state's structure does not depend on steps_per_epoch.
       target = steps.create_train_state(
@@ -109,6 +113,7 @@ def load_best(
         optim.create_optimizer(config, 1),
         spec.image_shape,
         ema=config.ema_decay > 0,
+        input_dtype=model_dtype(spec.input_dtype),
       )
       state, _ = checkpoint.restore(
         manager, target, config_lib.fingerprint(config), step, config=config
@@ -123,28 +128,120 @@ def load_best(
   raise AssertionError('unreachable')
 
 
-def class_names(config) -> list[str]:
-  """The label names of ``config.dataset``: the fixed table's, or an image
-  folder's folder names (from its prepared TFDS dataset)."""
-  spec = data.dataset_spec(config)
+def model_dtype(input_dtype: str) -> str:
+  """The dtype a model is given for inputs of ``input_dtype``: int32 token
+  ids as they are, float32 otherwise (pixels reach it normalised)."""
+  return 'int32' if input_dtype == 'int32' else 'float32'
+
+
+def spec_from_inputs(inputs: dict, where: str = 'inputs.json'):
+  """The :class:`data.DatasetSpec` of a sequence run's ``inputs.json``:
+  ``(max_len,)`` int32 ids for text, ``(max_len, C)`` float32 for series."""
+  try:
+    names = tuple(inputs['class_names'])
+    if inputs['kind'] == 'text':
+      shape, dtype = (int(inputs['max_len']),), 'int32'
+    else:
+      shape, dtype = (int(inputs['max_len']), len(inputs['mean'])), 'float32'
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(
+      f'{where} is damaged ({type(e).__name__}: {e}); train again'
+    ) from None
+  return data.DatasetSpec(shape, len(names), False, names, dtype)
+
+
+def run_spec(config, workdir: str | None = None) -> data.DatasetSpec:
+  """The spec the model of ``config`` was built for: a sequence run's from
+  ``workdir``'s ``inputs.json`` (no data read), else (or without one)
+  ``data.dataset_spec(config)``, which loads a sequence dataset."""
+  if workdir and data.is_sequence(config.dataset):
+    inputs = workdir_lib.read_inputs(workdir)
+    if inputs:
+      return spec_from_inputs(inputs, workdir_lib.inputs_path(workdir))
+  return data.dataset_spec(config)
+
+
+def class_names(config, workdir: str | None = None) -> list[str]:
+  """The label names of ``config.dataset``: the fixed table's, an image
+  folder's folder names (from its prepared TFDS dataset), or a sequence
+  run's (from ``workdir``'s ``inputs.json`` when given)."""
+  spec = run_spec(config, workdir)
   return list(spec.class_names or (str(i) for i in range(spec.num_classes)))
 
 
+def encode_texts(inputs: dict, texts: list[str]) -> tokens.Padded:
+  """``texts`` as padded int32 ids (:class:`.tokens.Padded`, with lengths
+  and what was cut), encoded as the run of ``inputs`` (its ``inputs.json``)
+  encoded its own: its word list, or UTF-8 bytes; its ``max_len``."""
+  if inputs.get('kind') != 'text':
+    raise ValueError(f'a {inputs.get("kind")!r} run reads no texts')
+  if inputs.get('email_headers') is False:
+    texts = [tokens.without_headers(t) for t in texts]
+  if inputs['tokens'] == 'bytes':
+    return tokens.byte_ids(texts, inputs['max_len'])
+  vocab = tokens.WordVocab(tuple(inputs['words']))
+  return vocab.encode(texts, inputs['max_len'])
+
+
+def text_inputs(workdir: str) -> dict:
+  """A text run's ``inputs.json``: how it encoded its texts (ValueError
+  naming the file when it is missing or a time series run's)."""
+  path = workdir_lib.inputs_path(workdir)
+  inputs = workdir_lib.read_inputs(workdir)
+  if inputs is None:
+    raise ValueError(f'{path} is missing; train again to write it')
+  if inputs.get('kind') != 'text':
+    raise ValueError(
+      f'{path}: a {inputs.get("kind")!r} run, not a text run; predict reads '
+      'texts and images (score its test split with experiments.report)'
+    )
+  return inputs
+
+
+def text_steps(inputs: dict, texts: list[str]) -> list[int]:
+  """How many ids each text has before :func:`encode_texts` cuts it to the
+  run's ``max_len``: its UTF-8 bytes, or its words."""
+  if inputs.get('email_headers') is False:
+    texts = [tokens.without_headers(t) for t in texts]
+  if inputs['tokens'] == 'bytes':
+    return [len(t.encode('utf-8', 'surrogatepass')) for t in texts]
+  return [len(tokens.words(t)) for t in texts]
+
+
 def predict_probs(
-  state: steps.TrainState, images: jax.Array, flip_tta: bool = False
+  state: steps.TrainState,
+  images: jax.Array,
+  flip_tta: bool = False,
+  lengths: jax.Array | None = None,
 ) -> jax.Array:
-  """Class probabilities (B, num_classes) for uint8 images (B, H, W, C).
+  """Class probabilities (B, num_classes) for uint8 images (B, H, W, C), or
+  for padded sequences with their ``lengths`` (B,).
 
   ``flip_tta`` averages each image's probabilities with its mirror image's,
   as a run with ``config.flip_tta`` was validated and tested.
   """
+  batch = (
+    {'image': images}
+    if lengths is None
+    else {'image': images, 'length': lengths}
+  )
+  x, extra = steps.model_inputs(batch)
   logits = techniques.eval_logits(
-    state.apply_fn,
+    lambda v, x, **kw: state.apply_fn(v, x, **extra, **kw),
     steps.model_variables(state),
-    data.normalize(images),
+    x,
     flip_tta,
   )
   return jax.nn.softmax(logits, axis=-1)
+
+
+def _padded(chunk: np.ndarray, size: int, fill=0) -> np.ndarray:
+  """``chunk`` padded with ``fill`` rows to ``size`` rows (one shape)."""
+  pad = size - len(chunk)
+  if not pad:
+    return chunk
+  extra = np.full((pad, *chunk.shape[1:]), fill, chunk.dtype)
+  return np.concatenate([chunk, extra])
 
 
 def predict_all(
@@ -152,19 +249,21 @@ def predict_all(
   images: np.ndarray,
   batch_size: int = 1000,
   flip_tta: bool = False,
+  lengths: np.ndarray | None = None,
 ) -> np.ndarray:
-  """``predict_probs`` over many images, in fixed-size (padded) batches."""
+  """``predict_probs`` over many images (or sequences with ``lengths``), in
+  fixed-size (padded) batches: one shape, one compilation."""
   fn = fastpath.jit(functools.partial(predict_probs, flip_tta=flip_tta))
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start : start + batch_size]
-    pad = batch_size - len(chunk)  # One shape, one compilation.
-    padded = (
-      np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-      if pad
-      else chunk
-    )
-    out.append(np.asarray(fn(state, padded))[: len(chunk)])
+    size = len(chunk)
+    if lengths is None:
+      probs = fn(state, _padded(chunk, batch_size))
+    else:
+      part = _padded(lengths[start : start + batch_size], batch_size, 1)
+      probs = fn(state, _padded(chunk, batch_size), lengths=part)
+    out.append(np.asarray(probs)[:size])
   return np.concatenate(out)
 
 
@@ -177,39 +276,51 @@ def confusion_matrix(
   return m
 
 
-def model_summary(model: nn.Module, image_shape: tuple[int, int, int]) -> str:
+def model_summary(
+  model: nn.Module, image_shape: tuple[int, ...], input_dtype: str = 'uint8'
+) -> str:
   """Flax's table of layers, input/output shapes, FLOPs and parameters.
 
-  With jaxcls's CPU kernels off: the table shows the architecture's layers
-  (a CNN block's convolution, not its fused kernel op), whose FLOPs Flax can
-  count.
+  For one example of ``image_shape`` and ``input_dtype`` (a spec's: a
+  sequence is read at its full length). With jaxcls's CPU kernels off: the
+  table shows the architecture's layers (a CNN block's convolution, not its
+  fused kernel op), whose FLOPs Flax can count.
   """
-  table = nn.tabulate(
-    model,
-    jax.random.key(0),
-    compute_flops=True,
-    console_kwargs={'width': 120, 'force_terminal': False, 'no_color': True},
-  )
+  x = jnp.zeros((1, *image_shape), model_dtype(input_dtype))
+  console = {'width': 120, 'force_terminal': False, 'no_color': True}
   with fastpath.disabled():
-    return table(jnp.zeros((1, *image_shape), jnp.float32))
+    try:
+      return nn.tabulate(
+        model, jax.random.key(0), compute_flops=True, console_kwargs=console
+      )(x)
+    except TypeError:
+      # A method that returns no array (a recurrent cell's initializer):
+      # Flax cannot count FLOPs through it, so the table goes without.
+      table = nn.tabulate(model, jax.random.key(0), console_kwargs=console)
+      return f'{table(x)}(FLOPs per layer not counted for this model)'
 
 
 def flops_per_example(
   state: steps.TrainState,
-  image_shape: tuple[int, int, int],
+  image_shape: tuple[int, ...],
   batch_size: int = 8,
+  input_dtype: str = 'uint8',
 ) -> float:
   """Forward-pass FLOPs per example, from XLA's cost analysis.
 
-  The forward pass is lowered and compiled for ``batch_size`` uint8 images;
-  XLA counts the floating-point operations of the compiled program, traced
-  with jaxcls's CPU kernels off (XLA cannot see inside a custom call).
+  The forward pass is lowered and compiled for ``batch_size`` examples of
+  ``input_dtype`` (uint8 images; sequences with their lengths); XLA counts
+  the floating-point operations of the compiled program, traced with
+  jaxcls's CPU kernels off (XLA cannot see inside a custom call).
   """
-  images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8)
+  shape = (batch_size, *image_shape)
+  args = [state, jax.ShapeDtypeStruct(shape, input_dtype)]
+  if input_dtype != 'uint8':
+    args.append(jax.ShapeDtypeStruct((batch_size,), jnp.int32))
   with fastpath.disabled():
     # A fresh function: a cached trace of predict_probs may hold the kernels.
-    forward = jax.jit(lambda state, images: predict_probs(state, images))
-    compiled = forward.lower(state, images).compile()
+    forward = jax.jit(lambda state, x, *n: predict_probs(state, x, False, *n))
+    compiled = forward.lower(*args).compile()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per program.
     cost = cost[0]

@@ -84,7 +84,11 @@ def test_scores(run: Run, state) -> dict:
   (on the host) on the test split, scored as the run scored it."""
   test, spec = run.ds.test, run.ds.spec
   probs = inspection.predict_all(
-    state, test.images, run.config.eval_batch_size, run.config.flip_tta
+    state,
+    test.images,
+    run.config.eval_batch_size,
+    run.config.flip_tta,
+    lengths=test.lengths,
   )
   matrix = inspection.confusion_matrix(
     test.labels, probs.argmax(-1), spec.num_classes

@@ -11,10 +11,12 @@ and the pure steps in jaxcls.training.steps. What callers use as ``train.X``
 import ``as`` its own name is such a re-export.
 """
 
+import functools
 import os
 import sys
 
 import jax
+import numpy as np
 
 from jaxcls import config as config_lib
 from jaxcls.ops import fastpath
@@ -77,7 +79,7 @@ def make_feed(run: Run, rng):
   step, _ = configured_steps(run.config, run.ds.spec)
   if feed_lib.use_device_data(run.config):
     return feed_lib.DeviceFeed(step, run.ds.train, run.steps.mesh)
-  return feed_lib.HostFeed(run.steps, run.ds.train)
+  return feed_lib.HostFeed(run.steps, run.ds.train, run.ds.buckets)
 
 
 def train_and_evaluate(config, workdir: str, eval_only: bool = False) -> dict:
@@ -120,15 +122,45 @@ def _epochs(run: Run, train_rng, start: int) -> epochs.Epochs:
   config, spe = run.config, run.steps_per_epoch
   return epochs.Epochs(
     make_feed(run, train_rng),
-    lambda epoch: feed_lib.epoch_rows(
-      config.seed, epoch, run.ds.train_shards, run.shard_ids, run.per_shard
-    ),
+    functools.partial(_epoch_rows, run),
     spe,
     feed_lib.steps_per_call(config),
     start,
     config.num_epochs * spe,
     aux=train_rng,
   )
+
+
+def _epoch_rows(run: Run, epoch: int) -> np.ndarray:
+  """The epoch's batch rows: by length for one shard of sequences."""
+  if run.ds.buckets and len(run.ds.buckets) > 1:
+    return feed_lib.sequence_rows(
+      run.config.seed, epoch, run.ds.train, run.per_shard
+    )
+  return feed_lib.epoch_rows(
+    run.config.seed, epoch, run.ds.train_shards, run.shard_ids, run.per_shard
+  )
+
+
+def _report_buckets(run: Run, walk) -> None:
+  """Sequences: the compiled programs, and the padding share of epoch 1."""
+  from jaxcls import data
+
+  rows = walk.rows_for(0)
+  share = data.buckets.padding_share(run.ds.train.lengths, rows, run.ds.buckets)
+  programs = getattr(walk.feed, 'compiled_programs', 0)
+  run.results.update(
+    padded_lengths=list(run.ds.buckets),
+    compiled_programs=programs,
+    padding_share=share,
+  )
+  if jax.process_index() == 0:
+    print(
+      f'Compiled {programs} training programs (padded lengths '
+      f'{list(run.ds.buckets)}) in {run.results["compile_seconds"]:.1f} s; '
+      f'padding is {share:.1%} of the steps of an epoch.',
+      flush=True,
+    )
 
 
 def train_loop(run: Run) -> dict:
@@ -141,6 +173,8 @@ def train_loop(run: Run) -> dict:
   walk = _epochs(run, train_rng, start)
   local_batch = run.per_shard * len(run.shard_ids)
   run.results['compile_seconds'] = walk.compile(state, local_batch)
+  if run.ds.buckets:
+    _report_buckets(run, walk)
   writer = metrics_lib.MetricWriter(run.workdir, config)
   trace = profiling.StepTrace(
     config.get('profile_steps', ''), run.workdir, start
@@ -155,7 +189,7 @@ def train_loop(run: Run) -> dict:
     writer.close()
     received = guards.agreed_stop(stop)
     if received and step < walk.total_steps and not stopped_early:
-      guards.exit_on_signal(received, step, run.workdir, run.latest)
+      guards.exit_on_signal(received, step, run.workdir, run.latest, run.best)
     return finish(run, state, step, progress, stopped_early)
 
 

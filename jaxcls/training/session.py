@@ -56,6 +56,7 @@ class Progress:
 
   best_val_accuracy: float = -1.0
   best_epoch: int = 0
+  best_val_loss: float = -1.0  # of the best epoch; -1: none yet
   train_seconds: float = 0.0  # summed over every session of the run
   input_seconds: float = 0.0
   images_trained: int = 0
@@ -86,6 +87,7 @@ class Run:
       split,
       self.config.eval_batch_size,
       self.steps.put_batch,
+      self.ds.buckets,
     )
 
   def save(
@@ -108,15 +110,13 @@ class Run:
 
 def _load_data(config, num_shards: int, shard_ids) -> data.Data:
   """The splits, with this process's shards of the training split."""
-  return data.load(
-    config.dataset,
-    config.data_dir,
-    config.validation_percent,
-    config.train_examples,
-    num_shards,
-    shard_ids,
-    **data.source_args(config),
-  )
+  return data.load_config(config, num_shards, shard_ids)
+
+
+def _init_dtype(spec: data.DatasetSpec) -> str:
+  """The dummy input's dtype at init: float for pixels and features (images
+  are initialised as floats, as they reach the model), int32 for ids."""
+  return 'int32' if spec.input_dtype == 'int32' else 'float32'
 
 
 def _initial_results(config, ds: data.Data) -> dict:
@@ -159,8 +159,11 @@ def setup(config, workdir: str, ds: data.Data | None = None) -> Run:
     tx,
     ds.spec.image_shape,
     ema=config.ema_decay > 0,
+    input_dtype=_init_dtype(ds.spec),
   )
   results = _initial_results(config, ds)
+  if ds.inputs and jax.process_index() == 0:
+    workdir_lib.write_inputs(workdir, ds.inputs)
   return Run(
     config,
     workdir,

@@ -39,17 +39,19 @@ def create_train_state(
   rng: jax.Array,
   model: nn.Module,
   tx: optax.GradientTransformation,
-  image_shape: tuple[int, int, int],
+  image_shape: tuple[int, ...],
   ema: bool = False,
+  input_dtype='float32',
 ) -> TrainState:
   """Initialises the variables for ``image_shape`` inputs and the optimizer.
 
-  ``ema`` starts the moving average as a copy of the initial variables.
+  ``ema`` starts the moving average as a copy of the initial variables;
+  ``input_dtype`` is the dummy input's ('int32' for token ids).
   """
   # On XLA's ops: every path holds the same parameters, and a batch-1
   # dummy should neither run a kernel nor time one.
   with fastpath.disabled():
-    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+    variables = model.init(rng, jnp.zeros((1, *image_shape), input_dtype))
   batch_stats = variables.get('batch_stats')
   state = TrainState.create(
     apply_fn=model.apply,
@@ -75,6 +77,43 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def _check_pixels(images) -> None:
+  if getattr(images, 'ndim', None) != 4:
+    raise ValueError(
+      'images must be (batch, height, width, channels); got '
+      f'shape {getattr(images, "shape", None)}'
+    )
+  if images.dtype != jnp.uint8:
+    raise ValueError(
+      'images must be uint8 pixels in 0..255 (the step '
+      f'normalises them itself); got {images.dtype}'
+    )
+
+
+def _check_sequences(x, lengths) -> None:
+  ndim, dtype = getattr(x, 'ndim', None), getattr(x, 'dtype', None)
+  ids = ndim == 2 and jnp.issubdtype(dtype, jnp.integer)
+  if not (ids or (ndim == 3 and jnp.issubdtype(dtype, jnp.floating))):
+    raise ValueError(
+      'sequences must be (batch, steps) int token ids or (batch, steps, '
+      f'channels) floats; got {dtype} of shape {getattr(x, "shape", None)}'
+    )
+  shape = getattr(lengths, 'shape', None)
+  if shape != x.shape[:1] or not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(
+      f'lengths must be integers of shape {x.shape[:1]}; got {shape}'
+    )
+
+
+def model_inputs(batch: dict) -> tuple[jax.Array, dict]:
+  """The model's input and keyword arguments for ``batch``: pixels
+  normalised to [-1, 1] (:func:`data.normalize`); sequences as they are,
+  with ``lengths`` (so that padding is skipped)."""
+  if 'length' in batch:
+    return batch['image'], {'lengths': batch['length']}
+  return data.normalize(batch['image']), {}
+
+
 def check_batch(batch: dict, image_shape=None, num_classes=None) -> None:
   """Raises ValueError, in one line, for a batch the steps cannot take.
 
@@ -87,16 +126,10 @@ def check_batch(batch: dict, image_shape=None, num_classes=None) -> None:
   ):
     raise ValueError("a batch is a dict with 'image' and 'label' arrays")
   images, labels = batch['image'], batch['label']
-  if getattr(images, 'ndim', None) != 4:
-    raise ValueError(
-      'images must be (batch, height, width, channels); got '
-      f'shape {getattr(images, "shape", None)}'
-    )
-  if images.dtype != jnp.uint8:
-    raise ValueError(
-      'images must be uint8 pixels in 0..255 (the step '
-      f'normalises them itself); got {images.dtype}'
-    )
+  if 'length' in batch:
+    _check_sequences(images, batch['length'])
+  else:
+    _check_pixels(images)
   if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
     raise ValueError(
       f'images have shape {tuple(images.shape[1:])}, the '
@@ -165,9 +198,12 @@ def _step_inputs(
   if axis_name is not None:  # Distinct randomness per pmap device.
     step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
   augment_rng, dropout_rng = jax.random.split(step_rng)
-  images = data.normalize(
-    augment_images(augment_rng, batch['image'], augment, crop_padding)
-  )
+  if 'length' in batch:  # Sequences: no normalisation, no augmentation.
+    images = batch['image']
+  else:
+    images = data.normalize(
+      augment_images(augment_rng, batch['image'], augment, crop_padding)
+    )
   labels = targets = batch['label']
   if mixup_alpha > 0 or cutmix_alpha > 0:
     # Its own stream (not a third split), so runs without mixing keep theirs.
@@ -196,6 +232,7 @@ def _loss_and_grads(
       train=True,
       rngs={'dropout': dropout_rng},
       mutable=mutable,
+      **model_inputs(batch)[1],
     )
     logits, updates = out if mutable else (out, {})
     check_batch(batch, num_classes=logits.shape[-1])  # values, if concrete
@@ -307,9 +344,12 @@ def eval_step(
   """
   check_batch(batch)
   variables = state.ema if use_ema else model_variables(state)
-  images = data.normalize(batch['image'])
+  images, extra = model_inputs(batch)
   logits = techniques.eval_logits(
-    lambda v, x, **kw: _apply(state, v, x, **kw), variables, images, flip_tta
+    lambda v, x, **kw: _apply(state, v, x, **extra, **kw),
+    variables,
+    images,
+    flip_tta,
   )
   mask = batch.get('mask', jnp.ones(batch['label'].shape, jnp.float32))
   return {

@@ -126,6 +126,30 @@ def write_kernels(workdir: str, recorded: dict) -> None:
   os.replace(path + '.tmp', path)
 
 
+def inputs_path(workdir: str) -> str:
+  return os.path.join(workdir, 'inputs.json')
+
+
+def write_inputs(workdir: str, inputs: dict) -> None:
+  """Saves how a sequence run made its inputs (``Data.inputs``: the word
+  list or 'bytes', max_len, a series' channel mean and std, the buckets), so
+  that predict and export encode new text or series the same way."""
+  os.makedirs(workdir, exist_ok=True)
+  tmp = inputs_path(workdir) + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(inputs, f)
+  os.replace(tmp, inputs_path(workdir))
+
+
+def read_inputs(workdir: str) -> dict | None:
+  """The run's ``inputs.json`` (see :func:`write_inputs`), None if absent."""
+  try:
+    with open(inputs_path(workdir)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
 def write_results(workdir: str, results: dict) -> None:
   """Merges ``results`` into ``results.json``, atomically.
 
