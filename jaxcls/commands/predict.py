@@ -1,11 +1,12 @@
-"""The ``predict`` command: classify image files with a trained model.
+"""The ``predict`` command: classify image or text files with a model.
 
 :func:`predict` uses a workdir's best checkpoint, :func:`predict_exported`
 an export of it (``jaxcls.export``). :func:`load_image` reads any PNG or
 JPEG the way the model was trained (size, channels, 16-bit, transparency);
-a file it cannot use raises :class:`BadImageError`. :data:`USAGE` is the
-``--help`` text; ``python -m experiments.predict`` and ``jaxcls-predict``
-run :func:`run`.
+a file it cannot use raises :class:`BadImageError`. :func:`predict_text`
+classifies texts (UTF-8 files, CSV rows) with a text run's checkpoint.
+:data:`USAGE` is the ``--help`` text; ``python -m experiments.predict`` and
+``jaxcls-predict`` run :func:`run`.
 """
 
 from absl import flags
@@ -45,6 +46,13 @@ How pixels are read (see :func:`load_image`):
   onto white with ``--invert``, which then turns it black.
 * Images over ``MAX_PIXELS`` (PIL's decompression-bomb limit, 89 million
   pixels) are refused before they are decoded.
+
+A text run's workdir classifies texts: ``--workdir=runs/spam mail.txt
+rows.csv``. A file is one UTF-8 text (a BOM dropped), a ``.csv`` file one
+per row of its ``text`` column (named ``file:line``), each encoded as the
+run encoded its own (``inputs.json``); one longer than its ``max_len`` is
+cut, and its line says so. A file that is not UTF-8, or a text with no
+words (bytes), is one ``error:`` line naming it.
 """
 
 
@@ -65,7 +73,7 @@ def define_flags() -> None:
     'experiments.export wrote, its serving.jax, its model.onnx '
     '(onnxruntime) or its saved_model folder.',
   )
-  flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.')
+  flags.DEFINE_integer('top_k', 3, 'How many classes to print per input.')
   flags.DEFINE_bool(
     'invert', False, 'Invert the pixels (dark objects on a light background).'
   )
@@ -272,23 +280,116 @@ def predict_exported(
   return [top_k(p, names, k) for p in probs]
 
 
+class BadTextError(ValueError):
+  """An input file is missing, not UTF-8, or holds an empty text."""
+
+
+def read_text(path: str) -> str:
+  """The UTF-8 text of the file at ``path`` (a leading BOM dropped)."""
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+    return raw.decode('utf-8-sig')
+  except OSError as e:
+    raise BadTextError(f'{path}: {e.strerror or e}') from None
+  except UnicodeDecodeError as e:
+    line = raw[: e.start].count(b'\n') + 1
+    raise BadTextError(
+      f'{path}: not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}); '
+      'save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)'
+    ) from None
+
+
+def read_texts(path: str) -> list[tuple[str, str]]:
+  """``(name, text)`` pairs: the file's text, or for a ``.csv`` file each
+  row's ``text`` column, named ``path:line`` (blank lines skipped)."""
+  import csv
+  import io
+
+  text = read_text(path)
+  if not path.lower().endswith('.csv'):
+    return [(path, text)]
+  reader = csv.reader(io.StringIO(text, newline=''))
+  limit = csv.field_size_limit(2**31 - 1)  # Emails exceed 128 KiB.
+  try:
+    header = [h.strip().lower() for h in next(reader, [])]
+    if 'text' not in header:
+      raise BadTextError(f'{path}: no text column in its header ({header})')
+    i = header.index('text')
+    rows = [
+      (f'{path}:{reader.line_num}', row[i] if i < len(row) else '')
+      for row in reader
+      if any(field.strip() for field in row)
+    ]
+  except csv.Error as e:
+    raise BadTextError(f'{path}:{reader.line_num}: {e}') from None
+  finally:
+    csv.field_size_limit(limit)
+  if not rows:
+    raise BadTextError(f'{path}: no rows after the header')
+  return rows
+
+
+def predict_text(workdir: str, paths: list[str], k=None) -> list[tuple]:
+  """``(name, top-k (class name, probability), note)`` of a text run for
+  each text of ``paths`` (see :data:`USAGE`), in order; the note says if it
+  was cut to ``max_len``; ``k=None``: 3, or all classes when fewer.
+  ValueError, before the weights are restored: no paths, a bad ``k``, no
+  text run's ``inputs.json``, a bad file or row."""
+  from jaxcls.training import inspection
+
+  if not paths:
+    raise ValueError('no files given; pass text files or CSV files')
+  inputs = inspection.text_inputs(workdir)
+  names, max_len = inputs['class_names'], inputs['max_len']
+  k = min(3, len(names)) if k is None else k
+  if not 1 <= k <= len(names):
+    raise ValueError(f'--top_k must be in 1..{len(names)}, got {k}')
+  named = [item for path in paths for item in read_texts(path)]
+  steps = inspection.text_steps(inputs, [text for _, text in named])
+  unit = 'bytes' if inputs['tokens'] == 'bytes' else 'words'
+  for (name, _), n in zip(named, steps):
+    if not n:
+      raise BadTextError(f'{name}: empty text (no {unit} to classify)')
+  padded = inspection.encode_texts(inputs, [text for _, text in named])
+  config, state = inspection.load_best(workdir)
+  batch = min(len(named), config.eval_batch_size)
+  probs = inspection.predict_all(
+    state, padded.array, batch, config.flip_tta, padded.lengths
+  )
+  cut = f' (cut to its first {max_len:,} of {{:,}} {unit})'
+  return [
+    (name, top_k(p, names, k), cut.format(n) if n > max_len else '')
+    for (name, _), p, n in zip(named, probs, steps)
+  ]
+
+
 def main(argv):
-  """The absl main: predicts for every file in ``argv[1:]`` and prints it."""
+  """The absl main: predicts for every input in ``argv[1:]``, prints it."""
+  from jaxcls import data
+  from jaxcls.training import inspection
+
+  paths, k, invert = argv[1:], FLAGS.top_k, FLAGS.invert
   if bool(FLAGS.workdir) == bool(FLAGS.exported):
     cli.fail(
       'pass --workdir (the folder training wrote to) or --exported '
       '(what experiments.export wrote), one of them'
     )
-  if FLAGS.exported:
-    results = predict_exported(
-      FLAGS.exported, argv[1:], FLAGS.top_k, FLAGS.invert
-    )
+  workdir = FLAGS.workdir
+  if workdir and data.is_sequence(inspection.best_config(workdir).dataset):
+    if invert:
+      raise ValueError('--invert is for images; this run classifies texts')
+    found = predict_text(workdir, paths, k if FLAGS['top_k'].present else None)
   else:
-    results = predict(FLAGS.workdir, argv[1:], FLAGS.top_k, FLAGS.invert)
-  for path, best in zip(argv[1:], results):
-    print(path)
-    for rank, (name, p) in enumerate(best, 1):
-      print(f'  {rank}. {name:<16s} {p:7.2%}')
+    if FLAGS.exported:
+      images = predict_exported(FLAGS.exported, paths, k, invert)
+    else:
+      images = predict(workdir, paths, k, invert)
+    found = [(path, best, '') for path, best in zip(paths, images)]
+  for name, best, note in found:
+    print(f'{name}{note}')
+    for rank, (label, p) in enumerate(best, 1):
+      print(f'  {rank}. {label:<16s} {p:7.2%}')
 
 
 def run() -> None:

@@ -18,6 +18,7 @@ from jaxcls.commands.report_figures import (
   plot_curves,
   plot_misclassified,
   plot_reliability,
+  write_misclassified_text,
 )
 
 FLAGS = flags.FLAGS
@@ -36,7 +37,9 @@ Writes into ``<workdir>/report/``:
   ``log_every_steps`` steps as a thin line;
 * ``confusion_matrix.png``: the best checkpoint on the test split;
 * ``misclassified.png``: test images the best checkpoint gets wrong, with
-  their true and predicted labels;
+  their true and predicted labels; for a sequence run (texts, time series)
+  ``misclassified.txt`` instead: each one's test index and labels, and a
+  text's first 200 characters;
 * ``reliability.png``: the reliability diagram, test accuracy per top-1
   confidence bin (15 equal-width bins) against the diagonal;
 * ``report.json``: per-class precision, recall, F1 and support, their macro
@@ -61,9 +64,13 @@ def define_flags() -> None:
   flags.DEFINE_integer(
     'num_misclassified',
     25,
-    'How many misclassified test images to show (0 or more).',
+    'How many misclassified test examples to show (0 or more).',
     lower_bound=0,
   )
+
+
+# The models whose layers loop over steps (lax.scan).
+RECURRENT = ('rnn', 'lstm', 'gru', 'sequence')
 
 
 def write_scores(
@@ -105,18 +112,52 @@ def print_model(config, state, spec) -> tuple[int, float]:
   from jaxcls.training import inspection
 
   model = models.create_model(config, spec.num_classes)
-  print(inspection.model_summary(model, spec.image_shape))
+  print(inspection.model_summary(model, spec.image_shape, spec.input_dtype))
   n_params = inspection.parameter_count(state.params)
-  flops = inspection.flops_per_example(state, spec.image_shape)
+  flops = inspection.flops_per_example(
+    state, spec.image_shape, input_dtype=spec.input_dtype
+  )
+  # XLA's cost analysis counts a loop's body once, not once per step.
+  loop = ' (recurrent loops counted once)' if config.model in RECURRENT else ''
   print(
-    f'Parameters: {n_params:,}   FLOPs per example (XLA, forward): {flops:,.0f}'
+    f'Parameters: {n_params:,}   FLOPs per example (XLA, forward): '
+    f'{flops:,.0f}{loop}'
   )
   return n_params, flops
 
 
-def plot_test(config, state, spec, names, out, num_misclassified) -> dict:
-  """Scores the best checkpoint on the test split: the confusion matrix and
-  misclassified PNGs, then ``write_scores``'s table, PNG and JSON.
+def _misclassified(config, test, probs, names, count, out) -> tuple:
+  """``(path, titles)``: the first ``count`` misclassified test examples, a
+  PNG grid of images, or a sequence run's ``misclassified.txt`` (for texts
+  with their start, read again from the prepared dataset, in test order)."""
+  from jaxcls import data
+
+  if test.lengths is None:
+    path = os.path.join(out, 'misclassified.png')
+    return path, plot_misclassified(
+      test.images, test.labels, probs, names, count, path
+    )
+  texts = None
+  if config.dataset in data.specs.TEXT_DATASETS:
+    from jaxcls.data import text_files
+
+    texts, labels = text_files.read_texts(data.builder_for(config), 'test')
+    if len(texts) != len(test) or (labels != test.labels).any():
+      raise ValueError(
+        f'the test texts of {config.dataset} changed; train again'
+      )
+  path = os.path.join(out, 'misclassified.txt')
+  return path, write_misclassified_text(
+    test.labels, probs, names, count, path, texts
+  )
+
+
+def plot_test(
+  config, state, spec, names, out, num_misclassified, test=None
+) -> dict:
+  """Scores the best checkpoint on the test split (``test``, else read):
+  the confusion matrix and misclassified examples, then ``write_scores``'s
+  table, PNG and JSON.
 
   Returns:
     ``paths`` (the files written), ``confusion_matrix``, ``test_accuracy``,
@@ -127,38 +168,38 @@ def plot_test(config, state, spec, names, out, num_misclassified) -> dict:
   from jaxcls import data
   from jaxcls.training import inspection
 
-  test = data.read_split(data.builder_for(config), 'test')
+  if test is None:
+    test = data.read_split(data.builder_for(config), 'test')
   # Scored as the run scored it (flip TTA when the run used it), so this
   # matches the test accuracy in results.json.
   probs = inspection.predict_all(
-    state, test.images, config.eval_batch_size, flip_tta=config.flip_tta
+    state,
+    test.images,
+    config.eval_batch_size,
+    flip_tta=config.flip_tta,
+    lengths=test.lengths,
   )
   matrix = inspection.confusion_matrix(
     test.labels, probs.argmax(-1), spec.num_classes
   )
   accuracy = float(np.trace(matrix) / matrix.sum())
   title = f'{config.model} on {config.dataset} test (best checkpoint)'
-  paths = {
-    'confusion_matrix': os.path.join(out, 'confusion_matrix.png'),
-    'misclassified': os.path.join(out, 'misclassified.png'),
-  }
+  paths = {'confusion_matrix': os.path.join(out, 'confusion_matrix.png')}
   plot_confusion(
     matrix,
     names,
     f'{title}: accuracy {accuracy:.4f}',
     paths['confusion_matrix'],
   )
-  shown = plot_misclassified(
-    test.images,
-    test.labels,
-    probs,
-    names,
-    num_misclassified,
-    paths['misclassified'],
+  paths['misclassified'], shown = _misclassified(
+    config, test, probs, names, num_misclassified, out
   )
+  what = 'images' if test.lengths is None else 'sequences'
+  if config.dataset in data.specs.TEXT_DATASETS:
+    what = 'texts'
   print(
     f'Test accuracy (best checkpoint): {accuracy:.4f} on '
-    f'{int(matrix.sum())} images; {len(shown)} misclassified shown'
+    f'{int(matrix.sum())} {what}; {len(shown)} misclassified shown'
   )
   summary, more = write_scores(matrix, names, probs, test.labels, title, out)
   return {
@@ -170,12 +211,34 @@ def plot_test(config, state, spec, names, out, num_misclassified) -> dict:
   }
 
 
+def _run_data(config, workdir: str) -> tuple:
+  """``(spec, test split or None)``: a sequence run's data loaded once
+  (and checked to encode as its ``inputs.json`` says); images' test split
+  is read later, by :func:`plot_test`."""
+  import json
+
+  from jaxcls import data
+  from jaxcls.training import workdir as workdir_lib
+
+  if not data.is_sequence(config.dataset):
+    return data.dataset_spec(config), None
+  ds = data.load_config(config)
+  saved = workdir_lib.read_inputs(workdir)
+  if saved is not None and json.loads(json.dumps(ds.inputs)) != saved:
+    raise ValueError(
+      f'{config.dataset} now encodes differently from '
+      f'{workdir_lib.inputs_path(workdir)} (another vocabulary, length or '
+      'normalisation); report on the data the run trained on'
+    )
+  return ds.spec, ds.test
+
+
 def report(workdir: str, num_misclassified: int = 25) -> dict:
   """Writes ``<workdir>/report/``; prints the model summary and the scores.
 
   Args:
     workdir: a training workdir with a best checkpoint.
-    num_misclassified: how many misclassified test images to show.
+    num_misclassified: how many misclassified test examples to show.
 
   Returns:
     ``paths`` (name -> file written), ``confusion_matrix``, ``test_accuracy``,
@@ -194,14 +257,13 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
 
   matplotlib.use('Agg')  # Files only, no display needed.
 
-  from jaxcls import data
   from jaxcls.training import inspection, metrics
 
   config, state = inspection.load_best(workdir)
-  spec = data.dataset_spec(config)
+  spec, test = _run_data(config, workdir)
   out = os.path.join(workdir, 'report')
   os.makedirs(out, exist_ok=True)
-  names = inspection.class_names(config)
+  names = list(spec.class_names or (str(i) for i in range(spec.num_classes)))
   n_params, flops = print_model(config, state, spec)
 
   paths = {}
@@ -211,7 +273,7 @@ def report(workdir: str, num_misclassified: int = 25) -> dict:
     plot_curves(metrics.read_jsonl(metrics_path), paths['curves'])
   else:
     print(f'note: no {metrics_path}; skipping the curves', file=sys.stderr)
-  found = plot_test(config, state, spec, names, out, num_misclassified)
+  found = plot_test(config, state, spec, names, out, num_misclassified, test)
   paths.update(found.pop('paths'))
   for path in paths.values():
     print(f'wrote {path}')

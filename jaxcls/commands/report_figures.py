@@ -1,12 +1,16 @@
 """The report's figures: the PNGs the ``report`` command draws.
 
-Training curves, the confusion matrix, the misclassified test images and the
+Training curves, the confusion matrix, the misclassified test images (or a
+sequence run's misclassified texts or series, as a text file) and the
 reliability diagram of :mod:`jaxcls.commands.report`, and a sweep's
 ``sweep.png`` (``experiments.sweep``). Each function draws one figure from
 plain data (records, arrays, ``scores.summary``'s dict) and saves it; they
 read no workdir. matplotlib is imported on first use, so importing this
 module stays cheap.
 """
+
+# The characters of each misclassified text that misclassified.txt shows.
+PREVIEW_CHARS = 200
 
 
 def _recent_steps(records: list[dict]) -> list[dict]:
@@ -150,6 +154,34 @@ def plot_misclassified(
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+  return titles
+
+
+def write_misclassified_text(
+  labels, probs, names: list[str], count: int, path: str, texts=None
+) -> dict[int, str]:
+  """The first ``count`` misclassified test examples of a sequence run, as
+  UTF-8 text: per example its test index, true and predicted labels, and
+  for ``texts`` (the test texts, in order) their first ``PREVIEW_CHARS``
+  characters on one line. Returns the titles, as :func:`plot_misclassified`.
+  """
+  import numpy as np
+
+  titles = misclassified_titles(labels, probs, names, count)
+  total = int(np.sum(probs.argmax(-1) != labels))
+  what = 'texts' if texts is not None else 'series'
+  lines = [
+    f'{len(titles)} of {total} misclassified test {what} (first by index)',
+    '',
+  ]
+  for i, title in titles.items():
+    lines.append(title.replace('\n', '  '))
+    if texts is not None:
+      flat = ' '.join(texts[i].split())
+      cut = len(flat) > PREVIEW_CHARS
+      lines.append(f'  {flat[:PREVIEW_CHARS]}{"..." if cut else ""}')
+  with open(path, 'w', encoding='utf-8', errors='replace') as f:
+    f.write('\n'.join(lines) + '\n')
   return titles
 
 
