@@ -35,6 +35,16 @@ Writes ``W/export/``:
 * ``export.json``: class names, input shape and dtype, config fingerprint,
   test accuracy, versions and the artifacts' sha256.
 
+A sequence run (``spam_assassin``, ``text_folder``, ``ucr/<Name>``) is
+served on ``(ids, lengths)``: int32 ids ``(batch, max_len)`` (float32
+``features`` ``(batch, max_len, C)`` for a time series, normalised by the
+caller), right-padded with 0 to the run's ``max_len``, and int32 lengths
+``(batch,)``; the SavedModel's signature takes both. ``inputs.json`` (its
+word list, or channel mean and std) is copied beside them, and
+``export.json``'s ``input`` says how to encode. jax2onnx 0.12.5 cannot
+convert its recurrence: ``--format=onnx`` is then an error, and
+``--format=all`` writes the other two with a warning.
+
 The folder is written whole (built aside, checked against the model, then
 moved into place), so it holds the formats of the last export only.
 A model that cannot be converted to ONNX prints one ``warning: ...`` line
@@ -82,10 +92,23 @@ def main(argv):
   _print_written(folder, meta)
 
 
+def _takes(meta: dict) -> str:
+  """What the export's functions take, for the lines printed."""
+  given = meta['input']
+  shape = ', '.join(map(str, given['shape'][1:]))
+  if given.get('kind', 'image') == 'image':
+    return f'uint8 (batch, {shape})'
+  lengths = given['lengths']['name']
+  return (
+    f'{given["dtype"]} {given["name"]} (batch, {shape}), int32 {lengths} '
+    '(batch,)'
+  )
+
+
 def _print_written(folder: str, meta: dict) -> None:
   """A line per file written into ``folder`` (``meta``: its export.json),
   then a ``warning:`` line (stderr) per format skipped."""
-  shape = ', '.join(map(str, meta['input']['shape'][1:]))
+  takes = _takes(meta)
   for fmt, entry in meta['files'].items():
     suffix = '/' if fmt == 'saved_model' else ''
     runs_on = (
@@ -94,9 +117,12 @@ def _print_written(folder: str, meta: dict) -> None:
       else f'platforms {", ".join(entry["platforms"])}'
     )
     print(
-      f'wrote {folder}/{entry["path"]}{suffix} ({fmt}: uint8 (batch, '
-      f'{shape}) -> probabilities, logits; {runs_on})'
+      f'wrote {folder}/{entry["path"]}{suffix} ({fmt}: {takes} -> '
+      f'probabilities, logits; {runs_on})'
     )
+  inputs = meta['input'].get('inputs_file')
+  if inputs:
+    print(f'wrote {folder}/{inputs["path"]} (how the run encoded its inputs)')
   for reason in meta.get('skipped', {}).values():
     print(f'warning: {" ".join(reason.split())}', file=sys.stderr)
   accuracy = meta.get('test_accuracy')

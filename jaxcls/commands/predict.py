@@ -250,8 +250,7 @@ def predict_exported(
       folder, each checked against ``export.json``'s sha256.
     paths, k, invert: as for :func:`predict`.
 
-  Returns:
-    As :func:`predict` does.
+  Returns what :func:`predict` does.
 
   Raises:
     ValueError: as :func:`predict`, an unusable export (``ExportError``) or
@@ -264,6 +263,9 @@ def predict_exported(
   if not paths:
     raise ValueError('no image files given; pass one or more PNG/JPEG paths')
   served = export.load(path)
+  if getattr(served, 'kind', 'image') != 'image':
+    kind = f'{path}: a {served.kind} export, not an image one'
+    raise ValueError(f'{kind}; call export.load(path).predict(x, lengths)')
   num_classes = len(served.class_names) if served.class_names else None
   if k < 1 or (num_classes and k > num_classes):
     raise ValueError(

@@ -3,22 +3,27 @@
 
 :mod:`~jaxcls.export.common` holds the file names and :class:`ExportError`,
 :mod:`~jaxcls.export.serving` the serving function every format is made
-from, :mod:`~jaxcls.export.onnx` the ONNX format, and
-:mod:`~jaxcls.export.writing` and :mod:`~jaxcls.export.reading` the writing
-of an export folder (:func:`write`) and its reading back (:func:`load`).
-Each imports only the ones before it in that list.
+from, :mod:`~jaxcls.export.onnx` the ONNX format,
+:mod:`~jaxcls.export.sequence` a sequence run's serving function (ids or
+features, and lengths) and formats, and :mod:`~jaxcls.export.writing` and
+:mod:`~jaxcls.export.reading` the writing of an export folder (:func:`write`)
+and its reading back (:func:`load`). Each imports only the ones before it in
+that list.
 """
 
-from jaxcls.export import common, onnx, reading, serving, writing
+from jaxcls.export import common, onnx, reading, sequence, serving, writing
 from jaxcls.export.common import (
   FORMAT_VERSION,
   FORMATS,
   INPUT_NAME,
+  INPUTS_FILE,
+  LENGTHS_NAME,
   METADATA_FILE,
   ONNX_FILE,
   OUTPUT_NAMES,
   PLATFORMS,
   SAVED_MODEL_DIR,
+  SEQUENCE_INPUT_NAMES,
   SERVING_FILE,
   SIGNATURE,
   ExportError,
@@ -36,12 +41,15 @@ __all__ = [
   'ExportError',
   'FORMATS',
   'FORMAT_VERSION',
+  'INPUTS_FILE',
   'INPUT_NAME',
+  'LENGTHS_NAME',
   'METADATA_FILE',
   'ONNX_FILE',
   'OUTPUT_NAMES',
   'PLATFORMS',
   'SAVED_MODEL_DIR',
+  'SEQUENCE_INPUT_NAMES',
   'SERVING_FILE',
   'SIGNATURE',
   'Served',
@@ -54,6 +62,7 @@ __all__ = [
   'onnx',
   'reading',
   'save_saved_model',
+  'sequence',
   'serving',
   'serving_function',
   'write',

@@ -1,17 +1,17 @@
 """The ONNX format of an export (``model.onnx``), and reading it back.
 
-jax2onnx converts the serving function of :mod:`jaxcls.export.serving` (its
-jaxpr, primitive by primitive) to ONNX operators of opset :data:`OPSET`, with
-every variable baked in as an initializer: the input is uint8 ``images``
-``(batch, H, W, C)`` with a symbolic ``batch``, the outputs ``probabilities``
-and ``logits``, float32 ``(batch, num_classes)``. onnxruntime alone runs it.
-(tf2onnx cannot convert the SavedModel's ``XlaCallModule`` op.)
-
-Some models do not convert (with jax2onnx 0.12.5: the plain ``rnn``, whose
-``nn.scan`` carry has the symbolic batch in its shape, and any run with
-``flip_tta``, whose ``jnp.split`` needs a concrete batch). Then
-:func:`add_to` raises ExportError in one line when ONNX is the only format
-asked for, and otherwise records that line in ``export.json``'s ``skipped``.
+jax2onnx converts a serving function (:mod:`jaxcls.export.serving`; a
+sequence run's, :mod:`jaxcls.export.sequence`) to ONNX operators of opset
+:data:`OPSET`, every variable baked in as an initializer: input uint8
+``images`` ``(batch, H, W, C)`` (or ``ids``/``features`` and ``lengths``)
+with a symbolic ``batch``, outputs ``probabilities`` and ``logits``, float32
+``(batch, num_classes)``. onnxruntime alone runs it. (tf2onnx cannot convert
+the SavedModel's ``XlaCallModule`` op.) Some models do not convert (with
+jax2onnx 0.12.5: the plain ``rnn`` and a sequence run, whose scans lose the
+symbolic batch; a run with ``flip_tta``, whose ``jnp.split`` needs a
+concrete batch). Then :func:`record` raises ExportError in one line when
+ONNX is the only format asked for, and otherwise records that line in
+``export.json``'s ``skipped``.
 """
 
 import contextlib
@@ -30,6 +30,7 @@ from jaxcls.export.common import (
   ONNX_FILE,
   OUTPUT_NAMES,
   ExportError,
+  input_kind,
   sha256,
   version,
 )
@@ -60,7 +61,7 @@ def _reason(e: Exception) -> str:
   return f'{type(e).__name__}: {text[0] if text else ""}'[:200]
 
 
-def _require(module: str):
+def require(module: str):
   """``module`` imported, or ExportError saying what to install."""
   try:
     with _quiet():
@@ -70,6 +71,45 @@ def _require(module: str):
       f'the ONNX format needs {module}, which does not import ({_reason(e)})'
       f'; {INSTALL}; {_INSTEAD}'
     ) from None
+
+
+def to_onnx(fn, specs, input_names, what: str) -> bytes:
+  """``fn`` (arrays -> a dict of OUTPUT_NAMES) as a serialized ONNX model.
+
+  Args:
+    fn: the serving function.
+    specs: a ``jax.ShapeDtypeStruct`` per argument, batch named ``'batch'``.
+    input_names: the ONNX names of the arguments.
+    what: the model's name in the error message.
+
+  Raises:
+    ExportError: in one line naming ``what``, when jax2onnx cannot convert it.
+  """
+  jax2onnx = require('jax2onnx')
+
+  def outputs(*args):  # A tuple: ONNX outputs in OUTPUT_NAMES order.
+    out = fn(*args)
+    return tuple(out[name] for name in OUTPUT_NAMES)
+
+  try:
+    with _quiet():
+      model = jax2onnx.to_onnx(
+        outputs,
+        list(specs),
+        model_name='jaxcls',
+        opset=OPSET,
+        input_names=list(input_names),
+        output_names=list(OUTPUT_NAMES),
+      )
+  except Exception as e:  # An unsupported primitive: any exception type.
+    raise ExportError(
+      f'{ONNX_FILE}: jax2onnx {version("jax2onnx")} cannot convert '
+      f'{what} ({_reason(e)}); {_INSTEAD}'
+    ) from None
+  # Optional shape notes on intermediate values, which jax2onnx may get
+  # wrong (NCHW for NHWC): onnx's checker refuses them, onnxruntime warns.
+  del model.graph.value_info[:]
+  return model.SerializeToString()
 
 
 def convert(
@@ -84,43 +124,17 @@ def convert(
     what: the model's name in the error message.
 
   Returns:
-    The bytes of the ONNX ``ModelProto``.
-
-  Raises:
-    ExportError: in one line naming ``what``, when jax2onnx cannot convert it.
+    The bytes of the ONNX ``ModelProto`` (see :func:`to_onnx`).
   """
-  jax2onnx = _require('jax2onnx')
+  require('jax2onnx')
   serve = serving.serving_function(state, flip_tta)
-
-  def outputs(images):  # A tuple: ONNX outputs in OUTPUT_NAMES order.
-    out = serve(images)
-    return tuple(out[name] for name in OUTPUT_NAMES)
-
   spec = jax.ShapeDtypeStruct(('batch', *image_shape), jnp.uint8)
-  try:
-    with _quiet():
-      model = jax2onnx.to_onnx(
-        outputs,
-        [spec],
-        model_name='jaxcls',
-        opset=OPSET,
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-      )
-  except Exception as e:  # An unsupported primitive: any exception type.
-    raise ExportError(
-      f'{ONNX_FILE}: jax2onnx {version("jax2onnx")} cannot convert '
-      f'{what} ({_reason(e)}); {_INSTEAD}'
-    ) from None
-  # Optional shape notes on intermediate values, which jax2onnx may get
-  # wrong (NCHW for NHWC): onnx's checker refuses them, onnxruntime warns.
-  del model.graph.value_info[:]
-  return model.SerializeToString()
+  return to_onnx(serve, [spec], [INPUT_NAME], what)
 
 
 def _session(path: str, providers=None):
   """An onnxruntime session of ``path``, its log kept to errors."""
-  ort = _require('onnxruntime')
+  ort = require('onnxruntime')
   options = ort.SessionOptions()
   options.log_severity_level = 3
   return ort.InferenceSession(
@@ -128,13 +142,16 @@ def _session(path: str, providers=None):
   )
 
 
-def _check(path: str, serve, image_shape) -> None:
-  """Raises ExportError unless onnxruntime runs ``path`` as ``serve``."""
+def _check(path: str, check) -> None:
+  """Raises ExportError unless onnxruntime runs ``path`` as the model:
+  ``check(call)`` compares ``call(*arrays) -> outputs`` with it."""
   names = list(OUTPUT_NAMES)
   try:
     session = _session(path, ['CPUExecutionProvider'])
-    call = lambda x: dict(zip(names, session.run(names, {INPUT_NAME: x})))
-    serving.check_outputs(call, serve, image_shape, ONNX_FILE)
+    inputs = [i.name for i in session.get_inputs()]
+    check(
+      lambda *xs: dict(zip(names, session.run(names, dict(zip(inputs, xs)))))
+    )
   except ExportError:
     raise ExportError(
       f'{ONNX_FILE}: onnxruntime gives other outputs than the model '
@@ -145,6 +162,27 @@ def _check(path: str, serve, image_shape) -> None:
       f'{ONNX_FILE}: onnxruntime cannot run what jax2onnx '
       f'{version("jax2onnx")} wrote ({_reason(e)}); {_INSTEAD}'
     ) from None
+
+
+def save(model: bytes, folder: str, check, feed: str) -> dict:
+  """Writes ``model`` as ``folder/model.onnx``, checked by ``check`` (as
+  :func:`_check` calls it; a file that fails is removed). ``feed`` is the
+  ``run`` argument the entry's ``load`` line shows. Returns that entry."""
+  path = os.path.join(folder, ONNX_FILE)
+  with open(path, 'wb') as f:
+    f.write(model)
+  try:
+    _check(path, check)
+  except ExportError:
+    os.remove(path)  # Skipped: the folder must not hold a bad file.
+    raise
+  return {
+    'path': ONNX_FILE,
+    'sha256': sha256(path),
+    'opset': OPSET,
+    'load': f'onnxruntime.InferenceSession(path).run(None, {feed}) -> '
+    f'[{", ".join(OUTPUT_NAMES)}]',
+  }
 
 
 def write(
@@ -165,24 +203,32 @@ def write(
   Raises:
     ExportError: it cannot be converted, or runs otherwise than ``serve``.
   """
-  _require('onnxruntime')  # Before the conversion's seconds are spent.
+  require('onnxruntime')  # Before the conversion's seconds are spent.
   model = convert(state, image_shape, flip_tta, what)
-  path = os.path.join(folder, ONNX_FILE)
-  with open(path, 'wb') as f:
-    f.write(model)
+  return save(
+    model,
+    folder,
+    lambda call: serving.check_outputs(call, serve, image_shape, ONNX_FILE),
+    f'{{"{INPUT_NAME}": images}}',
+  )
+
+
+def record(meta: dict, write_file, alone: bool) -> None:
+  """``meta['files']['onnx'] = write_file()`` and the versions, or (when
+  that raises ExportError and ``alone`` is false) its one-line reason as
+  ``meta['skipped']['onnx']``; when ``alone``, the error is raised."""
   try:
-    _check(path, serve, image_shape)
-  except ExportError:
-    os.remove(path)  # Skipped: the folder must not hold a bad file.
-    raise
-  return {
-    'path': ONNX_FILE,
-    'sha256': sha256(path),
-    'opset': OPSET,
-    'load': 'onnxruntime.InferenceSession(path).run(None, '
-    f'{{"{INPUT_NAME}": images}}) -> '
-    f'[{", ".join(OUTPUT_NAMES)}]',
-  }
+    meta['files']['onnx'] = write_file()
+  except ExportError as e:
+    if alone:
+      raise
+    reason = str(e).removesuffix(f'; {_INSTEAD}')
+    meta.setdefault('skipped', {})['onnx'] = (
+      f'{reason}; {ONNX_FILE} not written, the other formats are'
+    )
+    return
+  for package in ('jax2onnx', 'onnx', 'onnxruntime'):
+    meta['versions'][package] = version(package)
 
 
 def add_to(meta: dict, state, image_shape, folder, serve, alone: bool):
@@ -204,20 +250,19 @@ def add_to(meta: dict, state, image_shape, folder, serve, alone: bool):
   what = f'the {meta["model"]} model' + (
     ' with flip_tta' if meta['flip_tta'] else ''
   )
-  try:
-    meta['files']['onnx'] = write(
-      state, image_shape, folder, serve, meta['flip_tta'], what
-    )
-  except ExportError as e:
-    if alone:
-      raise
-    reason = str(e).removesuffix(f'; {_INSTEAD}')
-    meta.setdefault('skipped', {})['onnx'] = (
-      f'{reason}; {ONNX_FILE} not written, the other formats are'
-    )
-    return
-  for package in ('jax2onnx', 'onnx', 'onnxruntime'):
-    meta['versions'][package] = version(package)
+  flip_tta = meta['flip_tta']
+  record(
+    meta,
+    lambda: write(state, image_shape, folder, serve, flip_tta, what),
+    alone,
+  )
+
+
+def _dtype(onnx_type: str) -> str:
+  """The numpy name of an onnxruntime input type: ``tensor(float)`` is
+  ``float32``; ``tensor(uint8)``, ``uint8``."""
+  name = onnx_type.removeprefix('tensor(').removesuffix(')')
+  return {'float': 'float32', 'double': 'float64'}.get(name, name)
 
 
 def load(path: str):
@@ -227,7 +272,9 @@ def load(path: str):
     path: the model.onnx file.
 
   Returns:
-    ``(predict, image_shape)``: images -> probabilities, and ``(H, W, C)``.
+    ``(predict, shape)``: images (or ids or features, and lengths) ->
+    probabilities, and the shape of one input: ``(H, W, C)``, or
+    ``(max_len,)`` / ``(max_len, C)``.
 
   Raises:
     ExportError: onnxruntime cannot read it, or it is no jaxcls export.
@@ -242,22 +289,24 @@ def load(path: str):
       'with python -m experiments.export --format=onnx'
     ) from None
   inputs = session.get_inputs()
-  shape = inputs[0].shape if len(inputs) == 1 else []
-  if (
-    len(shape) != 4
-    or inputs[0].type != 'tensor(uint8)'
-    or not all(isinstance(d, int) for d in shape[1:])
-    or 'probabilities' not in [o.name for o in session.get_outputs()]
-  ):
+  dtypes = [_dtype(i.type) for i in inputs]
+  kind = input_kind([(d, i.shape) for d, i in zip(dtypes, inputs)])
+  if kind is None or 'probabilities' not in [
+    o.name for o in session.get_outputs()
+  ]:
     raise ExportError(
       f'{path}: not a jaxcls serving export (it takes '
       f'{[(i.type, i.shape) for i in inputs]}, not one uint8 image batch '
-      '-> probabilities)'
+      'nor ids or features with lengths -> probabilities)'
     )
-  name = inputs[0].name
+  names = [i.name for i in inputs]
 
-  def predict(images: np.ndarray) -> np.ndarray:
-    feed = {name: np.ascontiguousarray(images, np.uint8)}
+  def predict(*arrays: np.ndarray) -> np.ndarray:
+    if len(arrays) != len(names):
+      raise TypeError(f'{path} takes {len(names)} arrays: {", ".join(names)}')
+    feed = {
+      n: np.ascontiguousarray(a, d) for n, a, d in zip(names, arrays, dtypes)
+    }
     return session.run(['probabilities'], feed)[0]
 
-  return predict, tuple(shape[1:])
+  return predict, tuple(inputs[0].shape[1:])

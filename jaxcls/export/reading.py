@@ -4,7 +4,9 @@ It takes the export folder or one artifact in it (``serving.jax``, the
 ``saved_model`` folder or ``model.onnx``). ``export.json`` beside it, when it
 describes that artifact, gives the class names, and its sha256 is checked,
 so a damaged file is refused in one line instead of predicting silently
-wrong classes.
+wrong classes. An image export predicts from ``(images)``, a sequence run's
+from ``(ids or features, lengths)``; its ``inputs.json`` (checked too) says
+how to encode them.
 """
 
 import dataclasses
@@ -18,30 +20,43 @@ import numpy as np
 from jaxcls.export import onnx
 from jaxcls.export.common import (
   INPUT_NAME,
+  INPUTS_FILE,
+  LENGTHS_NAME,
   METADATA_FILE,
   ONNX_FILE,
   SAVED_MODEL_DIR,
+  SEQUENCE_INPUT_NAMES,
   SERVING_FILE,
   SIGNATURE,
   ExportError,
+  input_kind,
   sha256,
 )
+
+_AGAIN = 'export again with python -m experiments.export'
 
 
 @dataclasses.dataclass
 class Served:
-  """An export read back: ``predict(images) -> probabilities``.
+  """An export read back: ``predict(images) -> probabilities``, or for a
+  sequence run ``predict(x, lengths)``: int32 ids ``(B, max_len)`` (or
+  float32 features ``(B, max_len, C)``) and int32 lengths ``(B,)``.
 
-  ``image_shape`` comes from the artifact, ``class_names`` from
-  ``export.json`` beside it (None without one: then classes are numbered).
+  ``image_shape`` is one input's shape, from the artifact: ``(H, W, C)``, or
+  ``(max_len,)`` / ``(max_len, C)``; ``kind`` is ``'image'``, ``'text'`` or
+  ``'series'``. ``class_names`` come from ``export.json`` beside it (None
+  without one: then classes are numbered), ``inputs`` from ``inputs.json``
+  (a sequence run's vocabulary or channel statistics; else None).
   ``format`` is ``'jax'``, ``'saved_model'`` or ``'onnx'``.
   """
 
-  predict: Callable[[np.ndarray], np.ndarray]
-  image_shape: tuple[int, int, int]
+  predict: Callable[..., np.ndarray]
+  image_shape: tuple[int, ...]
   class_names: list[str] | None
   format: str
   path: str
+  kind: str = 'image'
+  inputs: dict | None = None
 
 
 def _find(path: str) -> tuple[str, str, str]:
@@ -88,13 +103,14 @@ def _read_metadata(folder: str, fmt: str, artifact: str) -> dict | None:
       meta = json.load(f)
     entry = meta['files'].get(fmt)
     shape, names = meta['input']['shape'], meta['class_names']
-    if len(shape) != 4 or not all(isinstance(n, str) for n in names):
+    rank = {'image': 4, 'text': 2, 'series': 3}[
+      meta['input'].get('kind', 'image')
+    ]
+    if len(shape) != rank or not all(isinstance(n, str) for n in names):
       raise ValueError('bad input shape or class names')
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise ExportError(
-      f'{path}: not a jaxcls export.json ({type(e).__name__}'
-      f': {e}); export again with python -m '
-      'experiments.export'
+      f'{path}: not a jaxcls export.json ({type(e).__name__}: {e}); {_AGAIN}'
     ) from None
   if entry is None or os.path.basename(artifact) != entry.get('path'):
     return None  # Describes other files: use the artifact alone.
@@ -103,17 +119,50 @@ def _read_metadata(folder: str, fmt: str, artifact: str) -> dict | None:
     if fmt == 'saved_model'
     else artifact
   )
-  if sha256(checked) != entry.get('sha256'):
-    raise ExportError(
-      f'{checked}: damaged or replaced (its sha256 is not the '
-      f'one in {path}); export again with python -m '
-      'experiments.export'
-    )
+  _check_sha(checked, entry.get('sha256'), path)
   return meta
 
 
+def _check_sha(checked: str, recorded, metadata: str) -> None:
+  """Raises ExportError unless file ``checked`` has sha256 ``recorded``."""
+  if sha256(checked) != recorded:
+    raise ExportError(
+      f'{checked}: damaged or replaced (its sha256 is not the one in '
+      f'{metadata}); {_AGAIN}'
+    )
+
+
+def _read_inputs(folder: str, meta: dict | None) -> dict | None:
+  """A sequence export's ``inputs.json`` (checked against ``export.json``
+  when that records it), or None when there is none."""
+  path = os.path.join(folder, INPUTS_FILE)
+  entry = ((meta or {}).get('input') or {}).get('inputs_file')
+  if not os.path.isfile(path):
+    if entry:
+      raise ExportError(
+        f'{path}: missing, but export.json records it; {_AGAIN}'
+      )
+    return None
+  if entry:
+    _check_sha(path, entry.get('sha256'), os.path.join(folder, METADATA_FILE))
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ExportError(
+      f'{path}: not readable JSON ({type(e).__name__}); {_AGAIN}'
+    ) from None
+
+
+def _signature_error(path: str, got) -> ExportError:
+  return ExportError(
+    f'{path}: not a jaxcls serving export (it takes {got}, not one uint8 '
+    'image batch, nor ids or features with lengths)'
+  )
+
+
 def _load_jax(path: str):
-  """``(predict, image_shape)`` of a serialized jax.export file."""
+  """``(predict, input shape, kind)`` of a serialized jax.export file."""
   try:
     with open(path, 'rb') as f:
       exported = jax.export.deserialize(bytearray(f.read()))
@@ -122,39 +171,48 @@ def _load_jax(path: str):
   except Exception as e:  # flatbuffers raises struct.error, IndexError...
     raise ExportError(
       f'{path}: not a jax.export serialization, or a damaged '
-      f'one ({type(e).__name__}); export again with python '
-      '-m experiments.export'
+      f'one ({type(e).__name__}); {_AGAIN}'
     ) from None
   avals = exported.in_avals
-  if (
-    len(avals) != 1
-    or avals[0].dtype != np.uint8
-    or len(avals[0].shape) != 4
-    or not all(isinstance(d, int) for d in avals[0].shape[1:])
-  ):
-    raise ExportError(
-      f'{path}: not a jaxcls serving export (it takes '
-      f'{[str(a) for a in avals]}, not one uint8 image batch)'
-    )
+  kind = input_kind([(a.dtype, a.shape) for a in avals])
+  if kind is None:
+    raise _signature_error(path, [str(a) for a in avals])
   if exported.platforms and jax.default_backend() not in exported.platforms:
     raise ExportError(
       f'{path}: exported for {", ".join(exported.platforms)}, '
       f'not for this {jax.default_backend()}'
     )
 
-  def predict(images: np.ndarray) -> np.ndarray:
-    out = exported.call(images)
+  def predict(*arrays: np.ndarray) -> np.ndarray:
+    if len(arrays) != len(avals):
+      raise TypeError(f'{path} takes {len(avals)} arrays, not {len(arrays)}')
+    if kind != 'image':  # Python or int64 ids, lengths: as exported.
+      arrays = [np.asarray(x, a.dtype) for x, a in zip(arrays, avals)]
+    out = exported.call(*arrays)
     if not isinstance(out, dict) or 'probabilities' not in out:
       raise ExportError(
         f'{path}: not a jaxcls serving export (its output has no probabilities)'
       )
     return np.asarray(out['probabilities'])
 
-  return predict, tuple(avals[0].shape[1:])
+  return predict, tuple(avals[0].shape[1:]), kind
+
+
+def _signature_inputs(signature) -> tuple[list[str], list]:
+  """``(names, specs)`` of a SavedModel signature's arguments, in serving
+  order (images; or ids or features, then lengths); ``[]`` if no match."""
+  specs = signature.structured_input_signature[1] if signature else {}
+  for names in (
+    [INPUT_NAME],
+    *([x, LENGTHS_NAME] for x in SEQUENCE_INPUT_NAMES.values()),
+  ):
+    if set(specs) == set(names):
+      return names, [specs[n] for n in names]
+  return [], []
 
 
 def _load_saved_model(path: str):
-  """``(predict, image_shape)`` of a SavedModel's serving signature."""
+  """``(predict, input shape, kind)`` of a SavedModel's serving signature."""
   import tensorflow as tf  # Lazy: only this format needs TensorFlow.
 
   try:
@@ -162,38 +220,46 @@ def _load_saved_model(path: str):
   except Exception as e:  # Damaged protobufs raise several types.
     reason = str(e).splitlines()[0][:200] if str(e) else ''
     raise ExportError(
-      f'{path}: not a readable SavedModel ({type(e).__name__}'
-      f': {reason}); export again with python -m '
-      'experiments.export'
+      f'{path}: not a readable SavedModel ({type(e).__name__}: {reason}); '
+      f'{_AGAIN}'
     ) from None
   signature = loaded.signatures.get(SIGNATURE)
-  specs = signature.structured_input_signature[1] if signature else {}
-  spec = specs.get(INPUT_NAME)
-  if (
-    spec is None
-    or spec.dtype != tf.uint8
-    or spec.shape.rank != 4
-    or None in spec.shape[1:]
-    or 'probabilities' not in signature.structured_outputs
-  ):
+  names, specs = _signature_inputs(signature)
+  known = all(s.shape.rank is not None for s in specs)
+  kind = (
+    names and known and input_kind([(s.dtype.name, s.shape) for s in specs])
+  )
+  if not kind or 'probabilities' not in signature.structured_outputs:
     raise ExportError(
-      f'{path}: has no jaxcls {SIGNATURE} signature '
-      f'({INPUT_NAME}: uint8 (batch, H, W, C) -> '
-      'probabilities)'
+      f'{path}: has no jaxcls {SIGNATURE} signature ({INPUT_NAME}: uint8 '
+      '(batch, H, W, C), or ids or features and lengths -> probabilities)'
     )
 
-  def predict(images: np.ndarray) -> np.ndarray:
-    out = signature(**{INPUT_NAME: tf.constant(images)})
-    return out['probabilities'].numpy()
+  def predict(*arrays: np.ndarray) -> np.ndarray:
+    if len(arrays) != len(names):
+      raise TypeError(f'{path} takes {len(names)} arrays: {", ".join(names)}')
+    cast = [s.dtype if kind != 'image' else None for s in specs]
+    feed = {n: tf.constant(x, d) for n, x, d in zip(names, arrays, cast)}
+    return signature(**feed)['probabilities'].numpy()
 
-  return predict, tuple(spec.shape[1:])
+  return predict, tuple(specs[0].shape[1:]), kind
 
 
-# Format (as _find names it) -> ``path -> (predict, image_shape)``.
+def _load_onnx(path: str):
+  """``(predict, input shape, kind)`` of a model.onnx, by onnxruntime."""
+  predict, shape = onnx.load(path)
+  return (
+    predict,
+    shape,
+    'image' if len(shape) == 3 else ('text' if len(shape) == 1 else 'series'),
+  )
+
+
+# Format (as _find names it) -> ``path -> (predict, input shape, kind)``.
 _LOADERS = {
   'jax': _load_jax,
   'saved_model': _load_saved_model,
-  'onnx': onnx.load,
+  'onnx': _load_onnx,
 }
 
 
@@ -204,8 +270,8 @@ def load(path: str) -> Served:
     path: the export folder, or its serving.jax, saved_model or model.onnx.
 
   Returns:
-    The artifact's predictor, its image shape and ``export.json``'s class
-    names.
+    The artifact's predictor, its input shape and kind, ``export.json``'s
+    class names and a sequence export's ``inputs.json``.
 
   Raises:
     ExportError: in one line naming the file, for a missing, damaged or
@@ -213,14 +279,19 @@ def load(path: str) -> Served:
   """
   fmt, artifact, folder = _find(path)
   meta = _read_metadata(folder, fmt, artifact)
-  predict, image_shape = _LOADERS[fmt](artifact)
+  predict, shape, kind = _LOADERS[fmt](artifact)
   names = None
   if meta is not None:
-    if tuple(meta['input']['shape'][1:]) != image_shape:
+    said = (
+      tuple(meta['input']['shape'][1:]),
+      meta['input'].get('kind', 'image'),
+    )
+    if said != (shape, kind):
       raise ExportError(
-        f'{artifact}: takes images of shape {image_shape}, '
-        f'but {os.path.join(folder, METADATA_FILE)} says '
-        f'{tuple(meta["input"]["shape"][1:])}; export again'
+        f'{artifact}: takes {kind} inputs of shape {shape}, but '
+        f'{os.path.join(folder, METADATA_FILE)} says {said[1]} of '
+        f'{said[0]}; export again'
       )
     names = list(meta['class_names'])
-  return Served(predict, image_shape, names, fmt, artifact)
+  inputs = _read_inputs(folder, meta) if kind != 'image' else None
+  return Served(predict, shape, names, fmt, artifact, kind, inputs)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcls import data
-from jaxcls.export.common import OUTPUT_NAMES, PLATFORMS, ExportError
+from jaxcls.export.common import OUTPUT_NAMES, PLATFORMS, SIGNATURE, ExportError
 from jaxcls.ops import fastpath, techniques
 
 # What the export checks against the model before it reports success: a
@@ -107,6 +107,31 @@ def export_jax(
   )(spec)
 
 
+def save_tf_module(converted, input_signature, folder: str) -> None:
+  """Writes ``converted`` (a jax2tf function) as a SavedModel whose
+  ``serving_default`` signature takes ``input_signature`` (TensorSpecs).
+
+  jax2tf puts the StableHLO in an ``XlaCallModule`` op, whose serialization
+  version the loading TensorFlow must support (google/flax #5054): an older
+  one raises ExportError in one line.
+  """
+  import tensorflow as tf  # Lazy: only this format needs TensorFlow.
+
+  module = tf.Module()
+  module.serve = tf.function(
+    converted, autograph=False, input_signature=list(input_signature)
+  )
+  try:
+    signature = module.serve.get_concrete_function()
+  except NotImplementedError as e:  # XlaCallModule version too new for TF.
+    raise ExportError(
+      f'this TensorFlow {tf.__version__} cannot hold a JAX '
+      f'{jax.__version__} export ({str(e).splitlines()[0]}); install the '
+      'pair pinned in requirements.txt'
+    ) from None
+  tf.saved_model.save(module, folder, signatures={SIGNATURE: signature})
+
+
 def check_outputs(call, serve, image_shape, what: str) -> None:
   """Raises ExportError unless ``call`` gives ``serve``'s outputs.
 
@@ -130,8 +155,13 @@ def check_outputs(call, serve, image_shape, what: str) -> None:
       rng.integers(0, 256, image_shape, dtype=np.uint8),
     ]
   )
-  expected = jax.device_get(serve(images))
-  got = call(images)
+  compare_outputs(call(images), serve(images), what)
+
+
+def compare_outputs(got, expected, what: str) -> None:
+  """Raises ExportError unless the mapping ``got`` holds ``expected``'s
+  outputs (each of OUTPUT_NAMES) to within rounding."""
+  expected = jax.device_get(expected)
   for name in OUTPUT_NAMES:
     if not np.allclose(
       np.asarray(got[name]), expected[name], rtol=_TOLERANCE, atol=_TOLERANCE

@@ -1,18 +1,18 @@
 """Writing an export folder: each format, checked, and ``export.json``.
 
 * ``serving.jax``: the bytes of ``jax.export.Exported.serialize()``, StableHLO
-  lowered for CPU and CUDA. ``jax.export.deserialize(bytes).call(images)``
-  runs it.
-* ``saved_model/``: a TensorFlow SavedModel made by ``jax2tf`` (native
-  serialization: the same StableHLO inside an ``XlaCallModule`` op). Its
-  ``serving_default`` signature takes ``images`` and returns the same dict.
-* ``model.onnx``: ONNX (opset 21) converted by jax2onnx
-  (:mod:`jaxcls.export.onnx`); a model it cannot convert is skipped, with
-  the reason in ``export.json``'s ``skipped``, when other formats are asked.
+  lowered for CPU and CUDA; ``jax.export.deserialize(bytes).call(images)``.
+* ``saved_model/``: a TensorFlow SavedModel made by ``jax2tf`` (the same
+  StableHLO in an ``XlaCallModule`` op); its ``serving_default`` signature
+  takes ``images`` and returns the same dict.
+* ``model.onnx``: ONNX (opset 21) by jax2onnx (:mod:`jaxcls.export.onnx`);
+  a model it cannot convert is skipped, the reason in ``export.json``'s
+  ``skipped``, when other formats are asked.
 
-All are made from :func:`jaxcls.export.serving.serving_function`. The folder
-is built beside its place and moved there only once every artifact matches
-the model, so it always holds one complete export.
+All are made from :func:`jaxcls.export.serving.serving_function`; a sequence
+run's from :mod:`jaxcls.export.sequence`'s, on ``(ids or features,
+lengths)``, with its ``inputs.json`` beside them. The folder is built aside
+and moved into place once every artifact matches the model.
 """
 
 import json
@@ -23,7 +23,7 @@ import jax
 
 from jaxcls import config as config_lib
 from jaxcls import data
-from jaxcls.export import onnx, serving
+from jaxcls.export import onnx, sequence, serving
 from jaxcls.export.common import (
   FORMAT_VERSION,
   FORMATS,
@@ -73,23 +73,11 @@ def save_saved_model(
     native_serialization_platforms=platforms,
     with_gradient=False,
   )
-  module = tf.Module()
-  module.serve = tf.function(
+  serving.save_tf_module(
     converted,
-    autograph=False,
-    input_signature=[
-      tf.TensorSpec((None, *image_shape), tf.uint8, name=INPUT_NAME)
-    ],
+    [tf.TensorSpec((None, *image_shape), tf.uint8, name=INPUT_NAME)],
+    folder,
   )
-  try:
-    signature = module.serve.get_concrete_function()
-  except NotImplementedError as e:  # XlaCallModule version too new for TF.
-    raise ExportError(
-      f'this TensorFlow {tf.__version__} cannot hold a JAX '
-      f'{jax.__version__} export ({str(e).splitlines()[0]}); install the '
-      'pair pinned in requirements.txt'
-    ) from None
-  tf.saved_model.save(module, folder, signatures={SIGNATURE: signature})
 
 
 def _run_results(workdir: str, checkpoint_meta: dict) -> dict:
@@ -222,6 +210,7 @@ def write(
   formats=FORMATS,
   class_names: list[str] | None = None,
   run_results: dict | None = None,
+  inputs: dict | None = None,
 ) -> dict:
   """Exports ``state`` into ``folder``: built in a temporary sibling folder,
   checked against the model, then moved into place (with no other formats).
@@ -233,33 +222,26 @@ def write(
     formats: some of FORMATS.
     class_names: the classes' names; else the dataset's, or numbers.
     run_results: the run's scores, as ``export_workdir`` reads them.
+    inputs: a sequence run's ``inputs.json`` (:mod:`.sequence`), else None.
 
   Returns:
     The metadata written to ``export.json``.
   """
   _check_formats(formats)
-  spec = data.dataset_spec(config)
-  image_shape = tuple(spec.image_shape)
+  spec = _spec(config, inputs)
   # The run's evaluation: a model validated and tested with flip TTA is
   # served with it, so the export scores what results.json reports.
   flip_tta = bool(config.flip_tta)
-  serve = jax.jit(serving.serving_function(state, flip_tta))
   folder = os.path.abspath(folder)
   tmp = f'{folder}.tmp-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   meta = _metadata(config, state, spec, flip_tta, class_names, run_results)
-  files = meta['files']
   try:
-    if 'jax' in formats:
-      files['jax'] = _write_jax(state, image_shape, tmp, serve, flip_tta)
-    if 'saved_model' in formats:
-      files['saved_model'] = _write_saved_model(
-        state, image_shape, tmp, serve, flip_tta, meta['versions']
-      )
-    if 'onnx' in formats:
-      alone = set(formats) == {'onnx'}  # Else skipped if not convertible.
-      onnx.add_to(meta, state, image_shape, tmp, serve, alone)
+    if inputs is None:
+      _write_images(meta, state, tuple(spec.image_shape), tmp, formats)
+    else:
+      sequence.write_files(meta, state, spec, inputs, tmp, formats)
     with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
       json.dump(meta, f, indent=2)
       f.write('\n')
@@ -267,6 +249,44 @@ def write(
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return meta
+
+
+def _spec(config, inputs: dict | None):
+  """The run's DatasetSpec: a sequence run's from its ``inputs.json``."""
+  if inputs is None and data.is_sequence(config.dataset):
+    raise ExportError(
+      f'a {config.dataset} run is exported with its inputs.json: pass '
+      'inputs=, or use export_workdir'
+    )
+  if inputs is None:
+    return data.dataset_spec(config)
+  from jaxcls.training import inspection
+
+  if config.flip_tta:
+    raise ExportError(
+      'flip_tta mirrors images: a sequence run is served without it; '
+      'export a run trained with --config.flip_tta=False'
+    )
+  try:
+    return inspection.spec_from_inputs(inputs)
+  except ValueError as e:
+    raise ExportError(str(e)) from None
+
+
+def _write_images(meta, state, image_shape, folder, formats) -> None:
+  """Writes an image run's ``formats`` into ``folder``, filling ``meta``."""
+  flip_tta = meta['flip_tta']
+  serve = jax.jit(serving.serving_function(state, flip_tta))
+  files = meta['files']
+  if 'jax' in formats:
+    files['jax'] = _write_jax(state, image_shape, folder, serve, flip_tta)
+  if 'saved_model' in formats:
+    files['saved_model'] = _write_saved_model(
+      state, image_shape, folder, serve, flip_tta, meta['versions']
+    )
+  if 'onnx' in formats:
+    alone = set(formats) == {'onnx'}  # Else skipped if not convertible.
+    onnx.add_to(meta, state, image_shape, folder, serve, alone)
 
 
 def _replace_folder(new: str, folder: str) -> None:
@@ -313,7 +333,23 @@ def export_workdir(
     state,
     folder,
     formats,
-    class_names=inspection.class_names(config),
+    class_names=inspection.class_names(config, workdir),
     run_results=_run_results(workdir, before),
+    inputs=_sequence_inputs(config, workdir),
   )
   return folder, meta
+
+
+def _sequence_inputs(config, workdir: str) -> dict | None:
+  """A sequence run's ``inputs.json``; None for an image run."""
+  from jaxcls.training import workdir as workdir_lib
+
+  if not data.is_sequence(config.dataset):
+    return None
+  inputs = workdir_lib.read_inputs(workdir)
+  if inputs is None:
+    raise ExportError(
+      f'{workdir_lib.inputs_path(workdir)} is missing (it holds how the run '
+      'encoded its inputs); train again to write it'
+    )
+  return inputs
