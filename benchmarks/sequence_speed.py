@@ -2,12 +2,13 @@
 
 The same model on both sides (word embedding 64, one bidirectional LSTM
 layer of 64, the state at each sequence's end -> Linear, Adam 1e-3), the
-same batches of 64 training emails (word ids from a vocabulary of the
-training split, truncated at 256 words) and the same lengths. jaxcls pads
-every batch to 256 steps (one compiled program) and passes ``lengths``;
-PyTorch runs ``nn.LSTM`` over ``pack_padded_sequence``, which computes no
-padding. The two alternate in rounds in one process, and the table gives
-sequences per second, the ratio, the padding share and jaxcls's compiles::
+same batches and lengths: ``experiments.spam``'s first training batches of
+64 emails (Subject and body, word ids, at most 256 words), in its bucketed
+order. jaxcls pads each batch to its bucket (one compiled program per
+bucket) and passes ``lengths``; PyTorch runs ``nn.LSTM`` over
+``pack_padded_sequence``, which computes no padding. The two alternate in
+rounds in one process, and the table gives sequences per second, the ratio,
+the padding share and jaxcls's compiles::
 
     .venv-bench/bin/python -m benchmarks.sequence_speed [--rounds 3 --steps 20]
 
@@ -23,10 +24,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxcls.data import text_files, tokens
 from jaxcls.models import sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,21 +47,25 @@ def cpu_name() -> str:
 
 
 def spam_batches(num: int, seed: int = 0):
-  """``num`` batches of (ids (B, MAX_LEN), lengths, labels); the padding
-  share of a fixed-length pad."""
-  splits = text_files.read_spam_corpus(TGZ)
-  texts, labels = splits['train']
-  vocab = tokens.WordVocab.build(texts)
-  padded = vocab.encode(texts, max_len=MAX_LEN)
-  rng = np.random.default_rng(seed)
+  """The first ``num`` training batches of ``experiments.spam`` (its data,
+  vocabulary and bucketed (seed, epoch) order), each cut to its bucket:
+  ``(ids, lengths, labels)``, the vocabulary size, the padding share and the
+  buckets."""
+  from experiments import spam
+  from jaxcls import data
+  from jaxcls.training import feed
+
+  config = spam.get_config()
+  config.manual_dir = TGZ
+  ds = data.load_config(config)
+  split = ds.train
+  rows = feed.sequence_rows(seed, 0, split, BATCH)[:num]
   batches = []
-  for _ in range(num):
-    rows = rng.choice(len(labels), BATCH, replace=False)
-    batches.append(
-      (padded.array[rows], padded.lengths[rows], np.asarray(labels)[rows])
-    )
-  lengths = np.concatenate([b[1] for b in batches])
-  return batches, vocab.size, 1 - lengths.mean() / MAX_LEN
+  for r in rows:
+    width = data.buckets.bucket_for(int(split.lengths[r].max()), ds.buckets)
+    batches.append((split.images[r, :width], split.lengths[r], split.labels[r]))
+  share = data.buckets.padding_share(split.lengths, rows, ds.buckets)
+  return batches, config.vocab_size, share, ds.buckets
 
 
 def jax_runner(vocab_size: int):
@@ -150,11 +153,12 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--steps', type=int, default=20)
   args = parser.parse_args()
-  batches, vocab_size, pad_share = spam_batches(args.steps + 2)
+  batches, vocab_size, pad_share, widths = spam_batches(args.steps + 2)
   jax_run, jax_step = jax_runner(vocab_size)
   torch_run, threads = torch_runner(vocab_size)
   t0 = time.perf_counter()
-  jax.block_until_ready(jax_run(batches[0]))
+  for batch in batches:  # Compiles one program per width met (a warm-up).
+    jax.block_until_ready(jax_run(batch))
   compile_s = time.perf_counter() - t0
   torch_run(batches[0])
   work = batches[1 : args.steps + 1]
@@ -165,9 +169,9 @@ def main() -> None:
   best = {k: max(v) for k, v in speeds.items()}
   print(f'CPU: {cpu_name()}; jax {jax.__version__}; torch threads {threads}')
   print(
-    f'batch {BATCH}, {MAX_LEN} words max, padding share of a {MAX_LEN}-step '
-    f'pad: {pad_share:.1%}; jaxcls compiles: '
-    f'{jax_step._cache_size()} program(s), first step {compile_s:.1f} s'
+    f'batch {BATCH}, {MAX_LEN} words max, buckets {list(widths)}, padding '
+    f'share {pad_share:.1%}; jaxcls compiles: {jax_step._cache_size()} '
+    f'program(s), warm-up with compiles {compile_s:.1f} s'
   )
   for name, values in speeds.items():
     shown = ', '.join(f'{v:,.0f}' for v in values)

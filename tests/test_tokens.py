@@ -110,3 +110,23 @@ def test_the_real_corpus_lengths_and_tokens():
   assert vocab.size == 20_002
   test = vocab.encode(splits['test'][0][:200])
   assert test.array.shape == (200, 256) and test.array.max() < vocab.size
+
+
+def test_without_headers_keeps_the_subject_and_the_body():
+  """Headers but the Subject go; a text with no blank line stays whole."""
+  email = (
+    'From: a@b\r\nSUBJECT: Cheap pills\r\nX-Mailer: z\r\n\r\nBuy now\n\nbye'
+  )
+  assert (
+    tokens.without_headers(email) == 'SUBJECT: Cheap pills\n\nBuy now\n\nbye'
+  )
+  assert tokens.without_headers('From: a\n\nbody') == 'body'
+  assert tokens.without_headers('just one line') == 'just one line'
+  assert tokens.words(tokens.without_headers(email)) == [
+    'subject',
+    'cheap',
+    'pills',
+    'buy',
+    'now',
+    'bye',
+  ]

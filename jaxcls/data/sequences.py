@@ -152,18 +152,17 @@ def load(
   """Loads a sequence dataset's train / validation / test (see module doc).
 
   Args:
-    name: 'spam_assassin', 'text_folder' or 'ucr/<Name>'.
-    data_dir, manual_dir: TFDS's data folder; the source files' folder.
-    validation_percent: the % of each training class that validates.
-    train_examples, num_shards, shard_ids: as :func:`.sources.load`.
+    name, data_dir, manual_dir: 'spam_assassin', 'text_folder' or
+      'ucr/<Name>'; TFDS's data folder; the source files' folder.
+    validation_percent, train_examples, num_shards, shard_ids: the % of
+      each training class that validates; the rest as .sources.load.
     max_len: the steps kept of each sequence (0: the default; for UCR the
       longest series of any split); longer ones are cut, and counted.
-    tokenizer, vocab_size: 'words' (at most vocab_size ids) or 'bytes'.
-    email_headers: False: emails lose their headers but the Subject.
+    tokenizer, vocab_size, email_headers: 'words' (at most vocab_size ids)
+      or 'bytes'; False: emails lose their headers but the Subject.
     num_buckets: the padded lengths a training batch may have (one shard
       only; with several every batch is ``max_len`` long, so that all agree).
-
-  Returns :class:`specs.Data` with lengths, ``buckets`` and ``inputs``.
+  Returns :class:`specs.Data`, with lengths, ``buckets`` and ``inputs``.
   """
   is_text = name in specs.TEXT_DATASETS
   read = _text_splits if is_text else _ucr_splits

@@ -95,7 +95,7 @@ def byte_ids(
 
 
 _BLANK_LINE = re.compile(r'\r?\n\r?\n')
-_SUBJECT = re.compile(r'^Subject:[^\n]*', re.IGNORECASE | re.MULTILINE)
+_SUBJECT = re.compile(r'^Subject:[^\r\n]*', re.IGNORECASE | re.MULTILINE)
 
 
 def without_headers(text: str) -> str:
