@@ -33,6 +33,12 @@ UNSWEEPABLE_FIELDS = (
   'train_examples',
   'eval_batch_size',
   'parallel',
+  # How a sequence dataset becomes arrays (data.sequence_args).
+  'max_len',
+  'tokenizer',
+  'vocab_size',
+  'num_buckets',
+  'email_headers',
 )
 
 

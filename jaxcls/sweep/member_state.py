@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import optax
 
-from jaxcls import optim
+from jaxcls import data, optim
 from jaxcls.training import run as train
 
 
@@ -55,6 +55,12 @@ def set_member_hyperparams(opt_state, learning_rate, weight_decay):
   return optax.tree_utils.tree_set(opt_state, **values)
 
 
+def input_dtype(spec: data.DatasetSpec) -> str:
+  """The dummy input's dtype at init, as the single run's: int32 for token
+  ids, float32 for pixels (normalised before the model) and features."""
+  return 'int32' if spec.input_dtype == 'int32' else 'float32'
+
+
 def init_member(
   seed,
   learning_rate,
@@ -64,11 +70,14 @@ def init_member(
   tx,
   image_shape,
   ema: bool = False,
+  input_dtype: str = 'float32',
 ):
   """``(state, train_rng)`` of one member, its keys split from ``key(seed)``
-  as ``train.train_loop`` splits them."""
+  as ``train.train_loop`` splits them; ``input_dtype``: the dummy input's."""
   init_rng, train_rng = jax.random.split(jax.random.key(seed))
-  state = train.create_train_state(init_rng, model, tx, image_shape, ema)
+  state = train.create_train_state(
+    init_rng, model, tx, image_shape, ema, input_dtype
+  )
   state = state.replace(
     opt_state=set_member_hyperparams(
       state.opt_state, learning_rate, weight_decay

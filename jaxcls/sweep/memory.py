@@ -39,11 +39,24 @@ def _state_shapes(config, ds: data.Data):
       model=model,
       tx=member_state.population_optimizer(config, 1),
       image_shape=ds.spec.image_shape,
+      input_dtype=member_state.input_dtype(ds.spec),
     )
   )
   return jax.eval_shape(
     init, jnp.zeros(1, jnp.int32), jnp.zeros(1), jnp.zeros(1)
   )
+
+
+def _batch_shapes(config, ds: data.Data) -> dict:
+  """A training batch's shapes: uint8 pixels, or sequences of the longest
+  bucket (ids or features, as the spec says) with their lengths."""
+  b = config.batch_size
+  batch = {'label': jax.ShapeDtypeStruct((b,), jnp.int32)}
+  dtype = ds.spec.input_dtype if ds.spec.is_sequence else jnp.uint8
+  batch['image'] = jax.ShapeDtypeStruct((b, *ds.spec.image_shape), dtype)
+  if ds.spec.is_sequence:
+    batch['length'] = jax.ShapeDtypeStruct((b,), jnp.int32)
+  return batch
 
 
 def member_bytes(config, ds: data.Data, mode: str = 'auto') -> int:
@@ -68,16 +81,10 @@ def member_bytes(config, ds: data.Data, mode: str = 'auto') -> int:
   )
   if modes.resolve_mode(mode) == 'loop':
     return state_bytes
-  batch = {
-    'image': jax.ShapeDtypeStruct(
-      (config.batch_size, *ds.spec.image_shape), jnp.uint8
-    ),
-    'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
-  }
   step, _ = train.configured_steps(config, ds.spec)
   stats = (
     fastpath.jit(modes.vmapped(step))
-    .lower(states, batch, (keys, jnp.ones(1, bool)))
+    .lower(states, _batch_shapes(config, ds), (keys, jnp.ones(1, bool)))
     .compile()
     .memory_analysis()
   )

@@ -107,15 +107,14 @@ def _concat_calls(metrics):
 
 
 class MemberFeed:
-  """Mode 'loop': ``feed.DeviceFeed`` of the one-member step (``member_n``
-  steps per compiled call, as the single run), run for each active member
-  in turn over all the rows it is given. Rows of a whole epoch keep one
-  member's weights hot in the caches for the epoch; the members' order does
-  not change their arithmetic. Metrics ``(steps, K)``, frozen members 0."""
+  """Mode 'loop': ``feed`` of the one-member step (``member_n`` steps per
+  call, as the single run), run for each active member in turn over all the
+  rows it is given. Rows of a whole epoch keep one member's weights hot in
+  the caches for the epoch; the members' order does not change their
+  arithmetic. Metrics ``(steps, K)``, frozen members 0."""
 
-  def __init__(self, step, train_split: data.Split, mesh, member_n: int):
-    self._feed = feed_lib.DeviceFeed(step, train_split, mesh)
-    self._n = member_n
+  def __init__(self, feed, member_n: int):
+    self._feed, self._n = feed, member_n
 
   @property
   def input_seconds(self) -> float:
@@ -142,6 +141,35 @@ class MemberFeed:
     return tuple(states), _stack_members(
       [zeros if m is None else m for m in metrics]
     )
+
+
+class SequenceFeed:
+  """Sequences: the single run's ``feed.HostFeed`` of ``step`` (each batch
+  gathered on the host, cut to the bucket of its longest, with its lengths;
+  one program per bucket, jitted as ``parallel.jit_steps`` jits it), any
+  ``n`` steps per call, metrics stacked ``(n, ...)`` as a device feed's."""
+
+  def __init__(self, step, eval_step, ds: data.Data, mesh):
+    steps = parallel.jit_steps(step, eval_step, mesh)  # Its eval: unused.
+    self._feed = feed_lib.HostFeed(steps, ds.train, ds.buckets)
+    self._compiled = False
+
+  @property
+  def input_seconds(self) -> float:
+    return self._feed.input_seconds
+
+  def compile(self, state, aux, n: int, batch_size: int):
+    """Compiles one step per bucket, once: a call of any ``n`` runs them."""
+    if not self._compiled:
+      self._feed.compile(state, aux, n, batch_size)
+      self._compiled = True
+
+  def run(self, state, rows: np.ndarray, aux):
+    metrics = []
+    for row in rows:
+      state, m = self._feed.run(state, row[None], aux)
+      metrics.append(m)
+    return state, jax.tree_util.tree_map(lambda *m: jnp.stack(m), *metrics)
 
 
 @dataclasses.dataclass
@@ -179,6 +207,43 @@ def _tuple_init(one):
   return init
 
 
+def _train_feed(step, eval_step, ds: data.Data, mesh):
+  """The feed of a population (or member) step: the training split on the
+  device for images, the single run's host batches for sequences."""
+  if ds.spec.is_sequence:
+    return SequenceFeed(step, eval_step, ds, mesh)
+  return feed_lib.DeviceFeed(step, ds.train, mesh)
+
+
+def _mode_pieces(mode, one, step, eval_step, make_feed, member_n) -> tuple:
+  """``(init, make_feed, evaluate)`` of ``mode``; ``make_feed(step,
+  eval_step)`` makes the feed of a population (or member) step."""
+  if mode == 'vmap':
+    evaluate = fastpath.jit(jax.vmap(eval_step, in_axes=(0, None)))
+    return (
+      jax.jit(jax.vmap(one)),
+      lambda: make_feed(vmapped(step), evaluate),
+      evaluate,
+    )
+  if mode == 'unrolled':
+    evaluate = fastpath.jit(
+      lambda states, batch: _stack_members(
+        [eval_step(s, batch) for s in states]
+      )
+    )
+    return (
+      _tuple_init(one),
+      lambda: make_feed(unrolled(step), evaluate),
+      evaluate,
+    )
+  eval_one = fastpath.jit(eval_step)
+  return (
+    _tuple_init(one),
+    lambda: MemberFeed(make_feed(step, eval_step), member_n),
+    lambda states, batch: _stack_members([eval_one(s, batch) for s in states]),
+  )
+
+
 def make_population_steps(
   config, ds: data.Data, mode: str = 'auto'
 ) -> PopulationSteps:
@@ -186,7 +251,8 @@ def make_population_steps(
 
   Args:
     config: the group's single-run config.
-    ds: the data; its training split goes to the device feed.
+    ds: the data; its training split goes to the feed (images: on the
+      device; sequences: host batches cut to ``ds.buckets``).
     mode: one of ``MODES``.
 
   Returns:
@@ -205,27 +271,16 @@ def make_population_steps(
     tx=tx,
     image_shape=ds.spec.image_shape,
     ema=config.ema_decay > 0,
+    input_dtype=member_state.input_dtype(ds.spec),
   )
   step, eval_step = train.configured_steps(config, ds.spec)
   mesh = parallel.make_mesh()
-  if mode == 'vmap':
-    init = jax.jit(jax.vmap(one))
-    make_feed = lambda: feed_lib.DeviceFeed(vmapped(step), ds.train, mesh)
-    evaluate = fastpath.jit(jax.vmap(eval_step, in_axes=(0, None)))
-  elif mode == 'unrolled':
-    init = _tuple_init(one)
-    make_feed = lambda: feed_lib.DeviceFeed(unrolled(step), ds.train, mesh)
-    evaluate = fastpath.jit(
-      lambda states, batch: _stack_members(
-        [eval_step(s, batch) for s in states]
-      )
-    )
-  else:
-    init, eval_one = _tuple_init(one), fastpath.jit(eval_step)
-    make_feed = lambda: MemberFeed(
-      step, ds.train, mesh, feed_lib.steps_per_call(config)
-    )
-    evaluate = lambda states, batch: _stack_members(
-      [eval_one(s, batch) for s in states]
-    )
+  init, make_feed, evaluate = _mode_pieces(
+    mode,
+    one,
+    step,
+    eval_step,
+    lambda s, e: _train_feed(s, e, ds, mesh),
+    feed_lib.steps_per_call(config),
+  )
   return PopulationSteps(mode, init, make_feed, evaluate, steps_per_epoch)

@@ -4,9 +4,10 @@
 members differ only in their state and key (``member_state``); a member
 whose seed is ``config.seed`` trains the same model as its config's single
 run. The population trains with the single run's machinery (the epoch's
-rows from ``feed.epoch_rows``, ``feed.DeviceFeed``, ``train.itstime``,
-``guards``' metrics and non-finite policy); only the step differs, chosen
-by ``config.population_mode`` (``modes``).
+rows from ``feed.epoch_rows``, or ``feed.sequence_rows`` for sequences;
+``feed.DeviceFeed``, or the host batches of ``feed.HostFeed`` cut to their
+buckets; ``train.itstime``, ``guards``' metrics and non-finite policy);
+only the step differs, chosen by ``config.population_mode`` (``modes``).
 
 A member is frozen, the others going on, when its loss diverges or its
 validation accuracy has not improved for ``patience`` epochs; a population
@@ -49,6 +50,7 @@ __all__ = [
   'PopulationSteps',
   'best_member',
   'end_of_epoch',
+  'epoch_rows',
   'init_member',
   'make_population_steps',
   'member',
@@ -65,7 +67,7 @@ __all__ = [
 
 
 def population_evaluate(
-  evaluate, states, split: data.Split, batch_size: int
+  evaluate, states, split: data.Split, batch_size: int, buckets=()
 ) -> np.ndarray:
   """Per-member accuracy over every example of ``split`` once.
 
@@ -74,12 +76,13 @@ def population_evaluate(
     states: the members' states, in the mode's layout.
     split: the examples.
     batch_size: the evaluation batch size.
+    buckets: sequences: the padded lengths of the batches (``Data.buckets``).
 
   Returns:
     The accuracies, shape (K,).
   """
   totals = None
-  for batch in data.eval_batches(split, batch_size):
+  for batch in data.eval_batches(split, batch_size, buckets=buckets):
     sums = evaluate(states, batch)
     totals = (
       sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
@@ -198,20 +201,30 @@ def _member_columns(config, values: list) -> tuple:
   )
 
 
+def epoch_rows(config, ds: data.Data, epoch: int) -> np.ndarray:
+  """The epoch's batch rows of ``config.seed``, as the single run's
+  (``train._epoch_rows``): by length for one shard of sequences."""
+  if ds.buckets and len(ds.buckets) > 1:
+    return feed_lib.sequence_rows(
+      config.seed, epoch, ds.train, config.batch_size
+    )
+  shard_ids = tuple(range(len(ds.train_shards)))
+  return feed_lib.epoch_rows(
+    config.seed,
+    epoch,
+    ds.train_shards,
+    shard_ids,
+    config.batch_size // len(shard_ids),
+  )
+
+
 def _epoch_walk(config, ds: data.Data, steps: PopulationSteps, aux):
   """The ``epochs.Epochs`` walk of a population of ``len(aux[1])``: every
   member reads the batches of ``config.seed``'s epoch order."""
   feed, spe = steps.feeds[len(aux[1])], steps.steps_per_epoch
-  shard_ids = tuple(range(len(ds.train_shards)))
   return epochs.Epochs(
     feed,
-    lambda epoch: feed_lib.epoch_rows(
-      config.seed,
-      epoch,
-      ds.train_shards,
-      shard_ids,
-      config.batch_size // len(shard_ids),
-    ),
+    lambda epoch: epoch_rows(config, ds, epoch),
     spe,
     # A call of 'loop' runs every member over a whole epoch (MemberFeed).
     spe if steps.mode == 'loop' else feed_lib.steps_per_call(config),
@@ -228,7 +241,7 @@ def _close_epoch(result, steps, call, was_active, ds, config, log):
   seconds = time.perf_counter() - call.started
   result.train_seconds += seconds
   val = population_evaluate(
-    steps.evaluate, call.state, ds.val, config.eval_batch_size
+    steps.evaluate, call.state, ds.val, config.eval_batch_size, ds.buckets
   )
   active = end_of_epoch(
     result,

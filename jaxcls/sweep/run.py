@@ -136,6 +136,7 @@ def _load_and_train(config, workdir: str, plan: _Plan, log) -> tuple:
     config.validation_percent,
     config.train_examples,
     **data.source_args(config),
+    **data.sequence_args(config),  # max_len, num_buckets, ... of sequences
   )
   log(
     f'Sweep of {len(plan.grid)} members over {sorted(plan.swept)} in '
