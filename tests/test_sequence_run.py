@@ -64,11 +64,14 @@ def test_a_short_run_learns_and_reports_its_buckets(trained):
 def test_an_interrupted_run_resumes_to_the_same_parameters(
   trained, data_dir, tmp_path
 ):
-  """One epoch, then the same command for two: the bits of two at once."""
+  """One epoch, then the same command for two: the bits of two at once.
+  The first asks for 4 steps per call, which the host feed of sequences
+  must not take as leave to skip steps."""
   _, uninterrupted = trained
   first = train.train_and_evaluate(
-    _config(data_dir, num_epochs=1), str(tmp_path)
+    _config(data_dir, num_epochs=1, steps_per_call=4), str(tmp_path)
   )
+  assert first['steps_per_call'] == 1
   assert first['params_sha256'] != uninterrupted['params_sha256']
   resumed = train.train_and_evaluate(_config(data_dir), str(tmp_path))
   assert resumed['params_sha256'] == uninterrupted['params_sha256']

@@ -50,7 +50,10 @@ def use_device_data(config) -> bool:
 
 
 def steps_per_call(config) -> int:
-  """``config.steps_per_call``, or the backend's default for 0."""
+  """``config.steps_per_call``, or the backend's default for 0, on the
+  device feed; 1 on the host feed, which runs one step per call."""
+  if not use_device_data(config):
+    return 1
   return config.steps_per_call or default_steps_per_call()
 
 

@@ -110,7 +110,16 @@ class Run:
 
 def _load_data(config, num_shards: int, shard_ids) -> data.Data:
   """The splits, with this process's shards of the training split."""
-  return data.load_config(config, num_shards, shard_ids)
+  return data.load(
+    config.dataset,
+    config.data_dir,
+    config.validation_percent,
+    config.train_examples,
+    num_shards,
+    shard_ids,
+    **data.source_args(config),
+    **data.sequence_args(config),
+  )
 
 
 def _init_dtype(spec: data.DatasetSpec) -> str:
