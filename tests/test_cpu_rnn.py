@@ -121,7 +121,9 @@ def _rows(tree, rows, time_major):
 def test_a_row_does_not_depend_on_how_the_batch_is_split(kind):
   """64 rows run as row blocks on the pool's threads; 8 of them alone run as
   one block: the same bits, forward and back (the tolerance above is for the
-  fused scan's other order of sums, not for this)."""
+  fused scan's other order of sums, not for this). The input gradient is
+  XLA's matmul outside the kernel, (T*B, 4H) @ W_i^T, whose order of sums
+  may follow its M (it does on an AMD EPYC 7003): close, not equal."""
   make, kernel, _, (seq_at, state_at) = KINDS[kind]
   args = make(6, 64, 5, 32, seed=1)
   rows = slice(40, 48)
@@ -143,12 +145,17 @@ def test_a_row_does_not_depend_on_how_the_batch_is_split(kind):
   want = (
     _rows(hs, rows, True),
     _rows(last, rows, False),
-    (_rows(d_seq, rows, True), _rows(d_state, rows, False)),
+    _rows(d_state, rows, False),
   )
-  got_leaves, want_leaves = jax.tree.leaves(part), jax.tree.leaves(want)
+  got_hs, got_last, (got_d_seq, got_d_state) = part
+  got_leaves = jax.tree.leaves((got_hs, got_last, got_d_state))
+  want_leaves = jax.tree.leaves(want)
   assert len(got_leaves) == len(want_leaves)
   for got, expected in zip(got_leaves, want_leaves):
     np.testing.assert_array_equal(got, expected)
+  expected = _rows(d_seq, rows, True)
+  scale = float(jnp.abs(expected).max())
+  np.testing.assert_allclose(got_d_seq, expected, rtol=0, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize('kind', ['lstm', 'gru'])
