@@ -160,15 +160,22 @@ def test_pmap_and_sharded_jit_batchnorm_against_one_device(tmp_path):
     np.testing.assert_allclose(
       v, np.broadcast_to(v[:1], v.shape), rtol=1e-6, atol=1e-7, err_msg=k
     )
-  for kind in ('stats', 'grads'):
-    assert_tree_close(_group(results, 'pmap_axis', kind), one[kind])
+  # A gradient is a sum over the batch with cancellation (a BN bias's is a
+  # few 1e-3 from terms near 1e-1), and devices sum in another order: on an
+  # AMD EPYC one entry differed by 2.8e-5. Statistics stay at 1e-5.
+  assert_tree_close(_group(results, 'pmap_axis', 'stats'), one['stats'])
+  assert_tree_close(
+    _group(results, 'pmap_axis', 'grads'), one['grads'], atol=1e-4
+  )
   np.testing.assert_allclose(
     results['pmap_axis/logits'], results['one/logits'], rtol=1e-4, atol=1e-5
   )
 
   # jit over a sharded batch: global statistics with no axis name.
-  for kind in ('stats', 'grads'):
-    assert_tree_close(_group(results, 'jit_sharded', kind), one[kind])
+  assert_tree_close(_group(results, 'jit_sharded', 'stats'), one['stats'])
+  assert_tree_close(
+    _group(results, 'jit_sharded', 'grads'), one['grads'], atol=1e-4
+  )
   np.testing.assert_allclose(
     results['jit_sharded/logits'], results['one/logits'], rtol=1e-4, atol=1e-5
   )

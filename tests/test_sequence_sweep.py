@@ -208,6 +208,7 @@ def test_token_ids_init_as_int32_and_train_as_the_single_run(
   config.hidden_size, config.embed_size, config.vocab_size = 16, 16, 64
   config.batch_size, config.num_epochs, config.ema_decay = 16, 1, 0.0
   monkeypatch.setattr(data, 'load_config', lambda *a, **k: ds)
+  monkeypatch.setattr(data, 'load', lambda *a, **k: ds)
   result = population.train_population(
     config, [{}, {'learning_rate': 1e-2}], ds, log=_quiet
   )
