@@ -10,7 +10,8 @@ cannot drift apart: ``tests/test_docs.py`` fails when the README's table is not
 MACHINE = 'a 2-core AMD EPYC with no GPU, jax 0.10.2'
 
 # experiment, model, epochs, test accuracy, best (bold), train s (wall),
-# examples/s (images or sequences), flags after `python -m experiments.<experiment>`.
+# examples/s (images or sequences), flags after
+# `python -m experiments.<experiment>`.
 ROWS = (
   (
     'fashion_mnist',
