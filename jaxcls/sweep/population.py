@@ -203,19 +203,10 @@ def _member_columns(config, values: list) -> tuple:
 
 def epoch_rows(config, ds: data.Data, epoch: int) -> np.ndarray:
   """The epoch's batch rows of ``config.seed``, as the single run's
-  (``train._epoch_rows``): by length for one shard of sequences."""
-  if ds.buckets and len(ds.buckets) > 1:
-    return feed_lib.sequence_rows(
-      config.seed, epoch, ds.train, config.batch_size
-    )
+  (``feed.data_rows``): by length for one shard of sequences."""
   shard_ids = tuple(range(len(ds.train_shards)))
-  return feed_lib.epoch_rows(
-    config.seed,
-    epoch,
-    ds.train_shards,
-    shard_ids,
-    config.batch_size // len(shard_ids),
-  )
+  per_shard = config.batch_size // len(shard_ids)
+  return feed_lib.data_rows(config.seed, epoch, ds, shard_ids, per_shard)
 
 
 def _epoch_walk(config, ds: data.Data, steps: PopulationSteps, aux):

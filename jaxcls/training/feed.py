@@ -88,6 +88,14 @@ def sequence_rows(seed: int, epoch: int, split: data.Split, batch_size: int):
   return data.buckets.sorted_batches(order, split.lengths, batch_size, rng)
 
 
+def data_rows(seed: int, epoch: int, ds: data.Data, shard_ids, per_shard):
+  """The epoch's batch rows of ``ds``: :func:`sequence_rows` for one shard
+  of sequences with several buckets, :func:`epoch_rows` otherwise."""
+  if ds.buckets and len(ds.buckets) > 1:
+    return sequence_rows(seed, epoch, ds.train, per_shard)
+  return epoch_rows(seed, epoch, ds.train_shards, shard_ids, per_shard)
+
+
 def multi_step(step_fn, n: int):
   """``(state, data, rows, rng) -> (state, metrics)`` over ``n`` steps.
 
@@ -210,6 +218,7 @@ __all__ = [
   'steps_per_call',
   'epoch_rows',
   'sequence_rows',
+  'data_rows',
   'multi_step',
   'DeviceFeed',
   'HostFeed',

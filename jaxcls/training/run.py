@@ -133,12 +133,8 @@ def _epochs(run: Run, train_rng, start: int) -> epochs.Epochs:
 
 def _epoch_rows(run: Run, epoch: int) -> np.ndarray:
   """The epoch's batch rows: by length for one shard of sequences."""
-  if run.ds.buckets and len(run.ds.buckets) > 1:
-    return feed_lib.sequence_rows(
-      run.config.seed, epoch, run.ds.train, run.per_shard
-    )
-  return feed_lib.epoch_rows(
-    run.config.seed, epoch, run.ds.train_shards, run.shard_ids, run.per_shard
+  return feed_lib.data_rows(
+    run.config.seed, epoch, run.ds, run.shard_ids, run.per_shard
   )
 
 
