@@ -7,11 +7,11 @@ sequence run's, :mod:`jaxcls.export.sequence`) to ONNX operators of opset
 with a symbolic ``batch``, outputs ``probabilities`` and ``logits``, float32
 ``(batch, num_classes)``. onnxruntime alone runs it. (tf2onnx cannot convert
 the SavedModel's ``XlaCallModule`` op.) Some models do not convert (with
-jax2onnx 0.12.5: the plain ``rnn`` and a sequence run, whose scans lose the
-symbolic batch; a run with ``flip_tta``, whose ``jnp.split`` needs a
-concrete batch). Then :func:`record` raises ExportError in one line when
-ONNX is the only format asked for, and otherwise records that line in
-``export.json``'s ``skipped``.
+jax2onnx 0.12.5: the plain ``rnn`` cell, image or sequence model, whose
+step scan loses the symbolic batch; a run with ``flip_tta``, whose
+``jnp.split`` needs a concrete batch). Then :func:`record` raises
+ExportError in one line when ONNX is the only format asked for, and
+otherwise records that line in ``export.json``'s ``skipped``.
 """
 
 import contextlib

@@ -9,8 +9,9 @@ changes its outputs. It returns the image export's dict. Encoding is the
 caller's: the run's ``inputs.json`` (its word list; a series' channel mean
 and std) is copied beside the export, and ``export.json``'s ``input`` says
 how to use it. As for images, the variables are constants and jaxcls's CPU
-kernels are off while tracing; ONNX is tried, and refused in one line when
-jax2onnx cannot convert the recurrence.
+kernels are off while tracing. ONNX takes the same ``(x, lengths)``; a
+recurrence jax2onnx cannot convert (the plain ``rnn`` cell's step scan) is
+refused in one line.
 """
 
 import json

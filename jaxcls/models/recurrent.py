@@ -85,7 +85,9 @@ def _scan_lengths(scan, xs, lengths, reverse: bool):
     xs = reverse_within(xs, lengths)
   outputs, _ = scan(xs)
   end = jnp.maximum(lengths - 1, 0)
-  last = outputs[end, jnp.arange(outputs.shape[1])]
+  # take_along_axis, not outputs[end, arange(B)]: the same gather, without
+  # an arange of the batch, which jax2onnx cannot give a symbolic size.
+  last = jnp.take_along_axis(outputs, end[None, :, None], axis=0)[0]
   last = jnp.where((lengths > 0)[:, None], last, 0)
   if reverse:
     outputs = reverse_within(outputs, lengths)
