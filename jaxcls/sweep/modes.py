@@ -22,7 +22,7 @@ import numpy as np
 from jaxcls import data, models
 from jaxcls.ops import fastpath
 from jaxcls.sweep import member_state
-from jaxcls.training import epochs, parallel
+from jaxcls.training import epoch_end, epochs, parallel
 from jaxcls.training import feed as feed_lib
 from jaxcls.training import run as train
 
@@ -181,6 +181,8 @@ class PopulationSteps:
   make_feed: object  # () -> a feed of the population step
   evaluate: object  # (states, batch) -> per-member sums, (K,)
   steps_per_epoch: int
+  # As evaluate, of the members' EMA weights; None without an EMA.
+  evaluate_ema: object = None
   feeds: dict = dataclasses.field(default_factory=dict)  # K -> feed
 
 
@@ -215,32 +217,43 @@ def _train_feed(step, eval_step, ds: data.Data, mesh):
   return feed_lib.DeviceFeed(step, ds.train, mesh)
 
 
+def _population_eval(mode: str, eval_step):
+  """``(states, batch) -> per-member sums, (K,)`` of ``eval_step`` in
+  ``mode``'s layout of the members' states."""
+  if mode == 'vmap':
+    return fastpath.jit(jax.vmap(eval_step, in_axes=(0, None)))
+  if mode == 'unrolled':
+    return fastpath.jit(
+      lambda states, batch: _stack_members(
+        [eval_step(s, batch) for s in states]
+      )
+    )
+  eval_one = fastpath.jit(eval_step)
+  return lambda states, batch: _stack_members(
+    [eval_one(s, batch) for s in states]
+  )
+
+
 def _mode_pieces(mode, one, step, eval_step, make_feed, member_n) -> tuple:
   """``(init, make_feed, evaluate)`` of ``mode``; ``make_feed(step,
   eval_step)`` makes the feed of a population (or member) step."""
+  evaluate = _population_eval(mode, eval_step)
   if mode == 'vmap':
-    evaluate = fastpath.jit(jax.vmap(eval_step, in_axes=(0, None)))
     return (
       jax.jit(jax.vmap(one)),
       lambda: make_feed(vmapped(step), evaluate),
       evaluate,
     )
   if mode == 'unrolled':
-    evaluate = fastpath.jit(
-      lambda states, batch: _stack_members(
-        [eval_step(s, batch) for s in states]
-      )
-    )
     return (
       _tuple_init(one),
       lambda: make_feed(unrolled(step), evaluate),
       evaluate,
     )
-  eval_one = fastpath.jit(eval_step)
   return (
     _tuple_init(one),
     lambda: MemberFeed(make_feed(step, eval_step), member_n),
-    lambda states, batch: _stack_members([eval_one(s, batch) for s in states]),
+    evaluate,
   )
 
 
@@ -283,4 +296,11 @@ def make_population_steps(
     lambda s, e: _train_feed(s, e, ds, mesh),
     feed_lib.steps_per_call(config),
   )
-  return PopulationSteps(mode, init, make_feed, evaluate, steps_per_epoch)
+  evaluate_ema = None
+  if config.ema_decay > 0:  # The single run's: eval_step of ema_as_state.
+    evaluate_ema = _population_eval(
+      mode, lambda s, b: eval_step(epoch_end.ema_as_state(s), b)
+    )
+  return PopulationSteps(
+    mode, init, make_feed, evaluate, steps_per_epoch, evaluate_ema
+  )

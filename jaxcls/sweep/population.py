@@ -9,9 +9,10 @@ rows from ``feed.epoch_rows``, or ``feed.sequence_rows`` for sequences;
 buckets; ``train.itstime``, ``guards``' metrics and non-finite policy);
 only the step differs, chosen by ``config.population_mode`` (``modes``).
 
-A member is frozen, the others going on, when its loss diverges or its
-validation accuracy has not improved for ``patience`` epochs; a population
-ends when all its members are frozen. Each member's best parameters are kept.
+Epochs are validated as the single run's (``epoch_end.beats`` by ``best_by``
+picks EMA or live weights, and the best epoch, whose candidate is kept). A
+member is frozen when its loss diverges or stops improving (``patience``),
+the others going on; a population ends when all its members are frozen.
 """
 
 import dataclasses
@@ -39,7 +40,8 @@ from jaxcls.sweep.modes import (
   unrolled,
   vmapped,
 )
-from jaxcls.training import epochs, guards
+from jaxcls.sweep.records import best_member, member_order
+from jaxcls.training import epoch_end, epochs, guards
 from jaxcls.training import feed as feed_lib
 from jaxcls.training import run as train
 
@@ -54,9 +56,11 @@ __all__ = [
   'init_member',
   'make_population_steps',
   'member',
+  'member_order',
   'members',
   'population_evaluate',
   'population_optimizer',
+  'population_validate',
   'resolve_mode',
   'set_member_hyperparams',
   'take_member',
@@ -68,18 +72,18 @@ __all__ = [
 
 def population_evaluate(
   evaluate, states, split: data.Split, batch_size: int, buckets=()
-) -> np.ndarray:
-  """Per-member accuracy over every example of ``split`` once.
+) -> dict:
+  """Per-member accuracy and mean loss over every example of ``split`` once.
 
   Args:
-    evaluate: ``PopulationSteps.evaluate``.
+    evaluate: ``PopulationSteps.evaluate`` (or ``evaluate_ema``).
     states: the members' states, in the mode's layout.
     split: the examples.
     batch_size: the evaluation batch size.
     buckets: sequences: the padded lengths of the batches (``Data.buckets``).
 
   Returns:
-    The accuracies, shape (K,).
+    ``{'accuracy', 'loss'}``, shape (K,) each (as ``train.evaluate``'s).
   """
   totals = None
   for batch in data.eval_batches(split, batch_size, buckets=buckets):
@@ -88,7 +92,31 @@ def population_evaluate(
       sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     )
   totals = jax.device_get(totals)
-  return totals['correct'] / totals['count']
+  return {
+    'accuracy': np.asarray(totals['correct'] / totals['count'], float),
+    'loss': np.asarray(totals['loss'] / totals['count'], float),
+  }
+
+
+def population_validate(steps: PopulationSteps, states, ds, config) -> dict:
+  """The members' epoch candidates, chosen as the single run chooses.
+
+  Scores the live weights and, with an EMA (``steps.evaluate_ema``), the
+  EMA's; a member's EMA is its candidate where it ``epoch_end.beats`` the
+  live weights by ``best_by``.
+
+  Returns:
+    ``{'accuracy', 'loss'}`` of the candidates and ``'ema'`` (bools, True
+    where the EMA was kept), shape (K,) each.
+  """
+  args = (ds.val, config.eval_batch_size, ds.buckets)
+  val = population_evaluate(steps.evaluate, states, *args)
+  kept = np.zeros(len(val['accuracy']), bool)
+  if steps.evaluate_ema is not None:
+    ema = population_evaluate(steps.evaluate_ema, states, *args)
+    kept = np.asarray(epoch_end.beats(epoch_end.best_by_of(config), ema, val))
+    val = {k: np.where(kept, ema[k], v) for k, v in val.items()}
+  return {**val, 'ema': kept}
 
 
 @dataclasses.dataclass
@@ -96,12 +124,15 @@ class PopulationResult:
   """Per-member outcomes of one population (arrays have its length K)."""
 
   val_accuracy: np.ndarray  # (K, epochs): NaN after a member stopped
+  val_loss: np.ndarray  # (K, epochs): of the epoch's candidate, as accuracy
   train_loss: np.ndarray  # (K, epochs)
-  best_val_accuracy: np.ndarray  # (K,)
-  best_epoch: np.ndarray  # (K,), 0 if never evaluated finite
+  best_val_accuracy: np.ndarray  # (K,), -1 if never improved
+  best_val_loss: np.ndarray  # (K,) of the best epoch, -1 if never improved
+  best_weights: np.ndarray  # (K,) 'live' or 'ema': the best epoch's kept
+  best_epoch: np.ndarray  # (K,), 0 if never improved
   epochs_trained: np.ndarray  # (K,)
   diverged: np.ndarray  # (K,) bool: the training loss became non-finite
-  best_states: list  # K TrainStates, each the member's best epoch's
+  best_states: list  # K TrainStates, each its best epoch's candidate
   final_states: list  # K TrainStates
   best_step: np.ndarray  # (K,) optimizer step of the best snapshot
   compile_seconds: float = 0.0
@@ -111,15 +142,18 @@ class PopulationResult:
   def start(cls, k: int, epochs: int, states) -> 'PopulationResult':
     copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)
     return cls(
-      np.full((k, epochs), np.nan),
-      np.full((k, epochs), np.nan),
-      np.full(k, -1.0),
-      np.zeros(k, int),
-      np.zeros(k, int),
-      np.zeros(k, bool),
-      [copy(m) for m in members(states)],
-      [],
-      np.zeros(k, int),
+      val_accuracy=np.full((k, epochs), np.nan),
+      val_loss=np.full((k, epochs), np.nan),
+      train_loss=np.full((k, epochs), np.nan),
+      best_val_accuracy=np.full(k, -1.0),
+      best_val_loss=np.full(k, -1.0),
+      best_weights=np.full(k, 'live', dtype=object),
+      best_epoch=np.zeros(k, int),
+      epochs_trained=np.zeros(k, int),
+      diverged=np.zeros(k, bool),
+      best_states=[copy(m) for m in members(states)],
+      final_states=[],
+      best_step=np.zeros(k, int),
     )
 
 
@@ -131,32 +165,9 @@ class _Unsaved:
     return None
 
 
-def end_of_epoch(
-  result: PopulationResult,
-  states,
-  epoch: int,
-  step: int,
-  epoch_metrics: list,
-  was_active: np.ndarray,
-  val: np.ndarray,
-  config,
-  log,
-) -> np.ndarray:
-  """Records epoch ``epoch`` of every member that ran it.
-
-  Args:
-    result: the population's record, updated in place (the improved
-      members' parameters copied into its ``best_states``).
-    states: the members' states after the epoch.
-    epoch, step: the epoch (from 1) and the optimizer step it ended at.
-    epoch_metrics: the epoch's calls' metrics, ``(steps, K)`` each.
-    was_active: who trained this epoch; val: their validation accuracy.
-    config, log: the group's config (policy, patience) and the log.
-
-  Returns:
-    Who keeps training: bools (K,), those that ran the epoch, did not
-    diverge and (``patience`` > 0) improved within ``patience`` epochs.
-  """
+def _train_losses(result, epoch, step, epoch_metrics, was_active, config, log):
+  """Records the epoch's training loss of each member that ran it, or
+  marks it diverged (``guards``' non-finite policy)."""
   steps = guards.per_step(epoch_metrics)  # (steps, K) each
   first = step - len(steps['loss'])
   for i in np.flatnonzero(was_active):
@@ -173,15 +184,52 @@ def end_of_epoch(
       log(f'  member {i}: {e}')
       continue
     result.train_loss[i, epoch - 1] = totals['loss'] / totals['count']
+
+
+def end_of_epoch(
+  result: PopulationResult,
+  states,
+  epoch: int,
+  step: int,
+  epoch_metrics: list,
+  was_active: np.ndarray,
+  val: dict,
+  config,
+  log,
+) -> np.ndarray:
+  """Records epoch ``epoch`` of every member that ran it.
+
+  Args:
+    result: the population's record, updated in place (the improved
+      members' candidates copied into its ``best_states``).
+    states: the members' states after the epoch.
+    epoch, step: the epoch (from 1) and the optimizer step it ended at.
+    epoch_metrics: the epoch's calls' metrics, ``(steps, K)`` each.
+    was_active: who trained this epoch; val: ``population_validate``'s.
+    config, log: the group's config (policy, patience, best_by), the log.
+
+  Returns:
+    Who keeps training: bools (K,), those that ran the epoch, did not
+    diverge and (``patience`` > 0) improved within ``patience`` epochs.
+  """
+  _train_losses(result, epoch, step, epoch_metrics, was_active, config, log)
   running = was_active & ~result.diverged
-  result.val_accuracy[running, epoch - 1] = val[running]
+  result.val_accuracy[running, epoch - 1] = val['accuracy'][running]
+  result.val_loss[running, epoch - 1] = val['loss'][running]
   result.epochs_trained[was_active] += 1
-  improved = running & (val > result.best_val_accuracy)
-  result.best_val_accuracy[improved] = val[improved]
+  best = {'accuracy': result.best_val_accuracy, 'loss': result.best_val_loss}
+  improved = running & epoch_end.beats(epoch_end.best_by_of(config), val, best)
+  result.best_val_accuracy[improved] = val['accuracy'][improved]
+  result.best_val_loss[improved] = val['loss'][improved]
   result.best_epoch[improved] = epoch
   result.best_step[improved] = step
+  ema = val.get('ema', np.zeros(len(running), bool))
   for i in np.flatnonzero(improved):  # Copies: the next call donates states.
-    result.best_states[i] = jax.tree_util.tree_map(jnp.copy, member(states, i))
+    candidate = member(states, i)
+    if ema[i]:  # As the single run's best checkpoint: EMA weights as params.
+      candidate = epoch_end.ema_as_state(candidate)
+    result.best_weights[i] = 'ema' if ema[i] else 'live'
+    result.best_states[i] = jax.tree_util.tree_map(jnp.copy, candidate)
   still = running.copy()
   if config.patience:
     still &= (epoch - result.best_epoch) < config.patience
@@ -225,15 +273,30 @@ def _epoch_walk(config, ds: data.Data, steps: PopulationSteps, aux):
   )
 
 
+def _epoch_line(epoch: int, val: dict, ran: np.ndarray, config) -> str:
+  """The validation of the members that ran the epoch: accuracy, and the
+  loss by ``best_by='loss'``; with an EMA, how many kept it."""
+  pick = lambda key: val[key][ran] if ran.any() else np.full(1, np.nan)
+  accs, losses = pick('accuracy'), pick('loss')
+  line = (
+    f'  [epoch {epoch}] val accuracy: best {accs.max():.4f} '
+    f'mean {accs.mean():.4f}'
+  )
+  if epoch_end.best_by_of(config) == 'loss':
+    finite = losses[np.isfinite(losses)]
+    line += f'  val loss: best {finite.min() if finite.size else np.nan:.4f}'
+  if config.ema_decay > 0:
+    line += f'  EMA kept {int(val["ema"][ran].sum())}/{int(ran.sum())}'
+  return line
+
+
 def _close_epoch(result, steps, call, was_active, ds, config, log):
   """Evaluates and records the epoch ``call`` ends, logs its line; returns
   who keeps training."""
   jax.block_until_ready(call.state)
   seconds = time.perf_counter() - call.started
   result.train_seconds += seconds
-  val = population_evaluate(
-    steps.evaluate, call.state, ds.val, config.eval_batch_size, ds.buckets
-  )
+  val = population_validate(steps, call.state, ds, config)
   active = end_of_epoch(
     result,
     call.state,
@@ -245,13 +308,8 @@ def _close_epoch(result, steps, call, was_active, ds, config, log):
     config,
     log,
   )
-  ran = val[was_active & ~result.diverged]
-  log(
-    f'  [epoch {call.epoch + 1}] val accuracy: best '
-    f'{ran.max() if ran.size else np.nan:.4f} mean '
-    f'{ran.mean() if ran.size else np.nan:.4f}  '
-    f'active {int(active.sum())}/{len(active)}  time {seconds:.1f}s'
-  )
+  line = _epoch_line(call.epoch + 1, val, was_active & ~result.diverged, config)
+  log(f'{line}  active {int(active.sum())}/{len(active)}  time {seconds:.1f}s')
   return active
 
 
@@ -269,7 +327,7 @@ def train_population(
   Args:
     config: the group's single-run config (seed, learning rate and weight
       decay set per member); ``patience`` > 0 freezes a member after that
-      many epochs without a better validation accuracy.
+      many epochs without a better validation (by ``best_by``).
     values: one dict of traced fields per member.
     ds, log: the data, and what prints the progress lines.
     mode: the population mode, when ``steps`` is not given.
@@ -311,15 +369,3 @@ def _log_loss(call, active: np.ndarray, config, log) -> None:
     f'{int(active.sum())} training members: '
     f'{np.nanmean(recent[:, active]) / config.batch_size:.4f}'
   )
-
-
-def best_member(best_val_accuracy) -> int:
-  """The selected member: argmax of validation accuracy (first on ties).
-
-  Args:
-    best_val_accuracy: each member's best validation accuracy.
-
-  Returns:
-    The index of the member.
-  """
-  return int(np.argmax(np.asarray(best_val_accuracy)))

@@ -1,7 +1,50 @@
-"""A sweep's members as records: ``sweep.json``'s rows, the ranked table, and
-the flags that re-score the best member as a single run."""
+"""A sweep's members as records: ``sweep.json``'s rows, their ranking by
+``best_by`` (``member_order``, ``best_member``: the single run's rule for
+its best epoch), the ranked table, and the flags that re-score the best
+member as a single run."""
+
+import numpy as np
 
 from jaxcls import config as config_lib
+
+
+def _loss_key(best_val_loss) -> np.ndarray:
+  """Losses to sort by: a member without one (-1, None, NaN, inf) last."""
+  loss = np.asarray(
+    [np.nan if v is None else v for v in best_val_loss], float
+  ).reshape(-1)
+  return np.where(np.isfinite(loss) & (loss >= 0), loss, np.inf)
+
+
+def member_order(
+  best_val_accuracy, best_val_loss=None, best_by: str = 'accuracy'
+) -> np.ndarray:
+  """The members' indices, best first, by ``best_by`` as a single run picks
+  its best epoch: the lowest best validation loss (``'loss'``; members
+  without a finite one last), or the highest best validation accuracy;
+  ties keep the members' order."""
+  if best_by == 'loss':
+    key = _loss_key(best_val_loss)
+  else:
+    key = -np.asarray(best_val_accuracy, float).reshape(-1)
+  return np.argsort(key, kind='stable')
+
+
+def best_member(
+  best_val_accuracy, best_val_loss=None, best_by: str = 'accuracy'
+) -> int:
+  """The selected member: the first of ``member_order`` (first on ties).
+
+  Args:
+    best_val_accuracy: each member's best validation accuracy.
+    best_val_loss: each member's best epoch's validation loss (needed for
+      ``best_by='loss'``; -1 or None: none).
+    best_by: the sweep's ``config.best_by``.
+
+  Returns:
+    The index of the member.
+  """
+  return int(member_order(best_val_accuracy, best_val_loss, best_by)[0])
 
 
 def eval_overrides(member_cfg, base_config) -> list:
@@ -36,18 +79,22 @@ def _row(rank: int, m: dict, swept: list) -> list:
       for f in swept
     ),
     f'{m["best_val_accuracy"]:.4f}',
+    '-' if m.get('best_val_loss') is None else f'{m["best_val_loss"]:.4f}',
+    m.get('best_weights', 'live'),
     str(m['best_epoch']),
     str(m['epochs_trained']),
     m['status'],
   ]
 
 
-def format_table(members: list, swept: list) -> str:
-  """Members sorted by validation accuracy, best first, as aligned text.
+def format_table(members: list, swept: list, best_by='accuracy') -> str:
+  """Members ranked by ``best_by`` (``member_order``), best first, as
+  aligned text.
 
   Args:
     members: ``member_records``' dicts.
     swept: the swept fields, one column each.
+    best_by: the sweep's ``config.best_by``.
 
   Returns:
     A Markdown-style table, one line per member.
@@ -57,11 +104,18 @@ def format_table(members: list, swept: list) -> str:
     'member',
     *swept,
     'best val acc',
+    'best val loss',
+    'weights',
     'best epoch',
     'epochs',
     'status',
   ]
-  ranked = sorted(members, key=lambda m: -m['best_val_accuracy'])
+  order = member_order(
+    [m['best_val_accuracy'] for m in members],
+    [m.get('best_val_loss') for m in members],
+    best_by,
+  )
+  ranked = [members[i] for i in order]
   rows = [_row(rank, m, swept) for rank, m in enumerate(ranked, 1)]
   widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
   line = lambda r: (
@@ -79,6 +133,12 @@ def _status(result, row: int) -> str:
   return 'stopped early' if stopped else 'ok'
 
 
+def _loss_or_none(loss) -> float | None:
+  """A best validation loss, None for none (-1, never improved)."""
+  loss = float(loss)
+  return loss if np.isfinite(loss) and loss >= 0 else None
+
+
 def member_records(grid: list, populations: list) -> list:
   """One JSON-able dict per member of the sweep.
 
@@ -88,8 +148,9 @@ def member_records(grid: list, populations: list) -> list:
       into ``grid`` (a repeated index is a padding copy, skipped).
 
   Returns:
-    The records, in grid order: values, best validation accuracy and epoch,
-    epochs trained, status, and the per-epoch curves (NaN as None).
+    The records, in grid order: values, best validation accuracy, loss
+    (None: none) and epoch, the weights it kept ('live' or 'ema'), epochs
+    trained, status, and the per-epoch curves (NaN as None).
   """
   records = [None] * len(grid)
   as_list = lambda xs: [None if v != v else float(v) for v in xs]
@@ -101,10 +162,13 @@ def member_records(grid: list, populations: list) -> list:
         'member': index,
         'values': grid[index],
         'best_val_accuracy': float(result.best_val_accuracy[row]),
+        'best_val_loss': _loss_or_none(result.best_val_loss[row]),
+        'best_weights': str(result.best_weights[row]),
         'best_epoch': int(result.best_epoch[row]),
         'epochs_trained': int(result.epochs_trained[row]),
         'status': _status(result, row),
         'val_accuracy': as_list(result.val_accuracy[row]),
+        'val_loss': as_list(result.val_loss[row]),
         'train_loss': as_list(result.train_loss[row]),
       }
   return records

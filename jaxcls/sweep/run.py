@@ -4,9 +4,12 @@
 * A population larger than ``population_chunk`` (0: as many as fit in half
   the free memory, ``memory.auto_chunk_size``) runs in chunks of that size,
   the last one padded with repeats so that there is one compilation.
-* Members are ranked on the validation split. Only the best is scored on
-  test, written as a normal run (``save``), so ``--eval_only``, report and
-  predict work on it. ``sweep.json`` holds every member.
+* Members are ranked on the validation split by ``best_by``, the single
+  run's rule for its best epoch (``records.member_order``: the highest best
+  validation accuracy, or the lowest best validation loss). Only the best
+  is scored on test, written as a normal run (``save``), so
+  ``--eval_only``, report and predict work on it. ``sweep.json`` holds
+  every member.
 """
 
 import dataclasses
@@ -115,6 +118,9 @@ def _summary(config, plan, trained, records, best, test, command) -> dict:
       'values': plan.grid[best],
       'test_accuracy': test['test_accuracy'],
       'best_val_accuracy': records[best]['best_val_accuracy'],
+      'best_val_loss': records[best]['best_val_loss'],
+      'best_weights': records[best]['best_weights'],
+      'best_by': config.get('best_by', 'accuracy'),
       'eval_command': command,
     },
     'populations': len(trained.populations),
@@ -146,6 +152,24 @@ def _load_and_train(config, workdir: str, plan: _Plan, log) -> tuple:
   return ds, _train_groups(config, plan, ds, log)
 
 
+def _log_best(summary: dict, record: dict, values, trained, log) -> None:
+  """The best member's lines: its scores and how to re-score it."""
+  loss = record['best_val_loss']
+  by_loss = summary['best']['best_by'] == 'loss' and loss is not None
+  log(
+    f'Best member {record["member"]} {values}: val accuracy '
+    f'{record["best_val_accuracy"]:.4f}'
+    + (f', val loss {loss:.4f}' if by_loss else '')
+    + f' ({record["best_weights"]} weights), test accuracy '
+    f'{summary["best"]["test_accuracy"]:.4f} (the only member scored on test)'
+  )
+  log(
+    f'Compile {trained.compile_seconds:.1f}s, train '
+    f'{trained.train_seconds:.1f}s. Re-score it: '
+    f'{summary["best"]["eval_command"]}'
+  )
+
+
 def run_sweep(
   config,
   workdir: str,
@@ -174,8 +198,13 @@ def run_sweep(
   with workdir_lib.lock(workdir):
     ds, trained = _load_and_train(config, workdir, plan, log)
     records = member_records(plan.grid, trained.populations)
-    best = population.best_member([r['best_val_accuracy'] for r in records])
-    log('\n' + format_table(records, sorted(plan.swept)))
+    best_by = config.get('best_by', 'accuracy')
+    best = population.best_member(
+      [r['best_val_accuracy'] for r in records],
+      [r['best_val_loss'] for r in records],
+      best_by,
+    )
+    log('\n' + format_table(records, sorted(plan.swept), best_by))
     chunk, result = next((c, r) for c, r in trained.populations if best in c)
     best_cfg = plan.configs[best]
     test = save_best_member(workdir, best_cfg, ds, result, chunk.index(best))
@@ -189,14 +218,5 @@ def run_sweep(
       json.dump(summary, f, indent=2)
     if plot is not None:
       plot(records, plan.swept, os.path.join(workdir, 'sweep.png'))
-  log(
-    f'Best member {best} {plan.grid[best]}: val accuracy '
-    f'{records[best]["best_val_accuracy"]:.4f}, test accuracy '
-    f'{test["test_accuracy"]:.4f} (the only member scored on test)'
-  )
-  log(
-    f'Compile {trained.compile_seconds:.1f}s, train '
-    f'{trained.train_seconds:.1f}s. Re-score it: '
-    f'{summary["best"]["eval_command"]}'
-  )
+  _log_best(summary, records[best], plan.grid[best], trained, log)
   return summary

@@ -74,12 +74,15 @@ def save_best_member(
   progress = train.Progress(
     best_val_accuracy=float(result.best_val_accuracy[row]),
     best_epoch=int(result.best_epoch[row]),
+    best_val_loss=float(result.best_val_loss[row]),
     train_seconds=result.train_seconds,  # the whole population's
     images_trained=int(final.step) * member_cfg.batch_size,
   )
   best = single_run_state(run.state, result.best_states[row])
   latest = single_run_state(run.state, final)
-  run.save(run.best, best, progress.best_epoch, progress)
+  # As the single run's: EMA weights as the params when the EMA was kept.
+  weights = str(result.best_weights[row])
+  run.save(run.best, best, progress.best_epoch, progress, weights=weights)
   run.save(run.latest, latest, epochs, progress)
   checkpoint.wait(run.best)
   checkpoint.wait(run.latest)

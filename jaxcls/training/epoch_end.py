@@ -8,6 +8,8 @@ decides on an early stop (:func:`end_of_epoch`).
 
 import time
 
+import numpy as np
+
 from jaxcls import optim
 from jaxcls.training import guards
 from jaxcls.training import metrics as metrics_lib
@@ -28,17 +30,47 @@ def ema_as_state(state: TrainState) -> TrainState:
   )
 
 
+def best_by_of(config) -> str:
+  """``config.best_by``: 'accuracy' (the default) or 'loss'."""
+  return config.get('best_by', 'accuracy')
+
+
+def beats(best_by: str, a: dict, b: dict):
+  """Whether scores ``a`` beat scores ``b`` by ``best_by``.
+
+  ``a`` and ``b`` hold ``'accuracy'`` and ``'loss'``, numbers or numpy
+  arrays (compared elementwise). ``'accuracy'``: a strictly higher
+  accuracy; ``'loss'``: a strictly lower loss. A non-finite loss never
+  beats; any finite one beats a ``b`` loss below 0 (-1: none yet) or NaN.
+  The one rule of both choices: EMA or live weights, and the best epoch.
+  """
+  if best_by == 'loss':
+    unset = np.isnan(b['loss']) | (np.asarray(b['loss']) < 0)
+    return np.isfinite(a['loss']) & (unset | (a['loss'] < b['loss']))
+  return a['accuracy'] > b['accuracy']
+
+
+def _ema_note(best_by: str, ema_val: dict, val: dict, kept: bool) -> str:
+  """`` (EMA 0.9123[, kept])``; by loss, with the two losses."""
+  shown = f'{ema_val["accuracy"]:.4f}'
+  if best_by == 'loss':
+    shown += f', loss {ema_val["loss"]:.4f} vs live {val["loss"]:.4f}'
+  return f' (EMA {shown}, kept)' if kept else f' (EMA {shown})'
+
+
 def _validate(run: Run, state) -> tuple[dict, object, str, str]:
   """``(val, candidate, weights, note)``: the epoch's validation scores and
-  the state they belong to, the EMA's when it validates better."""
+  the state they belong to, the EMA's when it validates better (``beats``
+  by ``best_by``)."""
   val = run.score(state, run.ds.val)
   candidate, weights, ema_note = state, 'live', ''
   if state.ema is not None:
+    best_by = best_by_of(run.config)
     ema_state = ema_as_state(state)
     ema_val = run.score(ema_state, run.ds.val)
-    ema_note = f' (EMA {ema_val["accuracy"]:.4f})'
-    if ema_val['accuracy'] > val['accuracy']:
-      ema_note = f' (EMA {ema_val["accuracy"]:.4f}, kept)'
+    kept = bool(beats(best_by, ema_val, val))
+    ema_note = _ema_note(best_by, ema_val, val, kept)
+    if kept:
       live_accuracy = val['accuracy']
       val, candidate, weights = ema_val, ema_state, 'ema'
       val['live_accuracy'] = live_accuracy
@@ -63,22 +95,27 @@ def _early_stop(run: Run, epoch: int, progress: Progress) -> bool:
   """True (and says why) after ``patience`` epochs without a better val."""
   patience = run.config.patience
   if patience and epoch - progress.best_epoch >= patience:
+    by_loss = best_by_of(run.config) == 'loss'
     log(
-      f'Early stop: no better validation accuracy for {patience} epochs '
-      f'(best {progress.best_val_accuracy:.4f} at epoch '
-      f'{progress.best_epoch}).'
+      f'Early stop: no better validation {"loss" if by_loss else "accuracy"} '
+      f'for {patience} epochs (best '
+      f'{progress.best_val_loss if by_loss else progress.best_val_accuracy:.4f}'
+      f' at epoch {progress.best_epoch}).'
     )
     return True
   return False
 
 
 def _better(config, val: dict, progress: Progress) -> bool:
-  """Whether this epoch's validation beats the best so far: a higher
-  accuracy (``best_by='accuracy'``), or a lower loss (``'loss'``: for a
-  validation set so small that its accuracy saturates early)."""
-  if config.get('best_by', 'accuracy') == 'loss':
-    return progress.best_val_loss < 0 or val['loss'] < progress.best_val_loss
-  return val['accuracy'] > progress.best_val_accuracy
+  """Whether this epoch's validation beats the best so far (``beats``): a
+  higher accuracy (``best_by='accuracy'``), or a lower finite loss
+  (``'loss'``: for a validation set so small that its accuracy saturates
+  early)."""
+  best = {
+    'accuracy': progress.best_val_accuracy,
+    'loss': progress.best_val_loss,
+  }
+  return bool(beats(best_by_of(config), val, best))
 
 
 def end_of_epoch(
