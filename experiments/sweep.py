@@ -15,7 +15,8 @@ split the grid into populations (jaxcls/sweep.py). ``population_mode``:
 'vmap', 'unrolled', 'loop' or 'auto' (jaxcls/population.py);
 ``population_chunk`` caps the members per population (0: fit to memory);
 ``patience`` > 0 freezes a member after that many epochs without a better
-validation accuracy. The best member, by validation, is scored on test and
+validation score by ``best_by`` (accuracy, or loss). The best member by the
+same rule on validation (not swept: one rule ranks them) is scored on test and
 written as a normal run, so ``python -m experiments.fashion_mnist
 --eval_only`` with the printed overrides, report and predict work on the
 workdir; ``sweep.json`` holds every member, ``sweep.png`` the plot.

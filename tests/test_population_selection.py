@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import synthetic_ids
 from experiments import spam
 from jaxcls import config as config_lib
 from jaxcls import data, sweep
@@ -193,6 +194,24 @@ def test_end_of_epoch_by_loss_picks_the_lowest_finite_loss():
   assert not result.diverged.any() and lines == []
 
 
+def _records(accuracy, losses) -> list:
+  """``member_records``-like rows: member i has learning rate 0.1 (i + 1)."""
+  return [
+    {
+      'member': i,
+      'values': {'learning_rate': 0.1 * (i + 1)},
+      'best_val_accuracy': a,
+      'best_val_loss': loss if loss >= 0 else None,
+      'best_weights': 'ema' if i == 2 else 'live',
+      'best_epoch': 1,
+      'epochs_trained': 1,
+      'status': 'ok',
+      'val_accuracy': [a / 2, a],
+    }
+    for i, (a, loss) in enumerate(zip(accuracy, losses))
+  ]
+
+
 def test_best_member_and_the_table_rank_by_best_by():
   accuracy = [0.9, 0.7, 0.8, 0.7, 0.95]
   losses = [0.5, 0.3, 0.3, -1.0, NAN]  # -1: never improved; NaN: none
@@ -203,25 +222,43 @@ def test_best_member_and_the_table_rank_by_best_by():
   np.testing.assert_array_equal(
     population.member_order(accuracy, losses, 'loss'), [1, 2, 0, 3, 4]
   )
-  records = [
-    {
-      'member': i,
-      'values': {'learning_rate': 0.1 * (i + 1)},
-      'best_val_accuracy': a,
-      'best_val_loss': loss if loss >= 0 else None,
-      'best_weights': 'ema' if i == 2 else 'live',
-      'best_epoch': 1,
-      'epochs_trained': 1,
-      'status': 'ok',
-    }
-    for i, (a, loss) in enumerate(zip(accuracy, losses))
-  ]
+  records = _records(accuracy, losses)
   ranks = lambda table: [int(row.split('|')[2]) for row in table[2:]]
   by_loss = sweep.format_table(records, ['learning_rate'], 'loss').splitlines()
   assert ranks(by_loss) == [1, 2, 0, 3, 4]
   assert '| ema ' in by_loss[3] and '| -  ' in by_loss[5]
   by_accuracy = sweep.format_table(records, ['learning_rate']).splitlines()
   assert ranks(by_accuracy) == [4, 0, 2, 1, 3]
+
+
+@pytest.mark.parametrize('best_by, selected', [('accuracy', 4), ('loss', 1)])
+def test_the_sweep_plot_marks_the_member_best_by_selects(best_by, selected):
+  """sweep.png's thick curve is the member the sweep saved, by best_by."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  from jaxcls.commands import report_figures
+
+  records = _records([0.9, 0.7, 0.8, 0.7, 0.95], [0.5, 0.3, 0.3, -1.0, NAN])
+  fig, ax = plt.subplots()
+  report_figures._sweep_members(ax, records, best_by)
+  thick = [line for line in ax.get_lines() if line.get_linewidth() > 2]
+  plt.close(fig)
+  assert len(thick) == 1
+  expected = f'learning_rate={0.1 * (selected + 1):g}'
+  assert thick[0].get_label() == expected
+  assert best_by in ax.get_title()
+
+
+def test_best_by_cannot_be_swept():
+  c = spam.get_config()
+  c.sweep_best_by = 'accuracy,loss'
+  with pytest.raises(
+    ValueError, match='sweep_best_by: best_by cannot be swept'
+  ):
+    sweep.swept_values(c)
 
 
 def test_member_records_hold_the_loss_and_the_weights():
@@ -232,16 +269,6 @@ def test_member_records_hold_the_loss_and_the_weights():
   assert [r['best_val_loss'] for r in records] == [0.25, None]
   assert [r['best_weights'] for r in records] == ['ema', 'live']
   assert records[0]['val_loss'] == [None]
-
-
-def _id_split(n: int, seed: int, width: int = 24) -> data.Split:
-  """Token ids (2..63) of random lengths, zero after each end; the label
-  is the first id's parity."""
-  rng = np.random.default_rng(seed)
-  lengths = rng.integers(3, width + 1, n).astype(np.int32)
-  ids = rng.integers(2, 64, (n, width)).astype(np.int32)
-  ids[np.arange(width)[None, :] >= lengths[:, None]] = 0
-  return data.Split(ids, (ids[:, 0] % 2).astype(np.int32), lengths)
 
 
 def _max_diff(a, b) -> float:
@@ -266,15 +293,7 @@ def test_a_member_by_loss_with_an_ema_selects_as_its_single_run(
   and in the checkpoint ``save_best_member`` writes. The EMA's params are
   the single run's up to float rounding (the injected learning rate
   multiplies in another order), as in tests/test_sweep.py."""
-  train_split = _id_split(256, 0)
-  ds = data.Data(
-    [train_split],
-    _id_split(64, 1),
-    _id_split(64, 2),
-    data.DatasetSpec((24,), 2, False, ('even', 'odd'), 'int32'),
-    source='synthetic',
-    buckets=data.buckets.bucket_lengths(train_split.lengths, 24, 3),
-  )
+  ds = synthetic_ids.id_data()
   config = spam.get_config()
   config.hidden_size, config.embed_size, config.vocab_size = 16, 16, 64
   config.batch_size, config.num_epochs, config.learning_rate = 16, 3, 1e-2

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import synthetic_ids
 from experiments import japanese_vowels, spam
 from experiments import sweep as sweep_exp
 from jaxcls import data, sweep
@@ -181,29 +182,12 @@ def test_run_sweep_of_sequences_saves_a_normal_run(data_dir, tmp_path):
   assert '--config.num_buckets=3' in summary['best']['eval_command']
 
 
-def _id_split(n: int, seed: int, width: int = 24) -> data.Split:
-  """Token ids (2..63) of random lengths, zero after each end."""
-  rng = np.random.default_rng(seed)
-  lengths = rng.integers(3, width + 1, n).astype(np.int32)
-  ids = rng.integers(2, 64, (n, width)).astype(np.int32)
-  ids[np.arange(width)[None, :] >= lengths[:, None]] = 0
-  return data.Split(ids, (ids[:, 0] % 2).astype(np.int32), lengths)
-
-
 def test_token_ids_init_as_int32_and_train_as_the_single_run(
   monkeypatch, tmp_path
 ):
   """Texts: an embedding, initialised from an int32 dummy; member 0 is the
   single run of its config on the same (synthetic) data."""
-  train_split = _id_split(256, 0)
-  ds = data.Data(
-    [train_split],
-    _id_split(64, 1),
-    _id_split(64, 2),
-    data.DatasetSpec((24,), 2, False, ('even', 'odd'), 'int32'),
-    source='synthetic',
-    buckets=data.buckets.bucket_lengths(train_split.lengths, 24, 3),
-  )
+  ds = synthetic_ids.id_data()
   config = spam.get_config()
   config.hidden_size, config.embed_size, config.vocab_size = 16, 16, 64
   config.batch_size, config.num_epochs, config.ema_decay = 16, 1, 0.0

@@ -288,12 +288,20 @@ def _sweep_curve(ax, records: list, swept: dict, fx: str) -> None:
   ax.grid(alpha=0.3)
 
 
-def _sweep_members(ax, records: list) -> None:
-  """Every member's validation accuracy per epoch, the best 5 labelled."""
+def _sweep_members(ax, records: list, best_by: str) -> None:
+  """Every member's validation accuracy per epoch, the best 5 by
+  ``best_by`` labelled (the sweep's own order: thick is the selected)."""
   import numpy as np
   from matplotlib import ticker
 
-  ranked = sorted(records, key=lambda r: -r['best_val_accuracy'])
+  from jaxcls.sweep import records as sweep_records
+
+  order = sweep_records.member_order(
+    [r['best_val_accuracy'] for r in records],
+    [r.get('best_val_loss') for r in records],
+    best_by,
+  )
+  ranked = [records[i] for i in order]
   for rank, r in enumerate(ranked):
     curve = [np.nan if v is None else v for v in r['val_accuracy']]
     name = ', '.join(f'{k}={_label(v)}' for k, v in sorted(r['values'].items()))
@@ -308,23 +316,27 @@ def _sweep_members(ax, records: list) -> None:
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlabel('epoch')
   ax.set_ylabel('validation accuracy')
-  ax.set_title('Per member, best 5 labelled (thick: selected)')
+  ax.set_title(f'Per member, best 5 by {best_by} labelled (thick: selected)')
   ax.legend(fontsize=7, loc='lower right')
   ax.grid(alpha=0.3)
 
 
-def plot_sweep(records: list, swept: dict, path: str) -> None:
+def plot_sweep(
+  records: list, swept: dict, path: str, best_by: str = 'accuracy'
+) -> None:
   """A sweep's ``sweep.png`` (``jaxcls.sweep.run_sweep`` records).
 
   Left: best validation accuracy against the swept values (a heat map of the
   two fields with most values, averaged over the others; or a curve for one
-  field). Right: every member's validation accuracy per epoch.
+  field). Right: every member's validation accuracy per epoch, ranked by
+  ``best_by`` as the sweep selects.
 
   Args:
     records: one per member: its ``values``, ``best_val_accuracy`` and
       ``val_accuracy`` per epoch (None where it has none).
     swept: ``{field: [values]}``, the sweep's grid.
     path: the PNG to write.
+    best_by: the sweep's ``config.best_by``: 'accuracy' or 'loss'.
   """
   import matplotlib
 
@@ -341,7 +353,7 @@ def plot_sweep(records: list, swept: dict, path: str) -> None:
     (fx,) = axes_fields
     _sweep_curve(left, records, swept, fx)
   left.set_title('Validation accuracy vs swept values' + suffix)
-  _sweep_members(right, records)
+  _sweep_members(right, records, best_by)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

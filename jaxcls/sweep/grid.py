@@ -39,6 +39,8 @@ UNSWEEPABLE_FIELDS = (
   'vocab_size',
   'num_buckets',
   'email_headers',
+  # Members are ranked against each other by one rule.
+  'best_by',
 )
 
 
@@ -97,7 +99,8 @@ def swept_values(config) -> dict:
     if field in UNSWEEPABLE_FIELDS:
       raise ValueError(
         f'{key}: {field} cannot be swept (all members share the '
-        'same data); run one sweep per value instead'
+        'same data, and one best_by ranks them); run one sweep per value '
+        'instead'
       )
     values = parse_values(field, config[key], config[field])
     if values:

@@ -185,7 +185,8 @@ def run_sweep(
     config: the sweep config.
     workdir: locked for the whole sweep; gets the best run and sweep.json.
     base_config, command: the experiment ``eval_command`` runs (None: config).
-    plot: ``plot(records, swept, path)`` draws ``sweep.png`` (None: none).
+    plot: ``plot(records, swept, path, best_by)`` draws ``sweep.png``
+      (None: none).
     log: prints the progress lines.
 
   Returns:
@@ -217,6 +218,6 @@ def run_sweep(
     with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
       json.dump(summary, f, indent=2)
     if plot is not None:
-      plot(records, plan.swept, os.path.join(workdir, 'sweep.png'))
+      plot(records, plan.swept, os.path.join(workdir, 'sweep.png'), best_by)
   _log_best(summary, records[best], plan.grid[best], trained, log)
   return summary
