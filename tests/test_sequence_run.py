@@ -1,6 +1,8 @@
 """Whole runs on real sequences (JapaneseVowels from sktime's wheel) through
 the one training loop: buckets, lengths, resume, the results."""
 
+import contextlib
+import io
 import os
 
 import numpy as np
@@ -48,12 +50,18 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def trained(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
-  return workdir, train.train_and_evaluate(_config(data_dir), workdir)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    results = train.train_and_evaluate(_config(data_dir), workdir)
+  return workdir, results, out.getvalue()
 
 
 def test_a_short_run_learns_and_reports_its_buckets(trained):
-  """Above chance (1/9) on the 370 test series; one program per bucket."""
-  _, results = trained
+  """Above chance (1/9) on the 370 test series; one program per bucket;
+  its epoch lines count sequences."""
+  _, results, printed = trained
+  epochs = [line for line in printed.splitlines() if line.startswith('[epoch')]
+  assert len(epochs) == 2 and all('sequences/s' in x for x in epochs), epochs
   assert results['test_accuracy'] > 0.5
   assert results['test_scores']['per_class'][0]['support'] > 0
   lengths = results['padded_lengths']
@@ -68,7 +76,7 @@ def test_an_interrupted_run_resumes_to_the_same_parameters(
   """One epoch, then the same command for two: the bits of two at once.
   The first asks for 4 steps per call, which the host feed of sequences
   must not take as leave to skip steps."""
-  _, uninterrupted = trained
+  _, uninterrupted, _ = trained
   first = train.train_and_evaluate(
     _config(data_dir, num_epochs=1, steps_per_call=4), str(tmp_path)
   )

@@ -140,13 +140,14 @@ def end_of_epoch(
     progress.best_val_loss = val['loss']
     run.save(run.best, candidate, epoch, progress, weights=weights)
   run.save(run.latest, state, epoch, progress)
+  unit = 'sequences' if run.config.model == 'sequence' else 'images'
   log(
     f'[epoch {epoch}] training accuracy: '
     f'{totals["correct"] / totals["count"]:.3f}  '
     f'loss {totals["loss"] / totals["count"]:.4f}  '
     f'val accuracy {val.get("live_accuracy", val["accuracy"]):.4f}'
     f'{ema_note}  '
-    f'time {seconds:.1f}s  {totals["count"] / seconds:,.0f} images/s'
+    f'time {seconds:.1f}s  {totals["count"] / seconds:,.0f} {unit}/s'
   )
   _write_epoch(run, epoch, step, totals, val, seconds, writer)
   return _early_stop(run, epoch, progress)
