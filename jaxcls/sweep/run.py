@@ -185,8 +185,7 @@ def run_sweep(
     config: the sweep config.
     workdir: locked for the whole sweep; gets the best run and sweep.json.
     base_config, command: the experiment ``eval_command`` runs (None: config).
-    plot: ``plot(records, swept, path, best_by)`` draws ``sweep.png``
-      (None: none).
+    plot: ``plot(records, swept, path, best_by)`` draws sweep.png, or None.
     log: prints the progress lines.
 
   Returns:
