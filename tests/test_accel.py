@@ -53,6 +53,7 @@ def fresh(monkeypatch, tmp_path):
   return tmp_path / 'cache'
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @CPU_ONLY
 def test_accel_jit_follows_the_settings_call_by_call():
   """The jit-cache trap: plain jax.jit keeps its first trace's path."""
@@ -336,6 +337,7 @@ def test_a_full_disk_during_the_build_says_so(monkeypatch, tmp_path):
     build.build('rnn_cpu')
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @CPU_ONLY
 def test_a_sequence_of_no_steps_takes_the_fused_scan():
   from jaxcls.models import recurrent

@@ -69,6 +69,7 @@ SHAPES = [
 ]
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'x'.join(map(str, s)))
 def test_block_matches_xla_values_and_all_gradients(shape):
   x, kernel, bias, g = _random(*shape)
@@ -84,6 +85,7 @@ def test_block_matches_xla_values_and_all_gradients(shape):
   _close(jax.jit(cpu_conv.conv_relu_pool)(x, kernel, bias), want[0], 'infer')
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_input_gradient_target_depends_on_the_input_channels():
   def grads(x, kernel, bias):
     return jax.grad(lambda *a: cpu_conv.conv_relu_pool(*a).sum(), (0, 1))(
@@ -163,6 +165,7 @@ def test_an_empty_batch_gives_zero_gradients():
   assert d_b.shape == bias.shape and not np.asarray(d_b).any()
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_vmap_over_members_matches_xla():
   x, kernel, bias, _ = _random(4, 6, 6, 16, 16)
   kernels_ = jnp.stack([kernel, -kernel, 2 * kernel])
@@ -198,6 +201,7 @@ def _train_step_hlo(state, image_shape=(28, 28, 1)):
   return step.lower(state, batch).as_text()
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_which_cnn_blocks_take_the_kernel():
   assert cpu_conv.why_not((4, 28, 28, 1), 16, jnp.float32) is None
   assert cpu_conv.why_not((4, 28, 28, 1), 16, jnp.bfloat16)

@@ -87,6 +87,7 @@ def test_the_kernels_build_on_this_machine():
   assert cpu_rnn.available(), cpu_rnn.unavailable_reason()
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('kind', ['lstm', 'gru'])
 @pytest.mark.parametrize(
   'steps,batch,features,hidden',
@@ -192,6 +193,7 @@ def test_vmap_runs_each_member_on_its_own():
     )
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('kind', ['lstm', 'gru'])
 def test_layer_on_the_kernel_matches_the_step_path(kind):
   """A bidirectional layer (both directions on the kernel) against the
@@ -232,6 +234,7 @@ def _state(kind, hidden):
   return state
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_which_layers_take_the_kernel():
   assert cpu_rnn.why_not(jnp.float32, 128) is None
   assert cpu_rnn.why_not(jnp.bfloat16, 128)  # float32 only

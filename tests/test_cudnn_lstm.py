@@ -35,6 +35,7 @@ def _random_lstm(seed):
   )
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_packed_weights_drive_jax_reference_lstm_like_ours():
   """cuDNN's layout (read by rnn.unpack_lstm_weights + rnn.lstm_ref, JAX's
   own reference for its cuDNN LSTM) gives our LSTM's outputs and state."""

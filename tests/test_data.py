@@ -163,6 +163,7 @@ def test_unknown_dataset_lists_the_choices():
     data.get_spec('imagenet')
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_an_offline_prepare_prints_jaxcls_lines_not_tfds_banner(
   tmp_path, capfd
 ):

@@ -44,6 +44,7 @@ def plain_loop(state, split, order, batch_size, steps, rng):
   return state, {k: sum(m[k] for m in totals) for k in totals[0]}
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @BIT_EXACT
 @pytest.mark.parametrize('k', [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_device_feed_matches_the_plain_loop_bit_for_bit(k):
@@ -153,6 +154,7 @@ def _reference_max_pool(x):
   return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('shape', [(3, 8, 8, 4), (2, 7, 9, 2)])
 def test_max_pool_2x2_splits_tied_gradients_as_autodiff_does(shape):
   # Rounded values: many 2-, 3- and 4-way ties, as in uniform backgrounds.

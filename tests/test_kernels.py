@@ -41,6 +41,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @CPU_ONLY  # on a GPU lax's convolution rounds through TF32
 @pytest.mark.parametrize('shape,kernel_shape,padding', CASES)
 def test_shifted_conv_matches_lax_values_and_both_gradients(
@@ -166,6 +167,7 @@ def test_conv_module_is_a_drop_in_for_nn_conv():
   )
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_cnn_gradients_match_nn_conv_cnn():
   """The whole CNN's loss gradient, fast path vs lax's convolutions."""
   images = jax.random.normal(jax.random.key(2), (8, 28, 28, 1))

@@ -6,6 +6,7 @@ from jaxcls.training import checkpoint, inspection
 from trained_workdir import trained_workdir
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_load_best_retries_a_best_checkpoint_replaced_while_read(
   tmp_path, monkeypatch
 ):

@@ -51,6 +51,7 @@ def slow_unless(case, *params):
   return pytest.param(*params, marks=pytest.mark.slow)
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize(
   'kind,bidirectional',
   [
@@ -83,6 +84,7 @@ def test_full_lengths_change_nothing(kind):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('kind', ['lstm', 'gru'])
 def test_fused_and_step_paths_agree_with_lengths(kind):
   xs = inputs(2)

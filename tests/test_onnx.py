@@ -135,6 +135,7 @@ def run_onnx_alone(folder: str, tmp_path, batches) -> dict:
   return dict(np.load(tmp_path / 'onnx.npz'))
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize(
   'kind',
   [

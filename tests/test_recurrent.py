@@ -80,6 +80,7 @@ def _init_cell(kind):
   return cell, _randomize(params, jax.random.key(3)), carry, x
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('kind', ['rnn', 'lstm', 'gru'])
 def test_cell_step_matches_numpy_equations(kind):
   cell, params, carry, x = _init_cell(kind)
@@ -150,6 +151,7 @@ def test_scanned_layer_matches_python_loop(kind, reverse):
   )
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize(
   'kind,reverse,dtype',
   [
@@ -238,6 +240,7 @@ def _images(n=4, seed=0, size=28):
   return jax.random.uniform(jax.random.key(seed), (n, size, size, 1), minval=-1)
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('kind', ['rnn', 'lstm', 'gru'])
 def test_gradients_are_finite_and_reach_the_first_row(kind):
   model = recurrent.RecurrentClassifier(kind, hidden_size=32)
@@ -256,6 +259,7 @@ def test_gradients_are_finite_and_reach_the_first_row(kind):
   assert np.isfinite(first_row) and first_row > 0
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_stack_applies_dropout_only_between_layers():
   images = _images(size=8)
   for layers, expect_change in [(1, False), (2, True)]:
@@ -273,6 +277,7 @@ def test_stack_applies_dropout_only_between_layers():
     assert (not np.allclose(eval_logits, train_logits)) == expect_change
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_readouts_and_image_rows():
   images = _images(3, seed=1, size=7)
   common = dict(hidden_size=16, bidirectional=True)

@@ -101,6 +101,7 @@ def test_bad_depth_is_one_clear_error():
     model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('name', ['resnet', 'cnn'])
 def test_batch_stats_update_in_training(name):
   """The stem's running mean after one step is 0.9 * 0 + 0.1 * (the mean of
@@ -183,6 +184,7 @@ def test_zero_init_residual_makes_blocks_start_as_identity():
   np.testing.assert_allclose(block, stem, atol=1e-6)
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_bfloat16_keeps_statistics_and_logits_in_float32():
   model = resnet.ResNet(depth=8, dtype=jnp.bfloat16)
   x = images(5)
@@ -243,6 +245,7 @@ def test_cnn_without_batchnorm_is_unchanged_and_with_it_drops_conv_bias():
   )
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_stem_pool_halves_every_stage_and_keeps_the_parameters():
   plain = resnet.ResNet(depth=8, width=2)
   pooled = resnet.ResNet(depth=8, width=2, stem_pool=True)

@@ -34,6 +34,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.parametrize('readout,cell,text', CASES)
 def test_each_sequence_classified_as_when_alone(readout, cell, text):
   model = sequence.SequenceClassifier(

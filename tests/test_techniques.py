@@ -102,6 +102,7 @@ def test_mixup_is_a_convex_combination_with_the_drawn_lambda(seed):
   np.testing.assert_array_equal(again[0], out_images)
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_mixup_lambda_follows_folded_beta():
   images, labels = batch_of(4, batch=2, shape=(2, 2, 1))
   keys = jax.random.split(jax.random.key(0), 400)
@@ -144,6 +145,7 @@ def test_cutmix_label_weight_is_the_area_kept(seed):
     np.testing.assert_allclose(out_labels[i], expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_mixup_or_cutmix_picks_one_per_batch():
   images, labels = batch_of(5)
   seen = set()
@@ -216,6 +218,7 @@ class TinyBatchNormNet(nn.Module):
     return nn.Dense(K)(x.reshape((x.shape[0], -1)))
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_flip_tta_is_the_average_of_the_two_softmaxes():
   model = TinyBatchNormNet()
   apply = model.apply

@@ -83,6 +83,7 @@ def test_the_vocabulary_comes_from_the_training_texts_only():
   assert tokens.WordVocab(tuple(ties.words)) == ties  # restored from a list
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 @pytest.mark.skipif(not os.path.isfile(SPAM_TGZ), reason=f'no {SPAM_TGZ}')
 def test_the_real_corpus_lengths_and_tokens():
   splits = text_files.read_spam_corpus(SPAM_TGZ)

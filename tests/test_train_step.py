@@ -5,6 +5,7 @@ import functools
 import jax
 import numpy as np
 import optax
+import pytest
 
 from jaxcls import config as config_lib
 from jaxcls import data, models, optim
@@ -90,6 +91,7 @@ def test_eval_step_counts_only_unmasked_examples():
   assert float(masked['count']) == 6
 
 
+@pytest.mark.slow  # Over 2 s (mostly compiling): the full tier.
 def test_augmented_step_runs_on_cifar_shapes_and_is_jittable():
   state = make_state(shape=(32, 32, 3))
   batch = fixed_batch(8, (32, 32, 3))
