@@ -140,7 +140,7 @@ def end_of_epoch(
     progress.best_val_loss = val['loss']
     run.save(run.best, candidate, epoch, progress, weights=weights)
   run.save(run.latest, state, epoch, progress)
-  unit = 'sequences' if run.config.model == 'sequence' else 'images'
+  unit = 'sequences' if run.ds.spec.is_sequence else 'images'
   log(
     f'[epoch {epoch}] training accuracy: '
     f'{totals["correct"] / totals["count"]:.3f}  '
